@@ -1,0 +1,21 @@
+// gonso: building the exceptions the library throws.
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <system_error>
+#include <utility>
+
+#include <fmt/format.h>
+
+namespace gonso::detail {
+
+/// A std::system_error in the generic category whose what() reads
+/// "<message>: <strerror(err)>", e.g. "cannot join net namespace net:[4026532008]:
+/// Operation not permitted". Generic category so that callers can compare
+/// e.code() with std::errc values.
+template <typename... Args>
+[[nodiscard]] std::system_error system_error(int err, fmt::format_string<Args...> format, Args&&... args) {
+  return std::system_error(err, std::generic_category(), fmt::format(format, std::forward<Args>(args)...));
+}
+
+}  // namespace gonso::detail

@@ -1,0 +1,92 @@
+// gonso: opening and validating namespace files.
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+
+#include <cerrno>
+#include <string_view>
+
+#include <gonso/detail/error.hpp>
+#include <gonso/detail/syscalls.hpp>
+#include <gonso/detail/unique_fd.hpp>
+#include <gonso/identity.hpp>
+#include <gonso/kind.hpp>
+
+namespace gonso::detail {
+
+/// One namespace held open: the fd that keeps it alive and its identity.
+struct ns_handle {
+  unique_fd fd;
+  Identity id;
+};
+
+/// The name of a kind's link in /proc/thread-self/ns as setns(2) sees it.
+/// Joining a pid or time namespace changes only what the thread's children
+/// get (kernel-rules.md), so a thread's joined state is read from the
+/// *_for_children links.
+[[nodiscard]] constexpr const char* thread_link(Kind kind) noexcept {
+  switch (kind) {
+    case Kind::pid: return "pid_for_children";
+    case Kind::time: return "time_for_children";
+    default: return name(kind).data();  // names are NUL-terminated literals
+  }
+}
+
+/// Checks that `fd` is a namespace of `kind` and returns its identity.
+/// `what` names the fd's origin in messages ("/proc/42/ns/net", "fd 7").
+/// Throws std::system_error(EINVAL) for a file that is not a namespace or is
+/// a namespace of another kind; the kernel's setns(2) would only say EINVAL.
+[[nodiscard]] inline Identity validate_ns_fd(int fd, Kind kind, std::string_view what) {
+  struct statfs fs {};
+  if (::fstatfs(fd, &fs) != 0) throw system_error(errno, "cannot inspect {} as {} namespace", what, kind);
+  if (fs.f_type != nsfs_magic) {
+    throw system_error(EINVAL, "cannot use {} as {} namespace: not a namespace file (filesystem magic {:#x})",
+                       what, kind, static_cast<unsigned long>(fs.f_type));
+  }
+  const int type = ns_type(fd);
+  if (type < 0) throw system_error(errno, "cannot read the namespace type of {}", what);
+  if (type != clone_flag(kind)) {
+    // An unknown type means a kernel newer than the library; say so by number.
+    const char* actual = "unknown";
+    for (Kind k : all_kinds) {
+      if (clone_flag(k) == type) actual = name(k).data();
+    }
+    throw system_error(EINVAL, "cannot use {} as {} namespace: it is a {} namespace", what, kind, actual);
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) throw system_error(errno, "cannot stat {} namespace {}", kind, what);
+  return Identity{kind, st.st_dev, st.st_ino};
+}
+
+/// Opens `path` (relative to `dirfd`, or absolute) as a namespace of `kind`,
+/// close-on-exec, and validates it. Throws std::system_error with the errno of
+/// the failing call. Returns an empty handle instead when the file does not
+/// exist and `missing_ok` is set.
+[[nodiscard]] inline ns_handle open_ns(int dirfd, const char* path, Kind kind, std::string_view what,
+                                       bool missing_ok = false) {
+  unique_fd fd(::openat(dirfd, path, O_RDONLY | O_CLOEXEC | O_NOCTTY));
+  if (!fd) {
+    if (missing_ok && errno == ENOENT) return {};
+    throw system_error(errno, "cannot open {} namespace {}", kind, what);
+  }
+  Identity id = validate_ns_fd(fd.get(), kind, what);
+  return {std::move(fd), id};
+}
+
+/// The identity of the calling thread's namespace of `kind` (stat, no fd).
+[[nodiscard]] inline int thread_identity(Kind kind, Identity& out) noexcept {
+  char path[64] = "/proc/thread-self/ns/";
+  const char* link = thread_link(kind);
+  std::size_t n = sizeof("/proc/thread-self/ns/") - 1;
+  while (*link != '\0' && n + 1 < sizeof(path)) path[n++] = *link++;
+  path[n] = '\0';
+  struct stat st {};
+  if (::stat(path, &st) != 0) return errno;
+  out = Identity{kind, st.st_dev, st.st_ino};
+  return 0;
+}
+
+}  // namespace gonso::detail

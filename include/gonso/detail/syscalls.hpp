@@ -1,0 +1,31 @@
+// gonso: thin wrappers over the namespace system calls and ioctls.
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <linux/nsfs.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+namespace gonso::detail {
+
+// From linux/magic.h; spelled out so that the library needs no kernel header
+// beyond nsfs.h.
+inline constexpr long nsfs_magic = 0x6e736673;
+
+/// The calling thread's kernel id.
+[[nodiscard]] inline pid_t this_tid() noexcept { return static_cast<pid_t>(::syscall(SYS_gettid)); }
+
+/// setns(2); returns 0 or the errno.
+[[nodiscard]] inline int set_ns(int fd, int nstype) noexcept { return ::setns(fd, nstype) == 0 ? 0 : errno; }
+
+/// unshare(2); returns 0 or the errno.
+[[nodiscard]] inline int unshare_ns(int flags) noexcept { return ::unshare(flags) == 0 ? 0 : errno; }
+
+/// The CLONE_NEW* type of a namespace fd (NS_GET_NSTYPE), or -1 with errno set.
+[[nodiscard]] inline int ns_type(int fd) noexcept { return ::ioctl(fd, NS_GET_NSTYPE); }
+
+}  // namespace gonso::detail

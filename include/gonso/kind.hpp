@@ -1,0 +1,202 @@
+// gonso: namespace kinds and sets of kinds.
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <sched.h>
+
+#include <array>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <iterator>
+#include <optional>
+#include <stdexcept>
+#include <string_view>
+
+#include <fmt/format.h>
+
+namespace gonso {
+
+/// One kind of Linux namespace. The value is the kernel's CLONE_NEW* bit, so a
+/// Kind converts losslessly to what unshare(2), setns(2) and NS_GET_NSTYPE use.
+enum class Kind : std::uint32_t {
+  cgroup = CLONE_NEWCGROUP,
+  ipc = CLONE_NEWIPC,
+  mnt = CLONE_NEWNS,
+  net = CLONE_NEWNET,
+  pid = CLONE_NEWPID,
+  time = CLONE_NEWTIME,
+  user = CLONE_NEWUSER,
+  uts = CLONE_NEWUTS,
+};
+
+/// Every kind, in the order of their names under /proc/PID/ns. This order is
+/// used for iteration and printing; joining uses its own order.
+inline constexpr std::array<Kind, 8> all_kinds{Kind::cgroup, Kind::ipc, Kind::mnt,  Kind::net,
+                                               Kind::pid,    Kind::time, Kind::user, Kind::uts};
+
+/// The name of a kind's file under /proc/PID/ns ("net", "mnt", ...).
+[[nodiscard]] constexpr std::string_view name(Kind kind) noexcept {
+  switch (kind) {
+    case Kind::cgroup: return "cgroup";
+    case Kind::ipc: return "ipc";
+    case Kind::mnt: return "mnt";
+    case Kind::net: return "net";
+    case Kind::pid: return "pid";
+    case Kind::time: return "time";
+    case Kind::user: return "user";
+    case Kind::uts: return "uts";
+  }
+  return "?";
+}
+
+/// The raw CLONE_NEW* bit of a kind.
+[[nodiscard]] constexpr int clone_flag(Kind kind) noexcept { return static_cast<int>(kind); }
+
+/// Position of a kind in all_kinds; used to index per-kind arrays.
+[[nodiscard]] constexpr std::size_t index_of(Kind kind) noexcept {
+  for (std::size_t i = 0; i < all_kinds.size(); ++i) {
+    if (all_kinds[i] == kind) return i;
+  }
+  return all_kinds.size();
+}
+
+/// The kind whose /proc/PID/ns name is `text`, or nullopt.
+[[nodiscard]] constexpr std::optional<Kind> kind_from_name(std::string_view text) noexcept {
+  for (Kind kind : all_kinds) {
+    if (name(kind) == text) return kind;
+  }
+  return std::nullopt;
+}
+
+/// A set of namespace kinds: a typed mask of CLONE_NEW* bits. Iterates in the
+/// order of all_kinds.
+class Kinds {
+ public:
+  constexpr Kinds() noexcept = default;
+  /// A set holding one kind; implicit so that Kind::net | Kind::uts reads well.
+  constexpr Kinds(Kind kind) noexcept : bits_(static_cast<std::uint32_t>(kind)) {}  // NOLINT
+
+  /// Every kind the library knows.
+  [[nodiscard]] static constexpr Kinds all() noexcept {
+    Kinds kinds;
+    for (Kind kind : all_kinds) kinds.bits_ |= static_cast<std::uint32_t>(kind);
+    return kinds;
+  }
+
+  /// Converts raw CLONE_NEW* flags, e.g. CLONE_NEWNET | CLONE_NEWUTS.
+  /// Throws std::invalid_argument naming any bit that is not a namespace kind
+  /// (CLONE_VM, CLONE_FS, ...): silently dropping it would hide a caller's bug.
+  [[nodiscard]] static Kinds from_clone_flags(std::uint64_t flags) {
+    const std::uint64_t unknown = flags & ~static_cast<std::uint64_t>(all().bits_);
+    if (unknown != 0) {
+      throw std::invalid_argument(
+          fmt::format("unknown namespace flag bits {:#010x} in {:#010x}: only CLONE_NEW{{CGROUP,IPC,NS,"
+                      "NET,PID,TIME,USER,UTS}} name namespaces",
+                      unknown, flags));
+    }
+    Kinds kinds;
+    kinds.bits_ = static_cast<std::uint32_t>(flags);
+    return kinds;
+  }
+
+  /// The raw CLONE_NEW* mask, for unshare(2), clone(2) and setns(2).
+  [[nodiscard]] constexpr int clone_flags() const noexcept { return static_cast<int>(bits_); }
+
+  [[nodiscard]] constexpr bool empty() const noexcept { return bits_ == 0; }
+  [[nodiscard]] constexpr std::size_t size() const noexcept {
+    return static_cast<std::size_t>(std::popcount(bits_));
+  }
+  [[nodiscard]] constexpr bool contains(Kind kind) const noexcept {
+    return (bits_ & static_cast<std::uint32_t>(kind)) != 0;
+  }
+  /// True when every kind of `other` is in this set.
+  [[nodiscard]] constexpr bool contains(Kinds other) const noexcept {
+    return (bits_ & other.bits_) == other.bits_;
+  }
+
+  constexpr Kinds& operator|=(Kinds other) noexcept {
+    bits_ |= other.bits_;
+    return *this;
+  }
+  constexpr Kinds& operator&=(Kinds other) noexcept {
+    bits_ &= other.bits_;
+    return *this;
+  }
+  constexpr Kinds& operator-=(Kinds other) noexcept {
+    bits_ &= ~other.bits_;
+    return *this;
+  }
+  [[nodiscard]] friend constexpr Kinds operator|(Kinds a, Kinds b) noexcept { return a |= b; }
+  [[nodiscard]] friend constexpr Kinds operator&(Kinds a, Kinds b) noexcept { return a &= b; }
+  /// The kinds of `a` that are not in `b`.
+  [[nodiscard]] friend constexpr Kinds operator-(Kinds a, Kinds b) noexcept { return a -= b; }
+  [[nodiscard]] friend constexpr bool operator==(Kinds a, Kinds b) noexcept = default;
+
+  /// Forward iterator over the kinds held, in all_kinds order.
+  class iterator {
+   public:
+    using value_type = Kind;
+    using difference_type = std::ptrdiff_t;
+    using iterator_category = std::forward_iterator_tag;
+
+    constexpr iterator() noexcept = default;
+    constexpr Kind operator*() const noexcept { return all_kinds[pos_]; }
+    constexpr iterator& operator++() noexcept {
+      ++pos_;
+      skip();
+      return *this;
+    }
+    constexpr iterator operator++(int) noexcept {
+      iterator old = *this;
+      ++*this;
+      return old;
+    }
+    friend constexpr bool operator==(iterator a, iterator b) noexcept { return a.pos_ == b.pos_; }
+
+   private:
+    friend class Kinds;
+    constexpr iterator(std::uint32_t bits, std::size_t pos) noexcept : bits_(bits), pos_(pos) { skip(); }
+    constexpr void skip() noexcept {
+      while (pos_ < all_kinds.size() && (bits_ & static_cast<std::uint32_t>(all_kinds[pos_])) == 0) ++pos_;
+    }
+    std::uint32_t bits_ = 0;
+    std::size_t pos_ = all_kinds.size();
+  };
+
+  [[nodiscard]] constexpr iterator begin() const noexcept { return {bits_, 0}; }
+  [[nodiscard]] constexpr iterator end() const noexcept { return {bits_, all_kinds.size()}; }
+
+ private:
+  std::uint32_t bits_ = 0;
+};
+
+[[nodiscard]] constexpr Kinds operator|(Kind a, Kind b) noexcept { return Kinds(a) | Kinds(b); }
+
+/// Every kind but user: what a thread can hold and what Set::current() reads
+/// by default (a thread cannot join a user namespace, see kernel-rules.md).
+inline constexpr Kinds default_kinds = Kinds::all() - Kind::user;
+
+}  // namespace gonso
+
+template <>
+struct fmt::formatter<gonso::Kind> : fmt::formatter<std::string_view> {
+  auto format(gonso::Kind kind, format_context& ctx) const {
+    return fmt::formatter<std::string_view>::format(gonso::name(kind), ctx);
+  }
+};
+
+/// Prints "{mnt, net}"; "{}" when empty.
+template <>
+struct fmt::formatter<gonso::Kinds> {
+  constexpr auto parse(format_parse_context& ctx) { return ctx.begin(); }
+  auto format(gonso::Kinds kinds, format_context& ctx) const {
+    auto out = fmt::format_to(ctx.out(), "{{");
+    const char* sep = "";
+    for (gonso::Kind kind : kinds) {
+      out = fmt::format_to(out, "{}{}", sep, gonso::name(kind));
+      sep = ", ";
+    }
+    return fmt::format_to(out, "}}");
+  }
+};

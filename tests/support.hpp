@@ -1,0 +1,238 @@
+// Test helpers: reading namespace identities straight from /proc (never
+// through gonso), counting fds and threads, and making foreign namespaces
+// with plain system calls so that gonso is checked against the kernel.
+#pragma once
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+
+#include <gonso/set.hpp>
+
+namespace test {
+
+inline pid_t tid() { return static_cast<pid_t>(::syscall(SYS_gettid)); }
+
+/// The link name a thread's joined state shows for a kind: joining pid or time
+/// changes only the *_for_children links (kernel-rules.md).
+inline std::string link_of(gonso::Kind kind) {
+  if (kind == gonso::Kind::pid) return "pid_for_children";
+  if (kind == gonso::Kind::time) return "time_for_children";
+  return std::string(gonso::name(kind));
+}
+
+/// (device, inode) of a namespace file, read with stat(2).
+inline gonso::Identity identity_at(gonso::Kind kind, const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    throw std::system_error(errno, std::generic_category(), "stat " + path);
+  }
+  return gonso::Identity{kind, st.st_dev, st.st_ino};
+}
+
+/// The calling thread's namespace of `kind` as setns(2) changes it.
+inline gonso::Identity thread_ns(gonso::Kind kind) {
+  return identity_at(kind, "/proc/thread-self/ns/" + link_of(kind));
+}
+
+/// readlink of the calling thread's namespace link, e.g. "net:[4026531840]".
+inline std::string thread_ns_link(gonso::Kind kind) {
+  return std::filesystem::read_symlink("/proc/thread-self/ns/" + std::string(gonso::name(kind))).string();
+}
+
+/// Every kind a thread can carry, as the thread sees it now.
+using Snapshot = std::map<gonso::Kind, gonso::Identity>;
+inline constexpr gonso::Kind thread_kinds[] = {gonso::Kind::cgroup, gonso::Kind::ipc, gonso::Kind::mnt,
+                                               gonso::Kind::net,    gonso::Kind::pid, gonso::Kind::time,
+                                               gonso::Kind::uts,    gonso::Kind::user};
+inline Snapshot snapshot() {
+  Snapshot s;
+  for (gonso::Kind k : thread_kinds) s[k] = thread_ns(k);
+  return s;
+}
+
+inline std::size_t count_entries(const char* dir) {
+  std::size_t n = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(dir)) ++n;
+  return n;
+}
+/// Open fds of the process (the directory iterator's own fd is counted every
+/// time, so comparisons stay fair).
+inline std::size_t count_fds() { return count_entries("/proc/self/fd"); }
+inline std::size_t count_threads() { return count_entries("/proc/self/task"); }
+
+/// Threads of this process (by tid) that are in a namespace other than the
+/// one `reference` names for that kind.
+inline std::vector<std::string> threads_outside(const Snapshot& reference) {
+  std::vector<std::string> out;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    for (const auto& [kind, id] : reference) {
+      const std::string path = task.path().string() + "/ns/" + link_of(kind);
+      struct stat st {};
+      if (::stat(path.c_str(), &st) != 0) continue;  // the thread ended meanwhile
+      if (st.st_dev != id.device || st.st_ino != id.inode) {
+        out.push_back(fmt::format("tid {} in {}:[{}]", task.path().filename().string(), gonso::name(kind),
+                                  st.st_ino));
+      }
+    }
+  }
+  return out;
+}
+
+inline bool has_cap_sys_admin() {
+  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct data[2]{};
+  if (::syscall(SYS_capget, &header, data) != 0) return false;
+  return (data[0].effective & (1u << CAP_SYS_ADMIN)) != 0;
+}
+
+/// Privileged tests fail loudly, never pass, without CAP_SYS_ADMIN.
+inline void require_privilege() {
+  if (!has_cap_sys_admin()) {
+    FAIL(
+        "this test needs CAP_SYS_ADMIN (run it as root), or exclude privileged tests: "
+        "ctest -LE privileged");
+  }
+}
+
+/// Drops CAP_SYS_ADMIN from the calling thread's effective and permitted
+/// sets with the raw syscall aimed at its own tid: other threads keep theirs.
+inline void drop_cap_sys_admin_on_this_thread() {
+  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, tid()};
+  __user_cap_data_struct data[2]{};
+  if (::syscall(SYS_capget, &header, data) != 0) throw std::system_error(errno, std::generic_category(), "capget");
+  data[0].effective &= ~(1u << CAP_SYS_ADMIN);
+  data[0].permitted &= ~(1u << CAP_SYS_ADMIN);
+  header.pid = tid();
+  if (::syscall(SYS_capset, &header, data) != 0) throw std::system_error(errno, std::generic_category(), "capset");
+}
+
+/// A child process that sits in namespaces of its own until destroyed. It
+/// unshares `flags` (single-threaded, so user and time work too); for
+/// CLONE_NEWPID it forks pid 1 of the new namespace, which dies with it.
+/// Made with fork and raw syscalls only: no gonso code is involved.
+class ForeignNamespaces {
+ public:
+  explicit ForeignNamespaces(int flags) {
+    int ready[2];
+    if (::pipe2(ready, O_CLOEXEC) != 0) throw std::system_error(errno, std::generic_category(), "pipe2");
+    const pid_t parent = ::getpid();
+    pid_ = ::fork();
+    if (pid_ < 0) throw std::system_error(errno, std::generic_category(), "fork");
+    if (pid_ == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != parent) ::_exit(1);
+      char ok = ::unshare(flags) == 0 ? 'y' : 'n';
+      if (ok == 'y' && (flags & CLONE_NEWPID) != 0) {
+        const pid_t init = ::fork();
+        if (init == 0) {
+          ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+          for (;;) ::pause();
+        }
+        if (init < 0) ok = 'n';
+      }
+      if (::write(ready[1], &ok, 1) != 1) ::_exit(1);
+      for (;;) ::pause();
+    }
+    ::close(ready[1]);
+    char ok = 'n';
+    const ssize_t n = ::read(ready[0], &ok, 1);
+    ::close(ready[0]);
+    if (n != 1 || ok != 'y') {
+      stop();
+      throw std::runtime_error(fmt::format("helper child could not unshare flags {:#x}", flags));
+    }
+  }
+  ForeignNamespaces(const ForeignNamespaces&) = delete;
+  ForeignNamespaces& operator=(const ForeignNamespaces&) = delete;
+  ~ForeignNamespaces() { stop(); }
+
+  [[nodiscard]] pid_t pid() const { return pid_; }
+  /// Path of the child's namespace file of `kind`, as a process joins it:
+  /// for pid and time the *_for_children link.
+  [[nodiscard]] std::string path(gonso::Kind kind) const {
+    return fmt::format("/proc/{}/ns/{}", pid_, link_of(kind));
+  }
+
+ private:
+  void stop() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+      pid_ = -1;
+    }
+  }
+  pid_t pid_ = -1;
+};
+
+/// A tmpfs on a fresh temporary folder, made a shared mount so that mount
+/// propagation to and from it can be observed. Unmounted and removed when
+/// destroyed, whatever the test did.
+class SharedTmpfs {
+ public:
+  SharedTmpfs() {
+    std::string templ = (std::filesystem::temp_directory_path() / "gonso-test-XXXXXX").string();
+    if (::mkdtemp(templ.data()) == nullptr) throw std::system_error(errno, std::generic_category(), "mkdtemp");
+    path_ = templ;
+    if (::mount("gonso-test", path_.c_str(), "tmpfs", 0, "size=1m") != 0 ||
+        ::mount(nullptr, path_.c_str(), nullptr, MS_SHARED, nullptr) != 0) {
+      const int err = errno;
+      cleanup();
+      throw std::system_error(err, std::generic_category(), "mount shared tmpfs on " + path_.string());
+    }
+    mounted_ = true;
+  }
+  SharedTmpfs(const SharedTmpfs&) = delete;
+  SharedTmpfs& operator=(const SharedTmpfs&) = delete;
+  ~SharedTmpfs() { cleanup(); }
+
+  [[nodiscard]] const std::filesystem::path& path() const { return path_; }
+
+ private:
+  void cleanup() {
+    if (mounted_) {
+      // Anything that propagated back onto it goes with a recursive lazy unmount.
+      ::umount2(path_.c_str(), MNT_DETACH);
+      mounted_ = false;
+    }
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  std::filesystem::path path_;
+  bool mounted_ = false;
+};
+
+/// True when `dir` is a mount point in the calling thread's mount namespace.
+inline bool is_mount_point_here(const std::filesystem::path& dir) {
+  std::ifstream info("/proc/thread-self/mountinfo");
+  std::string line;
+  const std::string needle = " " + dir.string() + " ";
+  while (std::getline(info, line)) {
+    if (line.find(needle) != std::string::npos) return true;
+  }
+  return false;
+}
+
+}  // namespace test
