@@ -1,0 +1,92 @@
+// Kinds and flags: pure values, no privilege needed.
+#include <sched.h>
+#include <unistd.h>
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+
+#include <gonso/kind.hpp>
+
+using gonso::Kind;
+using gonso::Kinds;
+
+TEST_CASE("a Kind is its CLONE_NEW* bit and its /proc name") {
+  CHECK(gonso::clone_flag(Kind::cgroup) == CLONE_NEWCGROUP);
+  CHECK(gonso::clone_flag(Kind::ipc) == CLONE_NEWIPC);
+  CHECK(gonso::clone_flag(Kind::mnt) == CLONE_NEWNS);
+  CHECK(gonso::clone_flag(Kind::net) == CLONE_NEWNET);
+  CHECK(gonso::clone_flag(Kind::pid) == CLONE_NEWPID);
+  CHECK(gonso::clone_flag(Kind::time) == CLONE_NEWTIME);
+  CHECK(gonso::clone_flag(Kind::user) == CLONE_NEWUSER);
+  CHECK(gonso::clone_flag(Kind::uts) == CLONE_NEWUTS);
+
+  // The names are those of the files in /proc/PID/ns.
+  for (Kind kind : gonso::all_kinds) {
+    const std::string path = fmt::format("/proc/self/ns/{}", gonso::name(kind));
+    INFO(path);
+    CHECK(::access(path.c_str(), F_OK) == 0);
+    CHECK(gonso::kind_from_name(gonso::name(kind)) == kind);
+  }
+  CHECK_FALSE(gonso::kind_from_name("pid_for_children").has_value());
+  CHECK_FALSE(gonso::kind_from_name("").has_value());
+}
+
+TEST_CASE("Kinds combine, intersect, subtract and test membership") {
+  const Kinds nu = Kind::net | Kind::uts;
+  CHECK(nu.contains(Kind::net));
+  CHECK(nu.contains(Kind::uts));
+  CHECK_FALSE(nu.contains(Kind::mnt));
+  CHECK(nu.size() == 2);
+  CHECK((nu & Kind::net) == Kinds(Kind::net));
+  CHECK((nu - Kind::net) == Kinds(Kind::uts));
+  CHECK((nu | Kind::mnt).contains(nu));
+  CHECK_FALSE(Kinds(Kind::net).contains(nu));
+  CHECK(Kinds{}.empty());
+  CHECK(Kinds::all().size() == 8);
+  CHECK(gonso::default_kinds == Kinds::all() - Kind::user);
+
+  Kinds k;
+  k |= Kind::pid;
+  k |= Kind::ipc;
+  k &= Kinds(Kind::pid) | Kind::cgroup;
+  CHECK(k == Kinds(Kind::pid));
+  k -= Kind::pid;
+  CHECK(k.empty());
+}
+
+TEST_CASE("Kinds iterate in /proc order and convert to and from raw flags") {
+  const Kinds k = Kinds::from_clone_flags(CLONE_NEWUTS | CLONE_NEWNET | CLONE_NEWCGROUP);
+  std::vector<Kind> seen(k.begin(), k.end());
+  CHECK(seen == std::vector<Kind>{Kind::cgroup, Kind::net, Kind::uts});
+  CHECK(k.clone_flags() == (CLONE_NEWUTS | CLONE_NEWNET | CLONE_NEWCGROUP));
+  CHECK(Kinds::from_clone_flags(0).empty());
+
+  std::vector<Kind> all(Kinds::all().begin(), Kinds::all().end());
+  CHECK(all == std::vector<Kind>(gonso::all_kinds.begin(), gonso::all_kinds.end()));
+}
+
+TEST_CASE("unknown flag bits are refused by name") {
+  try {
+    (void)Kinds::from_clone_flags(CLONE_NEWNET | CLONE_VM);
+    FAIL("CLONE_VM was accepted as a namespace flag");
+  } catch (const std::invalid_argument& e) {
+    const std::string what = e.what();
+    INFO(what);
+    CHECK(what.find("0x00000100") != std::string::npos);  // CLONE_VM
+    CHECK(what.find("unknown namespace flag") != std::string::npos);
+  }
+  CHECK_THROWS_AS(Kinds::from_clone_flags(CLONE_FS), std::invalid_argument);
+  CHECK_THROWS_AS(Kinds::from_clone_flags(CLONE_THREAD), std::invalid_argument);
+  CHECK_THROWS_AS(Kinds::from_clone_flags(std::uint64_t{1} << 40), std::invalid_argument);
+}
+
+TEST_CASE("kinds format with fmt") {
+  CHECK(fmt::format("{}", Kind::mnt) == "mnt");
+  CHECK(fmt::format("{}", Kind::net | Kind::mnt) == "{mnt, net}");
+  CHECK(fmt::format("{}", Kinds{}) == "{}");
+  CHECK(fmt::format("{:>5}", Kind::ipc) == "  ipc");
+}
