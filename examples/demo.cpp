@@ -54,7 +54,8 @@ int main() try {
 
   const View inside = sandbox.run(true, [] {
     const std::string name = "gonso-demo";
-    if (::sethostname(name.data(), name.size()) != 0) throw std::system_error(errno, std::generic_category(), "sethostname");
+    if (::sethostname(name.data(), name.size()) != 0)
+      throw std::system_error(errno, std::generic_category(), "sethostname");
     return look_around();
   });
   show("inside", inside);
@@ -63,8 +64,8 @@ int main() try {
   show("caller", after);
 
   const bool moved = !(after.namespaces == before.namespaces) || after.hostname != before.hostname;
-  const bool entered = inside.namespaces == sandbox.dup(gonso::Kind::net | gonso::Kind::uts) &&
-                       inside.hostname == "gonso-demo";
+  const bool entered =
+      inside.namespaces == sandbox.dup(gonso::Kind::net | gonso::Kind::uts) && inside.hostname == "gonso-demo";
   fmt::print("{}\n", entered && !moved ? "the code ran inside the new namespaces; the caller never moved"
                                        : "UNEXPECTED: see the identities above");
   return entered && !moved ? 0 : 1;

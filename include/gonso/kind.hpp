@@ -32,20 +32,28 @@ enum class Kind : std::uint32_t {
 
 /// Every kind, in the order of their names under /proc/PID/ns. This order is
 /// used for iteration and printing; joining uses its own order.
-inline constexpr std::array<Kind, 8> all_kinds{Kind::cgroup, Kind::ipc, Kind::mnt,  Kind::net,
+inline constexpr std::array<Kind, 8> all_kinds{Kind::cgroup, Kind::ipc,  Kind::mnt,  Kind::net,
                                                Kind::pid,    Kind::time, Kind::user, Kind::uts};
 
 /// The name of a kind's file under /proc/PID/ns ("net", "mnt", ...).
 [[nodiscard]] constexpr std::string_view name(Kind kind) noexcept {
   switch (kind) {
-    case Kind::cgroup: return "cgroup";
-    case Kind::ipc: return "ipc";
-    case Kind::mnt: return "mnt";
-    case Kind::net: return "net";
-    case Kind::pid: return "pid";
-    case Kind::time: return "time";
-    case Kind::user: return "user";
-    case Kind::uts: return "uts";
+    case Kind::cgroup:
+      return "cgroup";
+    case Kind::ipc:
+      return "ipc";
+    case Kind::mnt:
+      return "mnt";
+    case Kind::net:
+      return "net";
+    case Kind::pid:
+      return "pid";
+    case Kind::time:
+      return "time";
+    case Kind::user:
+      return "user";
+    case Kind::uts:
+      return "uts";
   }
   return "?";
 }
@@ -104,16 +112,12 @@ class Kinds {
   [[nodiscard]] constexpr int clone_flags() const noexcept { return static_cast<int>(bits_); }
 
   [[nodiscard]] constexpr bool empty() const noexcept { return bits_ == 0; }
-  [[nodiscard]] constexpr std::size_t size() const noexcept {
-    return static_cast<std::size_t>(std::popcount(bits_));
-  }
+  [[nodiscard]] constexpr std::size_t size() const noexcept { return static_cast<std::size_t>(std::popcount(bits_)); }
   [[nodiscard]] constexpr bool contains(Kind kind) const noexcept {
     return (bits_ & static_cast<std::uint32_t>(kind)) != 0;
   }
   /// True when every kind of `other` is in this set.
-  [[nodiscard]] constexpr bool contains(Kinds other) const noexcept {
-    return (bits_ & other.bits_) == other.bits_;
-  }
+  [[nodiscard]] constexpr bool contains(Kinds other) const noexcept { return (bits_ & other.bits_) == other.bits_; }
 
   constexpr Kinds& operator|=(Kinds other) noexcept {
     bits_ |= other.bits_;

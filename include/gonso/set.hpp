@@ -51,8 +51,8 @@ template <typename F>
 inline constexpr bool takes_context = std::is_invocable_v<F&&, RunContext&>;
 
 template <typename F>
-using run_result_t = typename std::conditional_t<takes_context<F>, std::invoke_result<F&&, RunContext&>,
-                                                 std::invoke_result<F&&>>::type;
+using run_result_t =
+    typename std::conditional_t<takes_context<F>, std::invoke_result<F&&, RunContext&>, std::invoke_result<F&&>>::type;
 
 /// A run's callable and the place for its outcome, on the caller's stack.
 template <typename F, typename R>

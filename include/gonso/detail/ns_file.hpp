@@ -29,9 +29,12 @@ struct ns_handle {
 /// *_for_children links.
 [[nodiscard]] constexpr const char* thread_link(Kind kind) noexcept {
   switch (kind) {
-    case Kind::pid: return "pid_for_children";
-    case Kind::time: return "time_for_children";
-    default: return name(kind).data();  // names are NUL-terminated literals
+    case Kind::pid:
+      return "pid_for_children";
+    case Kind::time:
+      return "time_for_children";
+    default:
+      return name(kind).data();  // names are NUL-terminated literals
   }
 }
 
@@ -43,8 +46,8 @@ struct ns_handle {
   struct statfs fs {};
   if (::fstatfs(fd, &fs) != 0) throw system_error(errno, "cannot inspect {} as {} namespace", what, kind);
   if (fs.f_type != nsfs_magic) {
-    throw system_error(EINVAL, "cannot use {} as {} namespace: not a namespace file (filesystem magic {:#x})",
-                       what, kind, static_cast<unsigned long>(fs.f_type));
+    throw system_error(EINVAL, "cannot use {} as {} namespace: not a namespace file (filesystem magic {:#x})", what,
+                       kind, static_cast<unsigned long>(fs.f_type));
   }
   const int type = ns_type(fd);
   if (type < 0) throw system_error(errno, "cannot read the namespace type of {}", what);

@@ -3,6 +3,7 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
+#include <pthread.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -37,12 +38,11 @@ using ns_handles = std::array<ns_handle, all_kinds.size()>;
 /// unshare(CLONE_FS), which cannot be undone, so a failure in any other kind
 /// leaves the thread still restorable. user and time are absent: a thread of
 /// a multithreaded process can join neither (kernel-rules.md).
-inline constexpr std::array<Kind, 6> join_order{Kind::cgroup, Kind::ipc, Kind::uts,
-                                                Kind::net,    Kind::pid, Kind::mnt};
+inline constexpr std::array<Kind, 6> join_order{Kind::cgroup, Kind::ipc, Kind::uts, Kind::net, Kind::pid, Kind::mnt};
 
 /// The kinds whose state a thread carries and gonso checks after a restoring
 /// run. user is absent because no thread of a multithreaded process can change it.
-inline constexpr std::array<Kind, 7> watched_kinds{Kind::cgroup, Kind::ipc, Kind::mnt, Kind::net,
+inline constexpr std::array<Kind, 7> watched_kinds{Kind::cgroup, Kind::ipc,  Kind::mnt, Kind::net,
                                                    Kind::pid,    Kind::time, Kind::uts};
 
 /// Work handed to a worker: the namespaces to join and, behind invoke(), the
@@ -74,7 +74,7 @@ class worker_pool;
 /// waits for work; a run that cannot bring it back there ends the thread.
 class worker {
  public:
-  explicit worker(worker_pool& pool) : pool_(pool), thread_([this](std::stop_token stop) { loop(stop); }) {}
+  explicit worker(worker_pool& pool) : pool_(pool), thread_([this](const std::stop_token& stop) { loop(stop); }) {}
   worker(const worker&) = delete;
   worker& operator=(const worker&) = delete;
   ~worker() = default;  // thread_ is destroyed first: asks the loop to stop, then joins
@@ -91,7 +91,7 @@ class worker {
   }
 
  private:
-  void loop(std::stop_token stop);
+  void loop(const std::stop_token& stop);
   bool perform(job& work) noexcept;
   void open_origin();
   void join(const job& work, Kinds& joined);
@@ -100,16 +100,16 @@ class worker {
   worker_pool& pool_;
 
   std::mutex mutex_;
-  std::condition_variable_any wake_;     // work posted, or stop asked
-  std::condition_variable finished_;     // work done
+  std::condition_variable_any wake_;  // work posted, or stop asked
+  std::condition_variable finished_;  // work done
   job* job_ = nullptr;
   bool done_ = false;
   bool reusable_ = false;
 
   // Touched by the worker's own thread only.
-  ns_handles origin_{};        // the namespaces this thread started in
+  ns_handles origin_{};  // the namespaces this thread started in
   bool origin_open_ = false;
-  bool fs_private_ = false;    // unshare(CLONE_FS) done: never restorable
+  bool fs_private_ = false;      // unshare(CLONE_FS) done: never restorable
   bool foreign_origin_ = false;  // started outside the process's namespaces
 
   std::jthread thread_;  // last, so that it starts after, and stops before, the rest
@@ -127,7 +127,10 @@ class worker_pool {
 
   worker_pool(const worker_pool&) = delete;
   worker_pool& operator=(const worker_pool&) = delete;
-  ~worker_pool() { retire_idle(); }
+  ~worker_pool() {
+    live_.store(nullptr);
+    retire_idle();
+  }
 
   /// An idle worker, or a new one.
   [[nodiscard]] std::unique_ptr<worker> acquire() {
@@ -212,6 +215,30 @@ class worker_pool {
       struct stat st {};
       if (::stat(path.c_str(), &st) == 0) baseline_[index_of(kind)] = Identity{kind, st.st_dev, st.st_ino};
     }
+    live_.store(this);
+    static std::once_flag registered;
+    std::call_once(registered, [] { ::pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child); });
+  }
+
+  // A child of fork() has one thread, the one that forked: the workers the
+  // pool holds do not exist there. Hold the pool's lock across fork() so the
+  // child gets consistent lists, then let the child forget them. Their
+  // objects are leaked on purpose: destroying one would join a thread that
+  // is not there.
+  static void before_fork() noexcept {
+    if (worker_pool* pool = live_.load()) pool->mutex_.lock();
+  }
+  static void after_fork_in_parent() noexcept {
+    if (worker_pool* pool = live_.load()) pool->mutex_.unlock();
+  }
+  static void after_fork_in_child() noexcept {
+    worker_pool* pool = live_.load();
+    if (pool == nullptr) return;
+    for (auto& w : pool->idle_) (void)w.release();
+    for (auto& w : pool->retired_) (void)w.release();
+    pool->idle_.clear();
+    pool->retired_.clear();
+    pool->mutex_.unlock();
   }
 
   /// Called by an idle worker whose timeout expired. True when the worker was
@@ -232,9 +259,10 @@ class worker_pool {
   std::size_t max_idle_ = std::max<std::size_t>(4, std::thread::hardware_concurrency());
   std::atomic<long long> idle_timeout_ms_{10'000};
   std::array<std::optional<Identity>, all_kinds.size()> baseline_{};
+  static inline std::atomic<worker_pool*> live_{nullptr};
 };
 
-inline void worker::loop(std::stop_token stop) {
+inline void worker::loop(const std::stop_token& stop) {
   std::unique_lock lock(mutex_);
   while (!stop.stop_requested()) {
     if (!wake_.wait_for(lock, stop, pool_.idle_timeout(), [this] { return job_ != nullptr; })) {
