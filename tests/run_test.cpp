@@ -341,40 +341,46 @@ TEST_CASE("joining fails with the errno and the namespace named", "[privileged]"
   CHECK(test::count_fds() == fds);
 }
 
-TEST_CASE("run() refuses user and foreign time namespaces before starting anything", "[privileged]") {
+TEST_CASE("run() refuses user and foreign time namespaces before joining anything", "[privileged]") {
   test::require_privilege();
+  const test::Snapshot caller = test::snapshot();
+  gonso::retire_idle_workers();
   const std::size_t threads = test::count_threads();
-  bool ran = false;
-  SECTION("user") {
-    test::ForeignNamespaces holder(CLONE_NEWUSER);
-    const Set user = Set::from_file(Kind::user, holder.path(Kind::user));
+  const Set net = Set::current().unshare(Kind::net);
+  const Kind kind = GENERATE(Kind::user, Kind::time);
+  const bool restore = GENERATE(true, false);
+  DYNAMIC_SECTION(gonso::name(kind) << (restore ? " with restore" : " without restore")) {
+    test::ForeignNamespaces holder(gonso::clone_flag(kind));
+    // A Set that also holds a new net namespace, gathered through a folder of
+    // links: the refusal must come before the worker joins that net.
+    const test::TempDir dir;
+    std::filesystem::create_symlink(holder.path(kind), dir.path() / gonso::name(kind));
+    std::filesystem::create_symlink(fmt::format("/proc/self/fd/{}", net.fd(Kind::net)), dir.path() / "net");
+    const Set mixed = Set::from_dir(dir.path(), kind | Kind::net);
+    REQUIRE(mixed.identity(Kind::net) == net.identity(Kind::net));
+    bool ran = false;
     try {
-      user.run(true, [&] { ran = true; });
-      FAIL("ran in a user namespace on a thread");
+      mixed.run(restore, [&] { ran = true; });
+      FAIL("ran in a foreign " << gonso::name(kind) << " namespace on a thread");
     } catch (const std::system_error& e) {
       CHECK(e.code() == std::errc::invalid_argument);
-      CHECK_THAT(e.what(), Catch::Contains("user namespace") && Catch::Contains("child process"));
+      CHECK_THAT(e.what(), Catch::StartsWith(fmt::format("cannot join {} namespace {} on a thread", gonso::name(kind),
+                                                         mixed.identity(kind))) &&
+                               Catch::Contains("child process"));
     }
     CHECK_FALSE(ran);
-    CHECK(test::count_threads() == threads);  // no worker was started
+    CHECK(test::snapshot() == caller);
+    CHECK(test::threads_outside(caller).empty());
+    CHECK(threads_back_to(threads + gonso::idle_workers()));
   }
-  SECTION("time") {
-    test::ForeignNamespaces holder(CLONE_NEWTIME);
-    const Set time = Set::from_file(Kind::time, holder.path(Kind::time));
-    try {
-      time.run(false, [&] { ran = true; });
-      FAIL("ran in a foreign time namespace on a thread");
-    } catch (const std::system_error& e) {
-      CHECK(e.code() == std::errc::invalid_argument);
-      CHECK_THAT(e.what(), Catch::Contains("time namespace"));
-    }
-    CHECK_FALSE(ran);
-    CHECK(test::count_threads() == threads);
-  }
-  SECTION("the process's own user and time namespaces are fine: nothing to join") {
-    const Set all = Set::current(Kinds::all());
-    CHECK(all.run(true, [] { return test::thread_ns(Kind::user); }) == all.identity(Kind::user));
-  }
+}
+
+TEST_CASE("run() in the process's own user and time namespaces joins nothing for them", "[privileged]") {
+  test::require_privilege();
+  const Set all = Set::current(Kinds::all());
+  const test::Snapshot inside = all.run(true, [] { return test::snapshot(); });
+  CHECK(inside.at(Kind::user) == all.identity(Kind::user));
+  CHECK(inside.at(Kind::time) == all.identity(Kind::time));
 }
 
 TEST_CASE("run() on an empty Set is a logic error") {
@@ -486,4 +492,82 @@ TEST_CASE("a child forked while workers are pooled can still run in Sets", "[pri
   CHECK(WEXITSTATUS(status) == 0);
   // The parent's pool is untouched.
   CHECK(net.run(true, [] { return test::tid(); }) == parent_worker);
+}
+
+TEST_CASE("a Set whose mount namespace has no /proc can be run in and unshared from", "[privileged]") {
+  test::require_privilege();
+  const test::Snapshot caller = test::snapshot();
+  // Like a container whose /proc is its own or absent: gonso must still name
+  // the worker's namespaces through the host's /proc.
+  test::ForeignNamespaces box(CLONE_NEWNS | CLONE_NEWUTS, /*hide_proc=*/true);
+  const Set boxed = Set::from_pid(box.pid(), Kind::mnt | Kind::uts);
+  const auto seen = boxed.run(
+      true, [] { return std::pair(std::filesystem::exists("/proc/self"), Set::current(Kind::mnt | Kind::uts)); });
+  CHECK_FALSE(seen.first);  // the callable really was in the box
+  CHECK(seen.second == boxed);
+  const Set fresh = boxed.unshare(Kind::uts);
+  CHECK(fresh.identity(Kind::mnt) == boxed.identity(Kind::mnt));
+  CHECK(fresh.identity(Kind::uts) != boxed.identity(Kind::uts));
+  CHECK(fresh.identity(Kind::uts) != caller.at(Kind::uts));
+  CHECK(test::snapshot() == caller);
+}
+
+TEST_CASE("a child forked by the callable that returns is ended, not left in gonso's loop", "[privileged]") {
+  test::require_privilege();
+  const Set net = Set::current().unshare(Kind::net);
+  // The child must exec or _exit; if it returns, gonso ends it with a
+  // failure status instead of letting it wait for work that never comes.
+  const pid_t child = net.run(true, [] { return ::fork(); });
+  if (child == 0) return;  // not reached: gonso ends the child
+  REQUIRE(child > 0);
+  int status = 0;
+  pid_t reaped = 0;
+  for (int i = 0; i < 500 && reaped == 0; ++i) {
+    reaped = ::waitpid(child, &status, WNOHANG);
+    if (reaped == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  if (reaped == 0) {
+    ::kill(child, SIGKILL);
+    ::waitpid(child, &status, 0);
+    FAIL("the forked child was still alive after 5 s");
+  }
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == EXIT_FAILURE);
+}
+
+TEST_CASE("a callable in a pid namespace cannot start threads, and says so", "[privileged]") {
+  test::require_privilege();
+  test::ForeignNamespaces holder(CLONE_NEWPID);
+  const Set pidns = Set::from_file(Kind::pid, holder.path(Kind::pid));
+  const Set uts = Set::current().unshare(Kind::uts);
+  const std::string error = pidns.run(true, [&] {
+    try {
+      uts.run(false, [] {});  // needs a new thread
+      return std::string("no error");
+    } catch (const std::system_error& e) {
+      return std::string(e.what());
+    }
+  });
+  CHECK_THAT(error, Catch::StartsWith("cannot start a gonso worker thread"));
+}
+
+TEST_CASE("runs started while the process exits still work", "[privileged]") {
+  test::require_privilege();
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::alarm(20);
+    static const Set* net = nullptr;
+    net = new Set(Set::current().unshare(Kind::net));  // NOLINT: outlives main on purpose
+    std::atexit([] {
+      const bool ok = net->run(true, [] { return test::thread_ns(Kind::net); }) == net->identity(Kind::net);
+      if (!ok) ::_exit(3);
+    });
+    std::exit(0);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  INFO("status " << status);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
 }

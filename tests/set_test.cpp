@@ -38,19 +38,6 @@ std::system_error system_error_from(Fn&& fn) {
   throw std::logic_error("unreachable");
 }
 
-struct TempDir {
-  TempDir() {
-    std::string templ = (std::filesystem::temp_directory_path() / "gonso-set-XXXXXX").string();
-    REQUIRE(::mkdtemp(templ.data()) != nullptr);
-    path = templ;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  std::filesystem::path path;
-};
-
 bool cloexec(int fd) { return (::fcntl(fd, F_GETFD) & FD_CLOEXEC) != 0; }
 
 }  // namespace
@@ -193,36 +180,36 @@ TEST_CASE("from_pid() refuses bad and missing pids") {
 }
 
 TEST_CASE("from_dir() opens a folder of namespace files") {
-  TempDir dir;
+  test::TempDir dir;
   SECTION("a /proc/PID/ns folder") {
     CHECK(Set::from_dir("/proc/self/ns") == Set::from_pid(::getpid()));
     CHECK(Set::from_dir("/proc/self/ns", Kind::net) == Set::from_pid(::getpid(), Kind::net));
   }
   SECTION("a folder holding some kinds") {
-    std::filesystem::create_symlink("/proc/self/ns/net", dir.path / "net");
-    std::filesystem::create_symlink("/proc/self/ns/uts", dir.path / "uts");
-    const Set s = Set::from_dir(dir.path);
+    std::filesystem::create_symlink("/proc/self/ns/net", dir.path() / "net");
+    std::filesystem::create_symlink("/proc/self/ns/uts", dir.path() / "uts");
+    const Set s = Set::from_dir(dir.path());
     CHECK(s.kinds() == (Kind::net | Kind::uts));
     CHECK(s.identity(Kind::net) == own_ns(Kind::net, "/proc/self"));
-    const auto e = system_error_from([&] { (void)Set::from_dir(dir.path, Kind::net | Kind::mnt); });
+    const auto e = system_error_from([&] { (void)Set::from_dir(dir.path(), Kind::net | Kind::mnt); });
     CHECK(e.code() == std::errc::no_such_file_or_directory);
     CHECK_THAT(e.what(), Catch::Contains("mnt"));
   }
   SECTION("an empty folder, a missing one, a regular file") {
     const std::size_t fds_before = test::count_fds();
-    auto e = system_error_from([&] { (void)Set::from_dir(dir.path); });
+    auto e = system_error_from([&] { (void)Set::from_dir(dir.path()); });
     CHECK(e.code() == std::errc::no_such_file_or_directory);
     CHECK_THAT(e.what(), Catch::Contains("holds no namespace file"));
-    e = system_error_from([&] { (void)Set::from_dir(dir.path / "nope"); });
+    e = system_error_from([&] { (void)Set::from_dir(dir.path() / "nope"); });
     CHECK(e.code() == std::errc::no_such_file_or_directory);
-    std::ofstream(dir.path / "file") << "x";
-    e = system_error_from([&] { (void)Set::from_dir(dir.path / "file"); });
+    std::ofstream(dir.path() / "file") << "x";
+    e = system_error_from([&] { (void)Set::from_dir(dir.path() / "file"); });
     CHECK(e.code() == std::errc::not_a_directory);
     CHECK(test::count_fds() == fds_before);
   }
   SECTION("a folder whose net file is not a namespace") {
-    std::ofstream(dir.path / "net") << "not a namespace";
-    const auto e = system_error_from([&] { (void)Set::from_dir(dir.path); });
+    std::ofstream(dir.path() / "net") << "not a namespace";
+    const auto e = system_error_from([&] { (void)Set::from_dir(dir.path()); });
     CHECK(e.code() == std::errc::invalid_argument);
     CHECK_THAT(e.what(), Catch::Contains("not a namespace file"));
   }
@@ -230,8 +217,8 @@ TEST_CASE("from_dir() opens a folder of namespace files") {
 
 TEST_CASE("from_file() and from_fd() validate what they are given") {
   const std::size_t fds_before = test::count_fds();
-  TempDir dir;
-  const auto regular = dir.path / "plain";
+  test::TempDir dir;
+  const auto regular = dir.path() / "plain";
   std::ofstream(regular) << "x";
 
   SECTION("a namespace file of the right kind") {
@@ -250,7 +237,7 @@ TEST_CASE("from_file() and from_fd() validate what they are given") {
     CHECK_THAT(e.what(), Catch::Contains("it is a uts namespace"));
   }
   SECTION("a missing file") {
-    const auto e = system_error_from([&] { (void)Set::from_file(Kind::net, dir.path / "missing"); });
+    const auto e = system_error_from([&] { (void)Set::from_file(Kind::net, dir.path() / "missing"); });
     CHECK(e.code() == std::errc::no_such_file_or_directory);
   }
   SECTION("an fd of the wrong kind, a pipe, a closed fd") {
@@ -302,4 +289,17 @@ TEST_CASE("const member functions may be called from many threads at once") {
   }
   for (auto& r : readers) r.join();
   CHECK(mismatches == 0);
+}
+
+TEST_CASE("from_pid() of a zombie says the process has exited") {
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) ::_exit(0);
+  // Wait until it is a zombie, without reaping it.
+  siginfo_t info{};
+  REQUIRE(::waitid(P_PID, static_cast<id_t>(child), &info, WEXITED | WNOWAIT) == 0);
+  const auto e = system_error_from([&] { (void)Set::from_pid(child); });
+  CHECK(e.code() == std::errc::no_such_process);
+  CHECK_THAT(e.what(), Catch::Contains(std::to_string(child)));
+  ::waitpid(child, nullptr, 0);
 }

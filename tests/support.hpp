@@ -26,8 +26,8 @@
 #include <string>
 #include <vector>
 
-#include <catch2/catch.hpp>
 #include <fmt/format.h>
+#include <catch2/catch.hpp>
 
 #include <gonso/set.hpp>
 
@@ -93,8 +93,7 @@ inline std::vector<std::string> threads_outside(const Snapshot& reference) {
       struct stat st {};
       if (::stat(path.c_str(), &st) != 0) continue;  // the thread ended meanwhile
       if (st.st_dev != id.device || st.st_ino != id.inode) {
-        out.push_back(fmt::format("tid {} in {}:[{}]", task.path().filename().string(), gonso::name(kind),
-                                  st.st_ino));
+        out.push_back(fmt::format("tid {} in {}:[{}]", task.path().filename().string(), gonso::name(kind), st.st_ino));
       }
     }
   }
@@ -132,10 +131,12 @@ inline void drop_cap_sys_admin_on_this_thread() {
 /// A child process that sits in namespaces of its own until destroyed. It
 /// unshares `flags` (single-threaded, so user and time work too); for
 /// CLONE_NEWPID it forks pid 1 of the new namespace, which dies with it.
+/// With `hide_proc` (and CLONE_NEWNS), /proc is covered by an empty tmpfs in
+/// its mount namespace, as in a container that has no /proc.
 /// Made with fork and raw syscalls only: no gonso code is involved.
 class ForeignNamespaces {
  public:
-  explicit ForeignNamespaces(int flags) {
+  explicit ForeignNamespaces(int flags, bool hide_proc = false) {
     int ready[2];
     if (::pipe2(ready, O_CLOEXEC) != 0) throw std::system_error(errno, std::generic_category(), "pipe2");
     const pid_t parent = ::getpid();
@@ -145,6 +146,11 @@ class ForeignNamespaces {
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (::getppid() != parent) ::_exit(1);
       char ok = ::unshare(flags) == 0 ? 'y' : 'n';
+      if (ok == 'y' && hide_proc &&
+          (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
+           ::mount("empty", "/proc", "tmpfs", 0, "size=4k") != 0)) {
+        ok = 'n';
+      }
       if (ok == 'y' && (flags & CLONE_NEWPID) != 0) {
         const pid_t init = ::fork();
         if (init == 0) {
@@ -172,9 +178,7 @@ class ForeignNamespaces {
   [[nodiscard]] pid_t pid() const { return pid_; }
   /// Path of the child's namespace file of `kind`, as a process joins it:
   /// for pid and time the *_for_children link.
-  [[nodiscard]] std::string path(gonso::Kind kind) const {
-    return fmt::format("/proc/{}/ns/{}", pid_, link_of(kind));
-  }
+  [[nodiscard]] std::string path(gonso::Kind kind) const { return fmt::format("/proc/{}/ns/{}", pid_, link_of(kind)); }
 
  private:
   void stop() {
@@ -185,6 +189,26 @@ class ForeignNamespaces {
     }
   }
   pid_t pid_ = -1;
+};
+
+/// A fresh temporary folder, removed with its contents when destroyed.
+class TempDir {
+ public:
+  TempDir() {
+    std::string templ = (std::filesystem::temp_directory_path() / "gonso-test-XXXXXX").string();
+    if (::mkdtemp(templ.data()) == nullptr) throw std::system_error(errno, std::generic_category(), "mkdtemp");
+    path_ = templ;
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  [[nodiscard]] const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
 };
 
 /// A tmpfs on a fresh temporary folder, made a shared mount so that mount

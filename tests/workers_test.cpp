@@ -127,6 +127,29 @@ TEST_CASE("workers: policy round trip", "[workers]") {
   }
 }
 
+TEST_CASE("workers: a default WorkerPolicy holds the documented defaults", "[workers]") {
+  PoolGuard guard;
+  const gonso::WorkerPolicy defaults;
+  CHECK(defaults.idle_timeout == 10s);
+  CHECK(defaults.max_idle >= 4);
+  CHECK(defaults.max_idle >= std::thread::hardware_concurrency());
+  // Designated initializers leave the other field at its default.
+  const gonso::WorkerPolicy some{.max_idle = 2};
+  CHECK(some.idle_timeout == defaults.idle_timeout);
+}
+
+TEST_CASE("workers: a huge idle timeout means a long wait, not an overflow", "[workers][privileged]") {
+  test::require_privilege();
+  PoolGuard guard;
+  gonso::set_worker_policy({.max_idle = 2, .idle_timeout = std::chrono::milliseconds::max()});
+  CHECK(gonso::worker_policy().idle_timeout == std::chrono::hours(24 * 365));
+  const gonso::Set uts = gonso::Set::current().unshare(Kind::uts);
+  const pid_t first = uts.run(true, [] { return test::tid(); });
+  std::this_thread::sleep_for(50ms);
+  CHECK(gonso::idle_workers() == 1);
+  CHECK(uts.run(true, [] { return test::tid(); }) == first);
+}
+
 TEST_CASE("workers: at most max_idle are kept after concurrent runs", "[workers][privileged]") {
   test::require_privilege();
   PoolGuard guard;

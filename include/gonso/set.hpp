@@ -134,6 +134,9 @@ class Set {
   /// is the namespace the thread itself is in, not the one its children get.
   /// Throws std::system_error naming the kind that could not be opened.
   [[nodiscard]] static Set current(Kinds kinds = default_kinds) {
+    // On a worker, read through the fd it opened before joining: the /proc
+    // of a joined mount namespace may show another pid namespace, or be absent.
+    if (detail::worker_ns_dir >= 0) return from_proc_dir(detail::worker_ns_dir, "", kinds, "this thread");
     return from_proc_dir(AT_FDCWD, "/proc/thread-self/ns/", kinds, "this thread");
   }
 
@@ -149,7 +152,13 @@ class Set {
       const int err = errno == ENOENT ? ESRCH : errno;
       throw detail::system_error(err, "cannot open namespaces of pid {}", pid);
     }
-    return from_proc_dir(dirfd.get(), "ns/", kinds, fmt::format("pid {}", pid));
+    try {
+      return from_proc_dir(dirfd.get(), "ns/", kinds, fmt::format("pid {}", pid));
+    } catch (const std::system_error& e) {
+      // /proc/PID of a zombie is still there, its namespace links are not.
+      if (e.code() != std::errc::no_such_file_or_directory) throw;
+      throw detail::system_error(ESRCH, "cannot open namespaces of pid {}: it has exited", pid);
+    }
   }
 
   /// A folder of namespace files named as in /proc/PID/ns ("net", "mnt", ...),
@@ -258,24 +267,26 @@ class Set {
   /// it joined a mount namespace (its root and cwd stay its own), or when any
   /// restore step fails. A run in a pid namespace changes only where the
   /// worker's children go; `fn` must then not start threads (the kernel
-  /// refuses). May be called from many threads at once.
+  /// refuses). A child that `fn` forks must exec or _exit, never return.
+  /// Kinds the Set does not hold are the worker's: the process's own for a
+  /// reused worker, the caller's for a new one. May be called from many
+  /// threads at once.
   ///
-  /// Throws, before starting anything: std::logic_error for an empty Set;
-  /// std::system_error(EINVAL) when the Set holds a user namespace or a time
-  /// namespace other than the process's own, as no thread of a multithreaded
-  /// process can join those. Throws std::system_error when joining fails,
-  /// e.g. "cannot join net namespace net:[4026532008]: Operation not permitted".
+  /// Throws std::logic_error for an empty Set, before starting anything.
+  /// Throws std::system_error(EINVAL), before joining anything, when the Set
+  /// holds a user or time namespace other than the process's own: no thread
+  /// of a multithreaded process can join those (kernel-rules.md). Throws
+  /// std::system_error when joining fails, e.g. "cannot join net namespace
+  /// net:[4026532008]: Operation not permitted".
   template <typename F>
   auto run(bool restore, F&& fn) const -> detail::run_result_t<F> {
     using R = detail::run_result_t<F>;
     static_assert(!std::is_reference_v<R>,
                   "gonso::Set::run: the callable must return by value; its result crosses threads");
     require_not_empty("run in");
-    require_thread_joinable(Kind::user);
-    require_thread_joinable(Kind::time);
 
     auto& pool = detail::worker_pool::instance();
-    detail::run_job<F, R> job(ns_, kinds_ - (Kind::user | Kind::time), restore, std::forward<F>(fn));
+    detail::run_job<F, R> job(ns_, kinds_, restore, std::forward<F>(fn));
     std::unique_ptr<detail::worker> worker = restore ? pool.acquire() : pool.spawn();
     if (worker->execute(job) && restore) pool.release(std::move(worker));
     worker.reset();  // a worker that may not run again has ended: join it now
@@ -308,19 +319,6 @@ class Set {
     if (kinds_.empty()) {
       throw std::logic_error(fmt::format("cannot {} an empty Set (moved-from, or opened with no kinds)", verb));
     }
-  }
-
-  // A thread can be in the process's own user and time namespaces only: the
-  // kernel lets only a single-threaded process join either (kernel-rules.md).
-  void require_thread_joinable(Kind kind) const {
-    if (!kinds_.contains(kind)) return;
-    const Identity& target = ns_[index_of(kind)].id;
-    const Identity* own = detail::worker_pool::instance().baseline(kind);
-    if (own != nullptr && *own == target) return;
-    throw detail::system_error(EINVAL,
-                               "cannot join {} namespace {} on a thread: the kernel lets only a single-threaded "
-                               "process join a {} namespace; run it in a child process instead",
-                               kind, target, kind);
   }
 
   static Set from_proc_dir(int dirfd, std::string_view prefix, Kinds kinds, std::string_view whose) {

@@ -16,9 +16,10 @@ namespace gonso {
 struct WorkerPolicy {
   /// Most idle workers kept at once; 0 keeps none (every run gets a new thread).
   /// Default: the larger of 4 and the number of CPUs.
-  std::size_t max_idle;
-  /// An idle worker ends after this long without work. Default: 10 s.
-  std::chrono::milliseconds idle_timeout;
+  std::size_t max_idle = detail::default_max_idle();
+  /// An idle worker ends after this long without work; 0 keeps none. Longer
+  /// than a year counts as a year. Default: 10 s.
+  std::chrono::milliseconds idle_timeout = detail::default_idle_timeout;
 };
 
 /// The policy in force.
@@ -40,8 +41,9 @@ inline void set_worker_policy(const WorkerPolicy& policy) {
 /// Number of restored workers waiting for work.
 [[nodiscard]] inline std::size_t idle_workers() { return detail::worker_pool::instance().idle_count(); }
 
-/// Ends every idle worker now and joins its thread, e.g. before fork() or
-/// when an application wants its thread count back to what it was.
+/// Ends every idle worker now and joins its thread, e.g. when an application
+/// wants its thread count back to what it was. (A child of fork() starts with
+/// an empty pool on its own.)
 inline void retire_idle_workers() { detail::worker_pool::instance().retire_idle(); }
 
 }  // namespace gonso

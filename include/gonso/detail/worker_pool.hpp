@@ -3,8 +3,10 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -12,12 +14,15 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
+#include <cstdio>
+#include <cstdlib>
 #include <exception>
+#include <iterator>
 #include <memory>
 #include <mutex>
-#include <optional>
 #include <stop_token>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -45,6 +50,20 @@ inline constexpr std::array<Kind, 6> join_order{Kind::cgroup, Kind::ipc, Kind::u
 inline constexpr std::array<Kind, 7> watched_kinds{Kind::cgroup, Kind::ipc,  Kind::mnt, Kind::net,
                                                    Kind::pid,    Kind::time, Kind::uts};
 
+/// The larger of 4 and the number of CPUs.
+[[nodiscard]] inline std::size_t default_max_idle() noexcept {
+  return std::max<std::size_t>(4, std::thread::hardware_concurrency());
+}
+inline constexpr std::chrono::milliseconds default_idle_timeout{10'000};
+/// Longer timeouts are cut to this: the deadline must not overflow the clock.
+inline constexpr std::chrono::milliseconds longest_idle_timeout{std::chrono::hours(24 * 365)};
+
+/// The O_PATH fd of /proc/thread-self/ns of the calling worker thread, or -1
+/// on any other thread. Opened before the worker joins anything, it keeps
+/// naming this thread's namespaces through the host's procfs even while the
+/// thread sits in a mount namespace with another /proc, or none.
+inline thread_local int worker_ns_dir = -1;
+
 /// Work handed to a worker: the namespaces to join and, behind invoke(), the
 /// callable and the place for its result. Lives on the caller's stack for the
 /// duration of one run.
@@ -61,7 +80,8 @@ class job {
   const ns_handles& target;
   const Kinds kinds;
   const bool restore;
-  /// Set when joining failed; invoke() was then not called.
+  /// The callable's exception, or the join's; invoke() is not called when
+  /// joining failed.
   std::exception_ptr error;
 
  protected:
@@ -74,7 +94,8 @@ class worker_pool;
 /// waits for work; a run that cannot bring it back there ends the thread.
 class worker {
  public:
-  explicit worker(worker_pool& pool) : pool_(pool), thread_([this](const std::stop_token& stop) { loop(stop); }) {}
+  explicit worker(worker_pool& pool)
+      : pool_(pool), owner_(::getpid()), thread_([this](const std::stop_token& stop) { loop(stop); }) {}
   worker(const worker&) = delete;
   worker& operator=(const worker&) = delete;
   ~worker() = default;  // thread_ is destroyed first: asks the loop to stop, then joins
@@ -93,11 +114,14 @@ class worker {
  private:
   void loop(const std::stop_token& stop);
   bool perform(job& work) noexcept;
+  void open_self();
   void open_origin();
+  [[nodiscard]] int identity_now(Kind kind, Identity& out) const noexcept;
   void join(const job& work, Kinds& joined);
   bool restore(Kinds joined) noexcept;
 
   worker_pool& pool_;
+  const pid_t owner_;  // the process the worker belongs to; a fork() child is another
 
   std::mutex mutex_;
   std::condition_variable_any wake_;  // work posted, or stop asked
@@ -107,6 +131,9 @@ class worker {
   bool reusable_ = false;
 
   // Touched by the worker's own thread only.
+  unique_fd ns_dir_;  // /proc/thread-self/ns of this thread, see worker_ns_dir
+  Identity own_user_{};
+  Identity own_time_{};
   ns_handles origin_{};  // the namespaces this thread started in
   bool origin_open_ = false;
   bool fs_private_ = false;      // unshare(CLONE_FS) done: never restorable
@@ -120,17 +147,17 @@ class worker {
 /// thread is reused first and the cold ones time out.
 class worker_pool {
  public:
+  /// The process's pool. It is never destroyed, so that runs still in flight
+  /// at exit, or started from static destructors, find it alive; at exit its
+  /// idle workers are joined and no new ones are kept.
   [[nodiscard]] static worker_pool& instance() {
-    static worker_pool pool;
-    return pool;
+    static worker_pool* const pool = new worker_pool;  // NOLINT(cppcoreguidelines-owning-memory)
+    return *pool;
   }
 
   worker_pool(const worker_pool&) = delete;
   worker_pool& operator=(const worker_pool&) = delete;
-  ~worker_pool() {
-    live_.store(nullptr);
-    retire_idle();
-  }
+  ~worker_pool() = delete;
 
   /// An idle worker, or a new one.
   [[nodiscard]] std::unique_ptr<worker> acquire() {
@@ -145,16 +172,26 @@ class worker_pool {
       }
     }
     ended.clear();  // joins threads that timed out, outside the lock
-    return found ? std::move(found) : std::make_unique<worker>(*this);
+    return found ? std::move(found) : start_worker();
   }
 
-  /// A worker that must not be kept: run once, then exits.
-  [[nodiscard]] std::unique_ptr<worker> spawn() { return std::make_unique<worker>(*this); }
+  /// A worker that will not be kept: it runs once, then ends.
+  [[nodiscard]] std::unique_ptr<worker> spawn() {
+    std::vector<std::unique_ptr<worker>> ended;
+    {
+      std::lock_guard lock(mutex_);
+      ended.swap(retired_);
+    }
+    ended.clear();
+    return start_worker();
+  }
 
-  /// Keeps a restored worker, or ends it when max_idle are already kept.
+  /// Keeps a restored worker, or ends it when the pool keeps none or is full.
   void release(std::unique_ptr<worker> done) noexcept {
     std::lock_guard lock(mutex_);
-    if (idle_.size() >= max_idle_) return;  // `done` is joined when it goes out of scope
+    if (closing_ || idle_.size() >= max_idle_ || idle_timeout() == std::chrono::milliseconds::zero()) {
+      return;  // `done` is joined when it goes out of scope, after the lock
+    }
     try {
       idle_.push_back(std::move(done));
     } catch (...) {  // out of memory: ending the thread is always safe
@@ -163,12 +200,12 @@ class worker_pool {
 
   /// Ends and joins every idle worker and every one that timed out.
   void retire_idle() {
-    std::vector<std::unique_ptr<worker>> ending;
+    std::vector<std::unique_ptr<worker>> idle;
+    std::vector<std::unique_ptr<worker>> retired;
     {
       std::lock_guard lock(mutex_);
-      ending.swap(idle_);
-      for (auto& w : retired_) ending.push_back(std::move(w));
-      retired_.clear();
+      idle.swap(idle_);
+      retired.swap(retired_);
     }
   }
 
@@ -182,12 +219,11 @@ class worker_pool {
     {
       std::lock_guard lock(mutex_);
       max_idle_ = max_idle;
-      idle_timeout_ms_.store(idle_timeout.count(), std::memory_order_relaxed);
+      idle_timeout_ms_.store(std::min(idle_timeout, longest_idle_timeout).count(), std::memory_order_relaxed);
       // The oldest idle workers go first; the warm ones stay.
-      while (idle_.size() > max_idle_) {
-        ending.push_back(std::move(idle_.front()));
-        idle_.erase(idle_.begin());
-      }
+      const auto excess = static_cast<std::ptrdiff_t>(idle_.size() - std::min(idle_.size(), max_idle_));
+      std::move(idle_.begin(), idle_.begin() + excess, std::back_inserter(ending));
+      idle_.erase(idle_.begin(), idle_.begin() + excess);
     }
   }
 
@@ -199,25 +235,37 @@ class worker_pool {
     return std::chrono::milliseconds(idle_timeout_ms_.load(std::memory_order_relaxed));
   }
 
-  /// The process's own namespace of `kind` when gonso was first used, read
-  /// from the main thread (/proc/self/ns), or nullptr if the kernel lacks it.
-  [[nodiscard]] const Identity* baseline(Kind kind) const noexcept {
-    const auto& id = baseline_[index_of(kind)];
-    return id ? &*id : nullptr;
-  }
-
  private:
   friend class worker;
 
   worker_pool() {
-    for (Kind kind : all_kinds) {
-      const std::string path = "/proc/self/ns/" + std::string(name(kind));
-      struct stat st {};
-      if (::stat(path.c_str(), &st) == 0) baseline_[index_of(kind)] = Identity{kind, st.st_dev, st.st_ino};
+    // The pool lives until the process ends; these hooks are registered once.
+    std::atexit(at_exit);
+    ::pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
+  }
+
+  [[nodiscard]] std::unique_ptr<worker> start_worker() {
+    try {
+      return std::make_unique<worker>(*this);
+    } catch (const std::system_error& e) {
+      throw system_error(e.code().value(),
+                         "cannot start a gonso worker thread (a callable running in a pid or time "
+                         "namespace cannot start threads)");
     }
-    live_.store(this);
-    static std::once_flag registered;
-    std::call_once(registered, [] { ::pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child); });
+  }
+
+  // Idle workers must not outlive main(): end them while the rest of the
+  // program still exists, and keep no new ones.
+  static void at_exit() noexcept {
+    worker_pool& pool = instance();
+    {
+      std::lock_guard lock(pool.mutex_);
+      pool.closing_ = true;
+    }
+    try {
+      pool.retire_idle();
+    } catch (...) {
+    }
   }
 
   // A child of fork() has one thread, the one that forked: the workers the
@@ -225,30 +273,30 @@ class worker_pool {
   // child gets consistent lists, then let the child forget them. Their
   // objects are leaked on purpose: destroying one would join a thread that
   // is not there.
-  static void before_fork() noexcept {
-    if (worker_pool* pool = live_.load()) pool->mutex_.lock();
-  }
-  static void after_fork_in_parent() noexcept {
-    if (worker_pool* pool = live_.load()) pool->mutex_.unlock();
-  }
+  static void before_fork() noexcept { instance().mutex_.lock(); }
+  static void after_fork_in_parent() noexcept { instance().mutex_.unlock(); }
   static void after_fork_in_child() noexcept {
-    worker_pool* pool = live_.load();
-    if (pool == nullptr) return;
-    for (auto& w : pool->idle_) (void)w.release();
-    for (auto& w : pool->retired_) (void)w.release();
-    pool->idle_.clear();
-    pool->retired_.clear();
-    pool->mutex_.unlock();
+    worker_pool& pool = instance();
+    for (auto& w : pool.idle_) (void)w.release();
+    for (auto& w : pool.retired_) (void)w.release();
+    pool.idle_.clear();
+    pool.retired_.clear();
+    pool.mutex_.unlock();
   }
 
   /// Called by an idle worker whose timeout expired. True when the worker was
   /// idle here and now belongs to retired_: its thread must return at once.
-  /// False when a caller took it meanwhile: work is on its way.
-  bool retire_self(const worker& self) {
+  /// False when a caller has taken it (work is on its way), or when it is not
+  /// back in the pool yet.
+  bool retire_self(const worker& self) noexcept {
     std::lock_guard lock(mutex_);
     auto it = std::find_if(idle_.begin(), idle_.end(), [&](const auto& w) { return w.get() == &self; });
     if (it == idle_.end()) return false;
-    retired_.push_back(std::move(*it));
+    try {
+      retired_.push_back(std::move(*it));
+    } catch (...) {
+      return false;  // out of memory: stay idle, try again at the next timeout
+    }
     idle_.erase(it);
     return true;
   }
@@ -256,10 +304,9 @@ class worker_pool {
   std::mutex mutex_;
   std::vector<std::unique_ptr<worker>> idle_;     // back() is the most recently used
   std::vector<std::unique_ptr<worker>> retired_;  // timed out; joined by the next acquire or retire
-  std::size_t max_idle_ = std::max<std::size_t>(4, std::thread::hardware_concurrency());
-  std::atomic<long long> idle_timeout_ms_{10'000};
-  std::array<std::optional<Identity>, all_kinds.size()> baseline_{};
-  static inline std::atomic<worker_pool*> live_{nullptr};
+  std::size_t max_idle_ = default_max_idle();
+  bool closing_ = false;
+  std::atomic<long long> idle_timeout_ms_{default_idle_timeout.count()};
 };
 
 inline void worker::loop(const std::stop_token& stop) {
@@ -275,6 +322,15 @@ inline void worker::loop(const std::stop_token& stop) {
     job* work = job_;
     lock.unlock();
     const bool reusable = perform(*work);
+    if (::getpid() != owner_) {
+      // The callable forked and its child returned into gonso: the child has
+      // no caller to report to, and must not run the parent's exit handlers.
+      static constexpr char message[] =
+          "gonso: a child forked inside Set::run returned from the callable; "
+          "it must exec or _exit\n";
+      (void)::write(STDERR_FILENO, message, sizeof message - 1);
+      ::_exit(EXIT_FAILURE);
+    }
     lock.lock();
     job_ = nullptr;
     done_ = true;
@@ -288,6 +344,7 @@ inline bool worker::perform(job& work) noexcept {
   RunContext ctx(work.restore);
   Kinds joined;
   try {
+    open_self();
     if (work.restore) open_origin();
     join(work, joined);
   } catch (...) {
@@ -298,26 +355,67 @@ inline bool worker::perform(job& work) noexcept {
   return ctx.will_restore() && restore(joined);
 }
 
+// Once per thread, before it joins anything.
+inline void worker::open_self() {
+  if (ns_dir_) return;
+  unique_fd dir(::open("/proc/thread-self/ns", O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!dir) throw system_error(errno, "cannot open /proc/thread-self/ns");
+  // While this thread exists the process has two threads or more, so no
+  // thread of it can change its user or time namespace: read them once.
+  struct stat user {};
+  struct stat time {};
+  if (::fstatat(dir.get(), "user", &user, 0) != 0 || ::fstatat(dir.get(), "time", &time, 0) != 0) {
+    throw system_error(errno, "cannot read this thread's user and time namespaces");
+  }
+  own_user_ = Identity{Kind::user, user.st_dev, user.st_ino};
+  own_time_ = Identity{Kind::time, time.st_dev, time.st_ino};
+  ns_dir_ = std::move(dir);
+  worker_ns_dir = ns_dir_.get();
+}
+
+inline int worker::identity_now(Kind kind, Identity& out) const noexcept {
+  struct stat st {};
+  if (::fstatat(ns_dir_.get(), thread_link(kind), &st, 0) != 0) return errno;
+  out = Identity{kind, st.st_dev, st.st_ino};
+  return 0;
+}
+
 inline void worker::open_origin() {
   if (origin_open_) return;
   for (Kind kind : watched_kinds) {
-    const std::string path = std::string("/proc/thread-self/ns/") + thread_link(kind);
     // A kernel without time namespaces, or pid_for_children not yet set up
     // (kernel-rules.md, pid), leaves that kind without an origin: joining it
     // is then allowed, restoring it is not.
-    origin_[index_of(kind)] = open_ns(AT_FDCWD, path.c_str(), kind, path, /*missing_ok=*/true);
+    origin_[index_of(kind)] =
+        open_ns(ns_dir_.get(), thread_link(kind), kind, std::string("this thread's ") + thread_link(kind),
+                /*missing_ok=*/true);
   }
   origin_open_ = true;
   for (Kind kind : watched_kinds) {
-    const ns_handle& mine = origin_[index_of(kind)];
-    const Identity* process = pool_.baseline(kind);
     // Threads inherit their creator's namespaces. A worker created by a
-    // thread that sits in some other namespace would bring it into the pool.
-    if (mine.fd && process != nullptr && mine.id != *process) foreign_origin_ = true;
+    // thread that sits in some other namespace than the main thread's must
+    // not carry it into the pool.
+    const ns_handle& mine = origin_[index_of(kind)];
+    const std::string main_thread = std::string("/proc/self/ns/") + thread_link(kind);
+    struct stat st {};
+    if (mine.fd && ::stat(main_thread.c_str(), &st) == 0 &&
+        (st.st_dev != mine.id.device || st.st_ino != mine.id.inode)) {
+      foreign_origin_ = true;
+    }
   }
 }
 
 inline void worker::join(const job& work, Kinds& joined) {
+  // A thread is always in its process's user and time namespaces and can join
+  // no other: refuse before moving at all.
+  for (const Identity* own : {&own_user_, &own_time_}) {
+    const Kind kind = own->kind;
+    if (!work.kinds.contains(kind) || work.target[index_of(kind)].id == *own) continue;
+    throw system_error(EINVAL,
+                       "cannot join {} namespace {} on a thread: the kernel lets only a single-threaded "
+                       "process join a {} namespace; run it in a child process instead",
+                       kind, work.target[index_of(kind)].id, kind);
+  }
   for (Kind kind : join_order) {
     if (!work.kinds.contains(kind)) continue;
     const ns_handle& target = work.target[index_of(kind)];
@@ -325,7 +423,7 @@ inline void worker::join(const job& work, Kinds& joined) {
     Identity here{};
     if (origin.fd) {
       here = origin.id;  // a worker waiting for work is always in its origin
-    } else if (const int err = thread_identity(kind, here); err != 0) {
+    } else if (const int err = identity_now(kind, here); err != 0) {
       throw system_error(err, "cannot read this thread's {} namespace", kind);
     }
     // Joining what the thread is in already is a no-op for most kinds but an
@@ -359,7 +457,7 @@ inline bool worker::restore(Kinds joined) noexcept {
   for (Kind kind : watched_kinds) {
     const ns_handle& origin = origin_[index_of(kind)];
     Identity now{};
-    if (thread_identity(kind, now) != 0) {
+    if (identity_now(kind, now) != 0) {
       if (!origin.fd) continue;  // never had it (e.g. no time namespaces in this kernel)
       return false;
     }
