@@ -469,7 +469,7 @@ TEST_CASE("nothing leaks: fds and threads return to their baseline", "[privilege
   CHECK(threads_back_to(threads));
 }
 
-TEST_CASE("a child forked while workers are pooled can still run in Sets", "[privileged]") {
+TEST_CASE("a child forked while workers are pooled can still run in Sets", "[privileged][fork]") {
   test::require_privilege();
   const Set net = Set::current().unshare(Kind::net);
   const pid_t parent_worker = net.run(true, [] { return test::tid(); });
@@ -551,7 +551,7 @@ TEST_CASE("a callable in a pid namespace cannot start threads, and says so", "[p
   CHECK_THAT(error, Catch::StartsWith("cannot start a gonso worker thread"));
 }
 
-TEST_CASE("runs started while the process exits still work", "[privileged]") {
+TEST_CASE("runs started while the process exits still work", "[privileged][fork]") {
   test::require_privilege();
   const pid_t child = ::fork();
   REQUIRE(child >= 0);
