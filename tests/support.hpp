@@ -31,6 +31,18 @@
 
 #include <gonso/set.hpp>
 
+// Failed comparisons print identities as the kernel's links read, with the device.
+namespace Catch {
+template <>
+struct StringMaker<gonso::Identity> {
+  static std::string convert(const gonso::Identity& id) { return fmt::format("{} (dev {:#x})", id, id.device); }
+};
+template <>
+struct StringMaker<gonso::Kinds> {
+  static std::string convert(gonso::Kinds kinds) { return fmt::format("{}", kinds); }
+};
+}  // namespace Catch
+
 namespace test {
 
 inline pid_t tid() { return static_cast<pid_t>(::syscall(SYS_gettid)); }
@@ -152,12 +164,20 @@ class ForeignNamespaces {
         ok = 'n';
       }
       if (ok == 'y' && (flags & CLONE_NEWPID) != 0) {
+        // pid 1 must have armed its death signal before anyone can kill this
+        // child, or it would outlive the test (holding ctest's output pipe).
+        int armed[2];
+        if (::pipe2(armed, O_CLOEXEC) != 0) ::_exit(1);
         const pid_t init = ::fork();
         if (init == 0) {
           ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+          const char one = 'i';
+          if (::write(armed[1], &one, 1) != 1) ::_exit(1);
           for (;;) ::pause();
         }
-        if (init < 0) ok = 'n';
+        ::close(armed[1]);
+        char one = 0;
+        if (init < 0 || ::read(armed[0], &one, 1) != 1) ok = 'n';
       }
       if (::write(ready[1], &ok, 1) != 1) ::_exit(1);
       for (;;) ::pause();
