@@ -123,6 +123,9 @@ TEST_CASE("dup() copies a subset; fd() and identity() refuse kinds not held") {
   CHECK_THROWS_AS(sub.fd(Kind::mnt), std::invalid_argument);
   CHECK_THROWS_WITH(sub.identity(Kind::mnt), Catch::Contains("holds no mnt namespace"));
   CHECK(here.dup(Kinds{}).empty());
+  // Raw flags, as Go's Set.Dup takes them.
+  CHECK(here.dup(CLONE_NEWNET | CLONE_NEWIPC) == sub);
+  CHECK_THROWS_AS(here.dup(CLONE_NEWNET | CLONE_VM), std::invalid_argument);
 }
 
 TEST_CASE("Sets compare equal when they hold the same namespaces") {

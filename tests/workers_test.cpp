@@ -145,7 +145,8 @@ TEST_CASE("workers: a huge idle timeout means a long wait, not an overflow", "[w
   CHECK(gonso::worker_policy().idle_timeout == std::chrono::hours(24 * 365));
   const gonso::Set uts = gonso::Set::current().unshare(Kind::uts);
   const pid_t first = uts.run(true, [] { return test::tid(); });
-  std::this_thread::sleep_for(50ms);
+  // An overflowed deadline lies in the past: the worker would be gone at once.
+  std::this_thread::sleep_for(200ms);
   CHECK(gonso::idle_workers() == 1);
   CHECK(uts.run(true, [] { return test::tid(); }) == first);
 }

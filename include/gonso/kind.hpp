@@ -11,7 +11,9 @@
 #include <iterator>
 #include <optional>
 #include <stdexcept>
+#include <string>
 #include <string_view>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -77,6 +79,36 @@ inline constexpr std::array<Kind, 8> all_kinds{Kind::cgroup, Kind::ipc,  Kind::m
   return std::nullopt;
 }
 
+/// " (CLONE_VM|CLONE_FS)": the names of the clone(2) flags among `bits` that
+/// are not namespace kinds, for error messages; empty when none is known.
+[[nodiscard]] inline std::string clone_flag_names(std::uint64_t bits) {
+  static constexpr std::pair<std::uint64_t, std::string_view> known[] = {
+      {0x00000100, "CLONE_VM"},
+      {0x00000200, "CLONE_FS"},
+      {0x00000400, "CLONE_FILES"},
+      {0x00000800, "CLONE_SIGHAND"},
+      {0x00001000, "CLONE_PIDFD"},
+      {0x00002000, "CLONE_PTRACE"},
+      {0x00004000, "CLONE_VFORK"},
+      {0x00008000, "CLONE_PARENT"},
+      {0x00010000, "CLONE_THREAD"},
+      {0x00040000, "CLONE_SYSVSEM"},
+      {0x00080000, "CLONE_SETTLS"},
+      {0x00100000, "CLONE_PARENT_SETTID"},
+      {0x00200000, "CLONE_CHILD_CLEARTID"},
+      {0x00800000, "CLONE_UNTRACED"},
+      {0x01000000, "CLONE_CHILD_SETTID"},
+      {0x80000000, "CLONE_IO"},
+  };
+  std::string names;
+  for (const auto& [bit, flag] : known) {
+    if ((bits & bit) == 0) continue;
+    names += names.empty() ? " (" : "|";
+    names += flag;
+  }
+  return names.empty() ? names : names + ")";
+}
+
 /// A set of namespace kinds: a typed mask of CLONE_NEW* bits. Iterates in the
 /// order of all_kinds.
 class Kinds {
@@ -99,9 +131,9 @@ class Kinds {
     const std::uint64_t unknown = flags & ~static_cast<std::uint64_t>(all().bits_);
     if (unknown != 0) {
       throw std::invalid_argument(
-          fmt::format("unknown namespace flag bits {:#010x} in {:#010x}: only CLONE_NEW{{CGROUP,IPC,NS,"
-                      "NET,PID,TIME,USER,UTS}} name namespaces",
-                      unknown, flags));
+          fmt::format("unknown namespace flag bits {:#010x}{} in {:#010x}: only CLONE_NEW{{CGROUP,"
+                      "IPC,NS,NET,PID,TIME,USER,UTS}} name namespaces",
+                      unknown, clone_flag_names(unknown), flags));
     }
     Kinds kinds;
     kinds.bits_ = static_cast<std::uint32_t>(flags);

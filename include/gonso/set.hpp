@@ -249,6 +249,13 @@ class Set {
     return result;
   }
 
+  /// dup() with raw CLONE_NEW* flags, e.g. set.dup(CLONE_NEWNET), as Go's
+  /// Set.Dup takes them. Throws std::invalid_argument naming bits that are
+  /// not namespace kinds.
+  [[nodiscard]] Set dup(int clone_flags) const {
+    return dup(Kinds::from_clone_flags(static_cast<std::uint32_t>(clone_flags)));
+  }
+
   /// unshare() with raw CLONE_NEW* flags, e.g. set.unshare(CLONE_NEWNS).
   /// Throws std::invalid_argument naming bits that are not namespace kinds.
   [[nodiscard]] Set unshare(int clone_flags, UnshareOptions options = {}) const {
@@ -272,10 +279,10 @@ class Set {
   /// reused worker, the caller's for a new one. May be called from many
   /// threads at once.
   ///
-  /// Throws std::logic_error for an empty Set, before starting anything.
-  /// Throws std::system_error(EINVAL), before joining anything, when the Set
-  /// holds a user or time namespace other than the process's own: no thread
-  /// of a multithreaded process can join those (kernel-rules.md). Throws
+  /// Throws, before starting anything: std::logic_error for an empty Set;
+  /// std::system_error(EINVAL) when the Set holds a user or time namespace
+  /// other than the process's own, as no thread of a multithreaded process
+  /// can join those (kernel-rules.md). Throws
   /// std::system_error when joining fails, e.g. "cannot join net namespace
   /// net:[4026532008]: Operation not permitted".
   template <typename F>
@@ -284,6 +291,8 @@ class Set {
     static_assert(!std::is_reference_v<R>,
                   "gonso::Set::run: the callable must return by value; its result crosses threads");
     require_not_empty("run in");
+    detail::require_own(Kind::user, kinds_, ns_);
+    detail::require_own(Kind::time, kinds_, ns_);
 
     auto& pool = detail::worker_pool::instance();
     detail::run_job<F, R> job(ns_, kinds_, restore, std::forward<F>(fn));

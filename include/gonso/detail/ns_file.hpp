@@ -79,15 +79,11 @@ struct ns_handle {
   return {std::move(fd), id};
 }
 
-/// The identity of the calling thread's namespace of `kind` (stat, no fd).
-[[nodiscard]] inline int thread_identity(Kind kind, Identity& out) noexcept {
-  char path[64] = "/proc/thread-self/ns/";
-  const char* link = thread_link(kind);
-  std::size_t n = sizeof("/proc/thread-self/ns/") - 1;
-  while (*link != '\0' && n + 1 < sizeof(path)) path[n++] = *link++;
-  path[n] = '\0';
+/// The identity of the namespace file at `path` (relative to `dirfd`), read
+/// with fstatat(2): no fd is opened. Returns 0 or the errno.
+[[nodiscard]] inline int stat_ns(int dirfd, const char* path, Kind kind, Identity& out) noexcept {
   struct stat st {};
-  if (::stat(path, &st) != 0) return errno;
+  if (::fstatat(dirfd, path, &st, 0) != 0) return errno;
   out = Identity{kind, st.st_dev, st.st_ino};
   return 0;
 }

@@ -64,6 +64,27 @@ inline constexpr std::chrono::milliseconds longest_idle_timeout{std::chrono::hou
 /// thread sits in a mount namespace with another /proc, or none.
 inline thread_local int worker_ns_dir = -1;
 
+/// Throws std::system_error(EINVAL) unless the namespace `kinds` holds of
+/// `kind` (user or time) is the calling thread's own. A thread of a
+/// multithreaded process can join no other (kernel-rules.md), and every
+/// thread of a process shares its user and time namespaces, so the caller's
+/// are the ones a worker would have.
+inline void require_own(Kind kind, Kinds kinds, const ns_handles& target) {
+  if (!kinds.contains(kind)) return;
+  const Identity& wanted = target[index_of(kind)].id;
+  // On a worker (a nested run) /proc may be another mount namespace's.
+  const std::string own_link = std::string(worker_ns_dir >= 0 ? "" : "/proc/thread-self/ns/") + name(kind).data();
+  Identity own{};
+  if (const int err = stat_ns(worker_ns_dir >= 0 ? worker_ns_dir : AT_FDCWD, own_link.c_str(), kind, own); err != 0) {
+    throw system_error(err, "cannot read this thread's {} namespace", kind);
+  }
+  if (own == wanted) return;
+  throw system_error(EINVAL,
+                     "cannot join {} namespace {} on a thread: the kernel lets only a single-threaded process "
+                     "join a {} namespace; run it in a child process instead",
+                     kind, wanted, kind);
+}
+
 /// Work handed to a worker: the namespaces to join and, behind invoke(), the
 /// callable and the place for its result. Lives on the caller's stack for the
 /// duration of one run.
@@ -131,9 +152,7 @@ class worker {
   bool reusable_ = false;
 
   // Touched by the worker's own thread only.
-  unique_fd ns_dir_;  // /proc/thread-self/ns of this thread, see worker_ns_dir
-  Identity own_user_{};
-  Identity own_time_{};
+  unique_fd ns_dir_;     // /proc/thread-self/ns of this thread, see worker_ns_dir
   ns_handles origin_{};  // the namespaces this thread started in
   bool origin_open_ = false;
   bool fs_private_ = false;      // unshare(CLONE_FS) done: never restorable
@@ -358,26 +377,13 @@ inline bool worker::perform(job& work) noexcept {
 // Once per thread, before it joins anything.
 inline void worker::open_self() {
   if (ns_dir_) return;
-  unique_fd dir(::open("/proc/thread-self/ns", O_PATH | O_DIRECTORY | O_CLOEXEC));
-  if (!dir) throw system_error(errno, "cannot open /proc/thread-self/ns");
-  // While this thread exists the process has two threads or more, so no
-  // thread of it can change its user or time namespace: read them once.
-  struct stat user {};
-  struct stat time {};
-  if (::fstatat(dir.get(), "user", &user, 0) != 0 || ::fstatat(dir.get(), "time", &time, 0) != 0) {
-    throw system_error(errno, "cannot read this thread's user and time namespaces");
-  }
-  own_user_ = Identity{Kind::user, user.st_dev, user.st_ino};
-  own_time_ = Identity{Kind::time, time.st_dev, time.st_ino};
-  ns_dir_ = std::move(dir);
+  ns_dir_.reset(::open("/proc/thread-self/ns", O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!ns_dir_) throw system_error(errno, "cannot open /proc/thread-self/ns");
   worker_ns_dir = ns_dir_.get();
 }
 
 inline int worker::identity_now(Kind kind, Identity& out) const noexcept {
-  struct stat st {};
-  if (::fstatat(ns_dir_.get(), thread_link(kind), &st, 0) != 0) return errno;
-  out = Identity{kind, st.st_dev, st.st_ino};
-  return 0;
+  return stat_ns(ns_dir_.get(), thread_link(kind), kind, out);
 }
 
 inline void worker::open_origin() {
@@ -406,16 +412,6 @@ inline void worker::open_origin() {
 }
 
 inline void worker::join(const job& work, Kinds& joined) {
-  // A thread is always in its process's user and time namespaces and can join
-  // no other: refuse before moving at all.
-  for (const Identity* own : {&own_user_, &own_time_}) {
-    const Kind kind = own->kind;
-    if (!work.kinds.contains(kind) || work.target[index_of(kind)].id == *own) continue;
-    throw system_error(EINVAL,
-                       "cannot join {} namespace {} on a thread: the kernel lets only a single-threaded "
-                       "process join a {} namespace; run it in a child process instead",
-                       kind, work.target[index_of(kind)].id, kind);
-  }
   for (Kind kind : join_order) {
     if (!work.kinds.contains(kind)) continue;
     const ns_handle& target = work.target[index_of(kind)];
