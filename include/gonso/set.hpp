@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <exception>
 #include <filesystem>
 #include <functional>
@@ -19,12 +20,15 @@
 
 #include <fmt/format.h>
 
+#include <gonso/detail/child_process.hpp>
+#include <gonso/detail/child_report.hpp>
 #include <gonso/detail/error.hpp>
 #include <gonso/detail/ns_file.hpp>
 #include <gonso/detail/unique_fd.hpp>
 #include <gonso/detail/worker_pool.hpp>
 #include <gonso/identity.hpp>
 #include <gonso/kind.hpp>
+#include <gonso/process.hpp>
 #include <gonso/run_context.hpp>
 #include <gonso/workers.hpp>
 
@@ -302,6 +306,59 @@ class Set {
     return job.take();
   }
 
+  /// Runs `fn` in a child process that has joined every namespace of this
+  /// Set, user and time included, and returns its result in the caller.
+  ///
+  /// The child is forked from the calling thread; it joins the kinds it is
+  /// not already in (without privilege the user namespace first, which grants
+  /// it; with privilege last, since entering sheds it), and when it joined a
+  /// pid or time namespace it forks once more, so that `fn` runs in a process
+  /// that is inside them. `fn` returns void, std::string or a trivially
+  /// copyable value, which is copied back through a pipe.
+  ///
+  /// `fn` runs in a copy of a possibly multithreaded process in which only
+  /// its own thread exists: memory allocation works (glibc resets its locks
+  /// at fork), but locks that other threads of the caller held at the fork
+  /// stay held, and no gonso worker or other thread of the caller is there.
+  /// Calling run() from `fn` starts workers of the child's own. stdout and
+  /// stderr are flushed before the fork and when `fn` returns.
+  ///
+  /// Throws std::logic_error for an empty Set; std::system_error with the
+  /// child's errno when joining fails ("cannot join net namespace net:[...]:
+  /// Operation not permitted") or the fork fails; gonso::ProcessError when
+  /// `fn` threw (its type and what() text), or the process was killed by a
+  /// signal or exited without a result.
+  template <typename F>
+  auto run_in_process(F&& fn) const -> std::invoke_result_t<F&&> {
+    using R = std::invoke_result_t<F&&>;
+    static_assert(detail::reportable<R>,
+                  "gonso::Set::run_in_process: the callable must return void, std::string or a trivially "
+                  "copyable value; its result is copied between processes");
+    require_not_empty("run a process in");
+    const detail::join_plan plan = detail::plan_join(ns_, kinds_);
+    detail::pipe_fds report = detail::make_pipe();
+    // Unflushed output would be written twice, once by each process.
+    std::fflush(stdout);
+    std::fflush(stderr);
+    const pid_t parent = ::getpid();
+    const pid_t pid = ::fork();
+    if (pid < 0) throw detail::system_error(errno, "cannot fork a child process to run in {}", *this);
+    if (pid == 0) {
+      report.read.reset();
+      run_child<R>(plan, report.write.get(), parent, fn);
+    }
+    report.write.reset();
+    std::string data;
+    try {
+      data = detail::read_to_end(report.read.get());
+    } catch (...) {
+      ::kill(pid, SIGKILL);
+      (void)detail::reap(pid);
+      throw;
+    }
+    return detail::decode_report<R>(data, detail::reap(pid));
+  }
+
   /// Same namespaces of the same kinds.
   friend bool operator==(const Set& a, const Set& b) noexcept {
     if (a.kinds_ != b.kinds_) return false;
@@ -353,6 +410,35 @@ class Set {
                                  dir.native(), kinds);
     }
     return set;
+  }
+
+  // The forked child of run_in_process: join, maybe fork into pid and time
+  // namespaces, run, report, and _exit without running the parent's exit
+  // handlers.
+  template <typename R, typename F>
+  [[noreturn]] void run_child(const detail::join_plan& plan, int report, pid_t parent, F& fn) const noexcept {
+    detail::die_with_parent(parent);
+    std::size_t failed = 0;
+    if (const int err = detail::join_in_child(plan, failed); err != 0) {
+      const Kind kind = plan.steps[failed].kind;
+      detail::report_join_error(report, err, fmt::format("cannot join {} namespace {}", kind, ns_[index_of(kind)].id));
+      ::_exit(1);
+    }
+    if (plan.fork_after) {
+      const pid_t inner = ::fork();
+      if (inner < 0) {
+        detail::report_join_error(report, errno, "cannot fork into the joined pid or time namespace");
+        ::_exit(1);
+      }
+      if (inner > 0) {
+        ::close(report);
+        detail::exit_like(detail::reap(inner));
+      }
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    }
+    detail::run_and_report<R>(std::forward<F>(fn), report);
+    std::fflush(nullptr);
+    ::_exit(0);
   }
 
   // Runs on a worker thread that has joined this Set.

@@ -1,0 +1,181 @@
+// gonso: the plumbing of forked children that join a Set: the join itself,
+// pipes that carry a report back, and reaping.
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include <gonso/detail/error.hpp>
+#include <gonso/detail/ns_file.hpp>
+#include <gonso/detail/unique_fd.hpp>
+#include <gonso/detail/worker_pool.hpp>
+#include <gonso/identity.hpp>
+#include <gonso/kind.hpp>
+
+namespace gonso::detail {
+
+/// write(2) until everything is written; false on error (errno set).
+inline bool write_all(int fd, const void* data, std::size_t size) noexcept {
+  const auto* p = static_cast<const char*>(data);
+  while (size > 0) {
+    const ssize_t n = ::write(fd, p, size);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    p += n;
+    size -= static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
+/// Reads until end of file. Throws std::system_error on a read error.
+inline std::string read_to_end(int fd) {
+  std::string out;
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw system_error(errno, "cannot read from a gonso child process");
+    if (n == 0) return out;
+    out.append(buf, static_cast<std::size_t>(n));
+  }
+}
+
+/// A close-on-exec pipe: [0] reads, [1] writes.
+struct pipe_fds {
+  unique_fd read;
+  unique_fd write;
+};
+[[nodiscard]] inline pipe_fds make_pipe() {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) throw system_error(errno, "cannot create a pipe");
+  return {unique_fd(fds[0]), unique_fd(fds[1])};
+}
+
+/// Waits for child `pid` (retrying on EINTR) and returns its wait status, or
+/// -1 when it was reaped elsewhere (the application ignores SIGCHLD).
+inline int reap(pid_t pid) noexcept {
+  int status = 0;
+  for (;;) {
+    const pid_t r = ::waitpid(pid, &status, __WALL);
+    if (r == pid) return status;
+    if (r < 0 && errno == EINTR) continue;
+    return -1;
+  }
+}
+
+/// True when the calling thread holds CAP_SYS_ADMIN in its user namespace.
+[[nodiscard]] inline bool has_cap_sys_admin() noexcept {
+  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct data[2]{};
+  if (::syscall(SYS_capget, &header, data) != 0) return false;
+  return (data[0].effective & (1u << CAP_SYS_ADMIN)) != 0;
+}
+
+/// Which namespaces a forked child must join, worked out in the parent so
+/// that the child only makes system calls.
+struct join_plan {
+  struct step {
+    int fd;
+    Kind kind;
+  };
+  std::array<step, all_kinds.size()> steps{};
+  std::size_t count = 0;
+  /// Set when pid or time is joined: setns() then changes only where the
+  /// children go, so the work must run in a child of the joining process.
+  bool fork_after = false;
+};
+
+/// Plans the join of `kinds` of `target` from the calling thread's point of
+/// view: kinds it is in already are skipped (setns into one's own user
+/// namespace fails). Order: cgroup, ipc, uts, net, pid, mnt, time, then user,
+/// which join_in_child moves first when the child lacks privilege.
+[[nodiscard]] inline join_plan plan_join(const ns_handles& target, Kinds kinds) {
+  static constexpr std::array<Kind, 8> order{Kind::cgroup, Kind::ipc, Kind::uts,  Kind::net,
+                                             Kind::pid,    Kind::mnt, Kind::time, Kind::user};
+  join_plan plan;
+  for (Kind kind : order) {
+    if (!kinds.contains(kind)) continue;
+    const ns_handle& ns = target[index_of(kind)];
+    Identity here{};
+    const std::string link = std::string("/proc/thread-self/ns/") + thread_link(kind);
+    if (stat_ns(worker_ns_dir >= 0 ? worker_ns_dir : AT_FDCWD, worker_ns_dir >= 0 ? thread_link(kind) : link.c_str(),
+                kind, here) == 0 &&
+        here == ns.id) {
+      continue;
+    }
+    plan.steps[plan.count++] = {ns.fd.get(), kind};
+    if (kind == Kind::pid || kind == Kind::time) plan.fork_after = true;
+  }
+  return plan;
+}
+
+/// Joins the planned namespaces in a single-threaded child. Async-signal-safe.
+/// Without privilege every setns() but the user namespace's fails with EPERM
+/// until the child has entered the user namespace; with privilege, entering
+/// the user namespace first would shed it. So: everything but user, then
+/// user, then what was refused with EPERM (util-linux nsenter also does two
+/// passes). Returns 0, or the errno with `failed` naming the step.
+[[nodiscard]] inline int join_in_child(const join_plan& plan, std::size_t& failed) noexcept {
+  std::size_t user_step = plan.count;
+  for (std::size_t i = 0; i < plan.count; ++i) {
+    if (plan.steps[i].kind == Kind::user) user_step = i;
+  }
+  std::array<bool, all_kinds.size()> deferred{};
+  for (std::size_t i = 0; i < plan.count; ++i) {
+    if (i == user_step) continue;
+    if (::setns(plan.steps[i].fd, clone_flag(plan.steps[i].kind)) == 0) continue;
+    if (errno == EPERM && user_step < plan.count) {
+      deferred[i] = true;
+      continue;
+    }
+    failed = i;
+    return errno;
+  }
+  if (user_step < plan.count && ::setns(plan.steps[user_step].fd, CLONE_NEWUSER) != 0) {
+    failed = user_step;
+    return errno;
+  }
+  for (std::size_t i = 0; i < plan.count; ++i) {
+    if (deferred[i] && ::setns(plan.steps[i].fd, clone_flag(plan.steps[i].kind)) != 0) {
+      failed = i;
+      return errno;
+    }
+  }
+  return 0;
+}
+
+/// Makes the calling child die with its parent thread, and checks that the
+/// parent did not die before that was armed. Async-signal-safe.
+inline void die_with_parent(pid_t parent) noexcept {
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (::getppid() != parent) ::_exit(127);
+}
+
+/// Ends the calling process the way a child's wait status says its own child
+/// ended, so that a relaying middle process is invisible to the caller.
+[[noreturn]] inline void exit_like(int status) noexcept {
+  if (WIFSIGNALED(status)) {
+    const int sig = WTERMSIG(status);
+    ::signal(sig, SIG_DFL);
+    ::prctl(PR_SET_DUMPABLE, 0);  // no core file for a relayed crash
+    ::kill(::getpid(), sig);
+    ::_exit(128 + sig);
+  }
+  ::_exit(WIFEXITED(status) ? WEXITSTATUS(status) : 127);
+}
+
+}  // namespace gonso::detail
