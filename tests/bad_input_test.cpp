@@ -70,8 +70,13 @@ TEST_CASE("bad input: a clear error of the documented type, nothing changed, not
        {},
        "0x00000200"},
       {"no kinds to unshare", [&] { (void)here.unshare(Kinds{}); }, Expect::invalid_argument, {}, "no namespace kinds"},
-      {"unshare pid on a thread", [&] { (void)here.unshare(Kind::pid); }, Expect::system_error,
-       std::errc::not_supported, "pid"},
+      {"overlapping uid_map",
+       [&] {
+         (void)here.unshare(Kind::user, {.uid_map = {{0, 0, 10}, {9, 100, 1}}});
+       },
+       Expect::invalid_argument,
+       {},
+       "overlap"},
       {"pid 0", [] { (void)Set::from_pid(0); }, Expect::invalid_argument, {}, "pid 0"},
       {"negative pid", [] { (void)Set::from_pid(-1); }, Expect::invalid_argument, {}, "pid -1"},
       {"nonexistent pid", [&] { (void)Set::from_pid(gone); }, Expect::system_error, std::errc::no_such_process,

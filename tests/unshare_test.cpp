@@ -67,12 +67,6 @@ std::optional<E> thrown_by(F&& fn) {
   return std::nullopt;
 }
 
-/// The part of a message before its first ':', where gonso says what failed.
-std::string head_of(const char* what) {
-  const std::string message(what);
-  return message.substr(0, message.find(':'));
-}
-
 /// What a callable saw of one mount point inside a mount namespace.
 struct MountView {
   gonso::Identity mnt;
@@ -223,7 +217,8 @@ TEST_CASE("unshare: mount propagation of a new mount namespace", "[unshare][moun
   }
 
   SECTION("unchanged: the same mount leaks to the host, so the test above would see a leak") {
-    const gonso::Set m = gonso::Set::current().unshare(Kind::mnt, gonso::UnshareOptions{gonso::Propagation::unchanged});
+    const gonso::Set m =
+        gonso::Set::current().unshare(Kind::mnt, gonso::UnshareOptions{.propagation = gonso::Propagation::unchanged});
     REQUIRE(text(m.identity(Kind::mnt)) != text(caller.at(Kind::mnt)));
     const MountView inside = mount_tmpfs_inside(m, sub);
     INFO("mount inside: " << std::strerror(inside.mount_errno));
@@ -236,9 +231,9 @@ TEST_CASE("unshare: mount propagation of a new mount namespace", "[unshare][moun
 
   SECTION("rslave: a host mount made afterwards shows up inside, not inside an rprivate one") {
     const gonso::Set slave =
-        gonso::Set::current().unshare(Kind::mnt, gonso::UnshareOptions{gonso::Propagation::rslave});
+        gonso::Set::current().unshare(Kind::mnt, gonso::UnshareOptions{.propagation = gonso::Propagation::rslave});
     const gonso::Set priv =
-        gonso::Set::current().unshare(Kind::mnt, gonso::UnshareOptions{gonso::Propagation::rprivate});
+        gonso::Set::current().unshare(Kind::mnt, gonso::UnshareOptions{.propagation = gonso::Propagation::rprivate});
     REQUIRE(text(slave.identity(Kind::mnt)) != text(caller.at(Kind::mnt)));
     REQUIRE(text(priv.identity(Kind::mnt)) != text(caller.at(Kind::mnt)));
     REQUIRE_FALSE(look_at(slave, sub).is_mount_point);
@@ -267,7 +262,7 @@ TEST_CASE("unshare: mount propagation of a new mount namespace", "[unshare][moun
 
   SECTION("rshared: mounts propagate both ways") {
     const gonso::Set shared =
-        gonso::Set::current().unshare(Kind::mnt, gonso::UnshareOptions{gonso::Propagation::rshared});
+        gonso::Set::current().unshare(Kind::mnt, gonso::UnshareOptions{.propagation = gonso::Propagation::rshared});
     REQUIRE(text(shared.identity(Kind::mnt)) != text(caller.at(Kind::mnt)));
 
     REQUIRE(::mount("gonso-host", sub.c_str(), "tmpfs", 0, "size=64k") == 0);
@@ -304,27 +299,31 @@ TEST_CASE("unshare: refused requests throw and change nothing", "[unshare][error
     CHECK(test::count_fds() == fds);
   }
 
-  SECTION("user, pid and time need a process: std::system_error(ENOTSUP) naming the kind") {
-    const Kind kind = GENERATE(Kind::user, Kind::pid, Kind::time);
-    INFO("unsharing " << gonso::name(kind));
-    const auto e = thrown_by<std::system_error>([&] { (void)source.unshare(kind); });
+  SECTION("id maps without a new user namespace, time offsets without a new time namespace") {
+    gonso::UnshareOptions maps;
+    maps.uid_map = {{0, 0, 1}};
+    auto e = thrown_by<std::invalid_argument>([&] { (void)source.unshare(Kind::net, maps); });
     REQUIRE(e);
-    CHECK(e->code() == std::errc::not_supported);
-    // The message names every process-only kind in its explanation; the
-    // part that says what was asked must name this one, and only this one.
-    const std::string head = head_of(e->what());
-    CHECK_THAT(head, Contains("unshare") && Contains(std::string(gonso::name(kind))));
-    for (Kind other : {Kind::user, Kind::pid, Kind::time}) {
-      if (other != kind) CHECK_THAT(head, !Contains(std::string(gonso::name(other))));
-    }
+    CHECK_THAT(e->what(), Contains("uid_map"));
+    gonso::UnshareOptions offsets;
+    offsets.boottime_offset = std::chrono::seconds(5);
+    e = thrown_by<std::invalid_argument>([&] { (void)source.unshare(Kind::net | Kind::user, offsets); });
+    REQUIRE(e);
+    CHECK_THAT(e->what(), Contains("time offsets"));
     CHECK(test::count_fds() == fds);
   }
 
-  SECTION("a process-only kind among thread kinds: still ENOTSUP") {
-    const auto e = thrown_by<std::system_error>([&] { (void)source.unshare(Kind::net | Kind::pid); });
+  SECTION("id maps that map nothing or overlap") {
+    gonso::UnshareOptions empty_range;
+    empty_range.uid_map = {{0, 0, 0}};
+    auto e = thrown_by<std::invalid_argument>([&] { (void)source.unshare(Kind::user, empty_range); });
     REQUIRE(e);
-    CHECK(e->code() == std::errc::not_supported);
-    CHECK_THAT(head_of(e->what()), Contains("pid"));
+    CHECK_THAT(e->what(), Contains("count 0"));
+    gonso::UnshareOptions overlapping;
+    overlapping.gid_map = {{0, 1000, 10}, {5, 2000, 10}};
+    e = thrown_by<std::invalid_argument>([&] { (void)source.unshare(Kind::user, overlapping); });
+    REQUIRE(e);
+    CHECK_THAT(e->what(), Contains("gid_map") && Contains("overlap"));
     CHECK(test::count_fds() == fds);
   }
 

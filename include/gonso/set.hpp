@@ -7,6 +7,9 @@
 #include <sys/types.h>
 
 #include <cerrno>
+#include <charconv>
+#include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <exception>
 #include <filesystem>
@@ -17,13 +20,16 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include <fmt/format.h>
 
 #include <gonso/detail/child_process.hpp>
 #include <gonso/detail/child_report.hpp>
 #include <gonso/detail/error.hpp>
+#include <gonso/detail/ns_creator.hpp>
 #include <gonso/detail/ns_file.hpp>
+#include <gonso/detail/pid_init.hpp>
 #include <gonso/detail/unique_fd.hpp>
 #include <gonso/detail/worker_pool.hpp>
 #include <gonso/identity.hpp>
@@ -43,10 +49,31 @@ enum class Propagation {
 };
 
 /// Options of Set::unshare.
+/// One line of a uid_map or gid_map: ids [inside, inside + count) of a new
+/// user namespace are ids [outside, outside + count) of its parent.
+struct IdRange {
+  std::uint32_t inside = 0;
+  std::uint32_t outside = 0;
+  std::uint32_t count = 1;
+};
+
+/// Options of Set::unshare.
 struct UnshareOptions {
   /// Applied to `/` of a new mount namespace. util-linux unshare(1) also
   /// defaults to rprivate, so that mounts made inside never leak to the host.
   Propagation propagation = Propagation::rprivate;
+  /// uid_map of a new user namespace. Empty (the default): the caller's
+  /// effective uid becomes root, as `unshare --map-root-user` does. Mapping
+  /// more than one's own id needs CAP_SETUID.
+  std::vector<IdRange> uid_map{};
+  /// gid_map of a new user namespace; empty maps the caller's effective gid
+  /// to 0. Without CAP_SETGID, gonso first writes "deny" to setgroups, as the
+  /// kernel requires.
+  std::vector<IdRange> gid_map{};
+  /// CLOCK_MONOTONIC and CLOCK_BOOTTIME inside a new time namespace run ahead
+  /// of the caller's by these offsets (written before any process enters).
+  std::chrono::nanoseconds monotonic_offset{0};
+  std::chrono::nanoseconds boottime_offset{0};
 };
 
 namespace detail {
@@ -117,6 +144,7 @@ class Set {
       to.fd = from.fd.duplicate();
       if (!to.fd) throw detail::system_error(errno, "cannot duplicate the fd of {} namespace {}", kind, from.id);
       to.id = from.id;
+      to.keep_alive = from.keep_alive;
     }
   }
   Set& operator=(const Set& other) {
@@ -194,7 +222,7 @@ class Set {
     detail::unique_fd copy(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
     if (!copy) throw detail::system_error(errno, "cannot duplicate {} as {} namespace", what, kind);
     Set set;
-    set.put(kind, {std::move(copy), id});
+    set.put(kind, {std::move(copy), id, nullptr});
     return set;
   }
 
@@ -223,30 +251,39 @@ class Set {
       const detail::ns_handle& from = ns_[index_of(kind)];
       detail::unique_fd fd = from.fd.duplicate();
       if (!fd) throw detail::system_error(errno, "cannot duplicate the fd of {} namespace {}", kind, from.id);
-      subset.put(kind, {std::move(fd), from.id});
+      subset.put(kind, {std::move(fd), from.id, from.keep_alive});
     }
     return subset;
   }
 
   /// A new Set with fresh namespaces of `kinds`, created from this Set's
   /// namespaces, and the other kinds of this Set carried over. The calling
-  /// thread does not move: a worker thread joins this Set, unshares, and
-  /// returns to its own namespaces. A new mount namespace gets
-  /// options.propagation on `/` (rprivate unless asked otherwise).
+  /// thread does not move. For cgroup, ipc, mnt, net and uts a worker thread
+  /// joins this Set, unshares and returns to its own namespaces. When `kinds`
+  /// has user, pid or time, a child process does it all instead (a thread can
+  /// create none of those): it joins this Set, creates the user namespace
+  /// first and the others inside it, so that they are owned by it (as
+  /// `unshare --user --net` does), and is killed and reaped before unshare
+  /// returns. A new mount namespace gets options.propagation on `/`.
   ///
-  /// Throws std::invalid_argument when `kinds` is empty, std::logic_error
-  /// when this Set is empty, std::system_error(ENOTSUP) for user, pid and
-  /// time, which need a process rather than a thread, and std::system_error
-  /// with the kernel's errno when joining or unsharing fails.
-  [[nodiscard]] Set unshare(Kinds kinds, UnshareOptions options = {}) const {
+  /// Lifetimes: the Set's fds keep each namespace alive. A pid namespace also
+  /// needs a live pid 1, so a new one comes with a minimal init (it only
+  /// reaps orphans) shared by every copy of the Set that holds that pid
+  /// namespace; when the last such copy is destroyed, the init and every
+  /// process left in the namespace are killed. Sets opened otherwise (e.g.
+  /// from_pid of a process inside) do not keep that init alive.
+  ///
+  /// Throws std::invalid_argument when `kinds` is empty, or for id maps that
+  /// are empty-ranged, overlap or are given without a new user namespace
+  /// (likewise time offsets); std::logic_error when this Set is empty; and
+  /// std::system_error with the kernel's errno when joining, unsharing or
+  /// writing maps fails, naming the step.
+  [[nodiscard]] Set unshare(Kinds kinds, const UnshareOptions& options = {}) const {
     if (kinds.empty()) throw std::invalid_argument("cannot unshare: no namespace kinds given");
-    if (const Kinds needs_process = kinds & (Kind::user | Kind::pid | Kind::time); !needs_process.empty()) {
-      throw detail::system_error(ENOTSUP,
-                                 "cannot unshare {} namespaces on a thread: creating user, pid and time "
-                                 "namespaces needs a child process, which gonso does not support yet",
-                                 needs_process);
-    }
+    check_options(kinds, options);
     require_not_empty("unshare from");
+    // A thread can create none of these; a child process creates them all.
+    if (!(kinds & (Kind::user | Kind::pid | Kind::time)).empty()) return unshare_in_process(kinds, options);
     Set fresh = run(true, [&] { return unshare_here(kinds, options); });
     Set result = dup(kinds_ - kinds);
     for (Kind kind : kinds) result.put(kind, std::move(fresh.ns_[index_of(kind)]));
@@ -262,7 +299,7 @@ class Set {
 
   /// unshare() with raw CLONE_NEW* flags, e.g. set.unshare(CLONE_NEWNS).
   /// Throws std::invalid_argument naming bits that are not namespace kinds.
-  [[nodiscard]] Set unshare(int clone_flags, UnshareOptions options = {}) const {
+  [[nodiscard]] Set unshare(int clone_flags, const UnshareOptions& options = {}) const {
     return unshare(Kinds::from_clone_flags(static_cast<std::uint32_t>(clone_flags)), options);
   }
 
@@ -441,16 +478,230 @@ class Set {
     ::_exit(0);
   }
 
+  static void check_map(const std::vector<IdRange>& map, const char* which) {
+    if (map.size() > 340)
+      throw std::invalid_argument(fmt::format("{} has {} lines; the kernel takes 340", which, map.size()));
+    for (std::size_t i = 0; i < map.size(); ++i) {
+      const IdRange& a = map[i];
+      if (a.count == 0) throw std::invalid_argument(fmt::format("{} line {} maps no ids (count 0)", which, i));
+      if (a.inside > UINT32_MAX - a.count || a.outside > UINT32_MAX - a.count) {
+        throw std::invalid_argument(fmt::format("{} line {} runs past the largest id", which, i));
+      }
+      for (std::size_t j = 0; j < i; ++j) {
+        const IdRange& b = map[j];
+        const auto overlap = [](std::uint32_t x, std::uint32_t y, std::uint32_t n, std::uint32_t m) {
+          return x < y + m && y < x + n;
+        };
+        if (overlap(a.inside, b.inside, a.count, b.count) || overlap(a.outside, b.outside, a.count, b.count)) {
+          throw std::invalid_argument(fmt::format("{} lines {} and {} overlap", which, j, i));
+        }
+      }
+    }
+  }
+
+  static void check_options(Kinds kinds, const UnshareOptions& options) {
+    if (!kinds.contains(Kind::user) && !(options.uid_map.empty() && options.gid_map.empty())) {
+      throw std::invalid_argument("uid_map and gid_map apply to a new user namespace, and none is unshared");
+    }
+    const bool offsets = options.monotonic_offset.count() != 0 || options.boottime_offset.count() != 0;
+    if (!kinds.contains(Kind::time) && offsets) {
+      throw std::invalid_argument("time offsets apply to a new time namespace, and none is unshared");
+    }
+    check_map(options.uid_map, "uid_map");
+    check_map(options.gid_map, "gid_map");
+  }
+
+  static std::string map_text(const std::vector<IdRange>& map, std::uint32_t own_id) {
+    if (map.empty()) return fmt::format("0 {} 1\n", own_id);
+    std::string text;
+    for (const IdRange& r : map) text += fmt::format("{} {} {}\n", r.inside, r.outside, r.count);
+    return text;
+  }
+
+  static std::string offsets_text(const UnshareOptions& options) {
+    std::string text;
+    const auto line = [&](const char* clock, std::chrono::nanoseconds offset) {
+      if (offset.count() == 0) return;
+      const auto secs = std::chrono::floor<std::chrono::seconds>(offset);
+      text += fmt::format("{} {} {}\n", clock, secs.count(), (offset - secs).count());
+    };
+    line("monotonic", options.monotonic_offset);
+    line("boottime", options.boottime_offset);
+    return text;
+  }
+
+  static void write_proc_file(pid_t pid, const char* file, const std::string& text) {
+    const std::string path = fmt::format("/proc/{}/{}", pid, file);
+    detail::unique_fd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
+    if (!fd) throw detail::system_error(errno, "cannot open {}", path);
+    // These files take one write(2) holding every line.
+    const ssize_t n = ::write(fd.get(), text.data(), text.size());
+    if (n != static_cast<ssize_t>(text.size())) {
+      throw detail::system_error(n < 0 ? errno : EIO, "cannot write {} to {}", text.substr(0, text.find('\n')), path);
+    }
+  }
+
+  static bool has_capability(int cap) noexcept {
+    __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+    __user_cap_data_struct data[2]{};
+    if (::syscall(SYS_capget, &header, data) != 0) return false;
+    return (data[cap / 32].effective & (1u << (cap % 32))) != 0;
+  }
+
+  // The child processes of one unshare_in_process: killed and reaped however
+  // the parent leaves.
+  struct creator_guard {
+    pid_t child = -1;
+    pid_t creator = -1;  // the child, or its child when it had to fork again
+    ~creator_guard() {
+      if (creator > 0 && creator != child) ::kill(creator, SIGKILL);
+      if (child > 0) {
+        ::kill(child, SIGKILL);
+        (void)detail::reap(child);
+      }
+    }
+  };
+
+  [[nodiscard]] static std::string creator_error(const detail::creator_message& m, const detail::join_plan& plan,
+                                                 const detail::ns_handles& ns, Kinds kinds) {
+    using namespace detail;
+    if (m.value >= step_join && m.value < step_fork) {
+      const Kind kind = plan.steps[static_cast<std::size_t>(m.value)].kind;
+      return fmt::format("cannot join {} namespace {}", kind, ns[index_of(kind)].id);
+    }
+    switch (m.value) {
+      case step_fork:
+        return "cannot fork into the joined pid or time namespace";
+      case step_unshare_user:
+        return "cannot unshare user namespace";
+      case step_wait_maps:
+        return "cannot wait for the user namespace's id maps";
+      case step_unshare:
+        return fmt::format("cannot unshare {} namespaces", kinds - Kind::user);
+      case step_time_offsets:
+        return "cannot write the time namespace's offsets";
+      case step_propagation:
+        return "cannot set mount propagation of / in the new mount namespace";
+      case step_fork_init:
+        return "cannot start the init of the new pid namespace";
+      default:
+        return "cannot create namespaces";
+    }
+  }
+
+  [[nodiscard]] Set unshare_in_process(Kinds kinds, const UnshareOptions& options) const {
+    const detail::join_plan plan = detail::plan_join(ns_, kinds_);
+    detail::pipe_fds report = detail::make_pipe();
+    detail::pipe_fds go = detail::make_pipe();
+    detail::pipe_fds lifeline;
+    if (kinds.contains(Kind::pid)) lifeline = detail::make_pipe();
+    const std::string offsets = offsets_text(options);
+    detail::creator_task task;
+    task.plan = plan;
+    task.kinds = kinds;
+    task.report = report.write.get();
+    task.go = go.read.get();
+    task.lifeline = lifeline.read.get();
+    task.propagation = propagation_flag(options.propagation);
+    task.time_offsets = &offsets;
+    // Prepared before the fork: the child may not allocate.
+    const std::string uid_map = map_text(options.uid_map, ::geteuid());
+    const std::string gid_map = map_text(options.gid_map, ::getegid());
+    const bool deny_setgroups = !has_capability(CAP_SETGID);
+
+    std::fflush(stdout);
+    std::fflush(stderr);
+    creator_guard guard;
+    const pid_t parent = ::getpid();
+    guard.child = ::fork();
+    if (guard.child < 0)
+      throw detail::system_error(errno, "cannot fork a child process to create {} namespaces", kinds);
+    if (guard.child == 0) detail::creator_main(task, parent);
+    guard.creator = guard.child;
+    report.write.reset();
+    go.read.reset();
+    lifeline.read.reset();
+
+    pid_t init = -1;
+    for (;;) {
+      detail::creator_message m;
+      std::size_t got = 0;
+      while (got < sizeof m) {
+        const ssize_t n = ::read(report.read.get(), reinterpret_cast<char*>(&m) + got, sizeof m - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0)
+          throw detail::system_error(n < 0 ? errno : ECHILD, "the child creating {} namespaces ended early", kinds);
+        got += static_cast<std::size_t>(n);
+      }
+      if (m.tag == detail::creator_message::creator_pid) {
+        guard.creator = m.value;
+      } else if (m.tag == detail::creator_message::init_pid) {
+        init = m.value;
+      } else if (m.tag == detail::creator_message::user_created) {
+        if (deny_setgroups) write_proc_file(guard.creator, "setgroups", "deny");
+        write_proc_file(guard.creator, "uid_map", uid_map);
+        write_proc_file(guard.creator, "gid_map", gid_map);
+        const char byte = 'g';
+        if (!detail::write_all(go.write.get(), &byte, 1))
+          throw detail::system_error(errno, "cannot wake the child creating {} namespaces", kinds);
+      } else if (m.tag == detail::creator_message::ready) {
+        break;
+      } else {
+        throw std::system_error(m.error, std::generic_category(), creator_error(m, plan, ns_, kinds));
+      }
+    }
+
+    Set result = dup(kinds_ - kinds);
+    for (Kind kind : kinds) {
+      const std::string path = fmt::format("/proc/{}/ns/{}", guard.creator, detail::thread_link(kind));
+      result.put(kind, detail::open_ns(AT_FDCWD, path.c_str(), kind, path));
+    }
+    if (kinds.contains(Kind::pid)) {
+      result.ns_[index_of(Kind::pid)].keep_alive = adopt_init(guard.creator, init, std::move(lifeline.write));
+    }
+    return result;
+  }
+
+  // `init` is the init's pid when the creator could tell it; otherwise the
+  // init is the creator's only child.
+  static std::shared_ptr<void> adopt_init(pid_t creator, pid_t init, detail::unique_fd lifeline) {
+    if (init <= 0) {
+      const std::string path = fmt::format("/proc/{0}/task/{0}/children", creator);
+      detail::unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+      if (!fd) throw detail::system_error(errno, "cannot open {}", path);
+      const std::string text = detail::read_to_end(fd.get());
+      const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), init);
+      if (ec != std::errc{} || init <= 0) {
+        throw detail::system_error(ESRCH, "cannot find the init of the new pid namespace in {}", path);
+      }
+    }
+    detail::unique_fd pidfd(detail::pidfd_open(init));
+    if (!pidfd)
+      throw detail::system_error(errno, "cannot open a pidfd for the init of the new pid namespace (pid {})", init);
+    return std::make_shared<detail::pid_init>(std::move(lifeline), std::move(pidfd));
+  }
+
+  static unsigned long propagation_flag(Propagation p) noexcept {
+    switch (p) {
+      case Propagation::rprivate:
+        return MS_PRIVATE;
+      case Propagation::rslave:
+        return MS_SLAVE;
+      case Propagation::rshared:
+        return MS_SHARED;
+      case Propagation::unchanged:
+        return 0;
+    }
+    return MS_PRIVATE;
+  }
+
   // Runs on a worker thread that has joined this Set.
   static Set unshare_here(Kinds kinds, const UnshareOptions& options) {
     if (const int err = detail::unshare_ns(kinds.clone_flags()); err != 0) {
       throw detail::system_error(err, "cannot unshare {} namespaces", kinds);
     }
     if (kinds.contains(Kind::mnt) && options.propagation != Propagation::unchanged) {
-      const unsigned long how = options.propagation == Propagation::rprivate ? MS_PRIVATE
-                                : options.propagation == Propagation::rslave ? MS_SLAVE
-                                                                             : MS_SHARED;
-      if (::mount(nullptr, "/", nullptr, MS_REC | how, nullptr) != 0) {
+      if (::mount(nullptr, "/", nullptr, MS_REC | propagation_flag(options.propagation), nullptr) != 0) {
         throw detail::system_error(errno, "cannot set mount propagation of / in the new mount namespace");
       }
     }

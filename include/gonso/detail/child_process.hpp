@@ -99,17 +99,26 @@ struct join_plan {
   bool fork_after = false;
 };
 
+/// One namespace to join, borrowed: the fd stays owned by whoever lent it
+/// (a Set). Lets a plan be made from a Set's public view as well as from its
+/// handles.
+struct ns_ref {
+  int fd = -1;
+  Identity id{};
+};
+using ns_refs = std::array<ns_ref, all_kinds.size()>;
+
 /// Plans the join of `kinds` of `target` from the calling thread's point of
 /// view: kinds it is in already are skipped (setns into one's own user
 /// namespace fails). Order: cgroup, ipc, uts, net, pid, mnt, time, then user,
 /// which join_in_child moves first when the child lacks privilege.
-[[nodiscard]] inline join_plan plan_join(const ns_handles& target, Kinds kinds) {
+[[nodiscard]] inline join_plan plan_join(const ns_refs& target, Kinds kinds) {
   static constexpr std::array<Kind, 8> order{Kind::cgroup, Kind::ipc, Kind::uts,  Kind::net,
                                              Kind::pid,    Kind::mnt, Kind::time, Kind::user};
   join_plan plan;
   for (Kind kind : order) {
     if (!kinds.contains(kind)) continue;
-    const ns_handle& ns = target[index_of(kind)];
+    const ns_ref& ns = target[index_of(kind)];
     Identity here{};
     const std::string link = std::string("/proc/thread-self/ns/") + thread_link(kind);
     if (stat_ns(worker_ns_dir >= 0 ? worker_ns_dir : AT_FDCWD, worker_ns_dir >= 0 ? thread_link(kind) : link.c_str(),
@@ -117,10 +126,17 @@ struct join_plan {
         here == ns.id) {
       continue;
     }
-    plan.steps[plan.count++] = {ns.fd.get(), kind};
+    plan.steps[plan.count++] = {ns.fd, kind};
     if (kind == Kind::pid || kind == Kind::time) plan.fork_after = true;
   }
   return plan;
+}
+
+/// The same plan from the handles a Set owns.
+[[nodiscard]] inline join_plan plan_join(const ns_handles& target, Kinds kinds) {
+  ns_refs refs{};
+  for (Kind kind : kinds) refs[index_of(kind)] = {target[index_of(kind)].fd.get(), target[index_of(kind)].id};
+  return plan_join(refs, kinds);
 }
 
 /// Joins the planned namespaces in a single-threaded child. Async-signal-safe.

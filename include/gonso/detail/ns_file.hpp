@@ -7,6 +7,7 @@
 #include <sys/statfs.h>
 
 #include <cerrno>
+#include <memory>
 #include <string_view>
 
 #include <gonso/detail/error.hpp>
@@ -17,10 +18,13 @@
 
 namespace gonso::detail {
 
-/// One namespace held open: the fd that keeps it alive and its identity.
+/// One namespace held open: the fd that keeps it alive, its identity, and
+/// whatever else must live as long as it is used (the init of a pid
+/// namespace gonso made), shared by every copy.
 struct ns_handle {
   unique_fd fd;
   Identity id;
+  std::shared_ptr<void> keep_alive;
 };
 
 /// The name of a kind's link in /proc/thread-self/ns as setns(2) sees it.
@@ -76,7 +80,7 @@ struct ns_handle {
     throw system_error(errno, "cannot open {} namespace {}", kind, what);
   }
   Identity id = validate_ns_fd(fd.get(), kind, what);
-  return {std::move(fd), id};
+  return {std::move(fd), id, nullptr};
 }
 
 /// The identity of the namespace file at `path` (relative to `dirfd`), read

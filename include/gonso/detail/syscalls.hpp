@@ -25,6 +25,10 @@ inline constexpr long nsfs_magic = 0x6e736673;
 /// unshare(2); returns 0 or the errno.
 [[nodiscard]] inline int unshare_ns(int flags) noexcept { return ::unshare(flags) == 0 ? 0 : errno; }
 
+/// pidfd_open(2); the fd is close-on-exec by definition. Returns -1 with
+/// errno set (ESRCH: no such process).
+[[nodiscard]] inline int pidfd_open(pid_t pid) noexcept { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0U)); }
+
 /// The CLONE_NEW* type of a namespace fd (NS_GET_NSTYPE), or -1 with errno set.
 [[nodiscard]] inline int ns_type(int fd) noexcept { return ::ioctl(fd, NS_GET_NSTYPE); }
 

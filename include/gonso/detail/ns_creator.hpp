@@ -1,0 +1,132 @@
+// gonso: creating namespaces in a child process, for the kinds a thread
+// cannot create (user, pid, time) and everything combined with them.
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <string>
+
+#include <gonso/detail/child_process.hpp>
+#include <gonso/detail/pid_init.hpp>
+#include <gonso/kind.hpp>
+
+namespace gonso::detail {
+
+/// One message from the creating child to the parent. Small enough for a
+/// pipe write to be atomic, so that two writers never interleave.
+struct creator_message {
+  enum tag_t : char {
+    creator_pid = 'p',   // value: pid (in the parent's view) of the process that creates
+    init_pid = 'i',      // value: pid (in the parent's view) of the new pid namespace's init
+    user_created = 'u',  // waits for the parent to write uid_map and gid_map
+    ready = 'r',         // every namespace exists; the parent may open them
+    failed = 'e',        // value: which step, error: errno
+  };
+  char tag = failed;
+  std::int32_t value = 0;
+  std::int32_t error = 0;
+};
+
+/// The steps a creator can fail at, for the parent's message.
+enum creator_step : std::int32_t {
+  step_join = 0,  // + index in the join plan
+  step_fork = 100,
+  step_unshare_user,
+  step_wait_maps,
+  step_unshare,
+  step_time_offsets,
+  step_propagation,
+  step_fork_init,
+};
+
+/// What the child is to create, all prepared before the fork.
+struct creator_task {
+  join_plan plan;
+  Kinds kinds;
+  int report = -1;                            // write end
+  int go = -1;                                // read end: one byte once the maps are written
+  int lifeline = -1;                          // read end, for the pid namespace's init
+  unsigned long propagation = 0;              // MS_PRIVATE, MS_SLAVE, MS_SHARED, or 0 to keep
+  const std::string* time_offsets = nullptr;  // for /proc/self/timens_offsets; may be empty
+};
+
+inline void creator_send(int fd, char tag, std::int32_t value = 0, std::int32_t error = 0) noexcept {
+  const creator_message m{tag, value, error};
+  (void)write_all(fd, &m, sizeof m);
+}
+
+[[noreturn]] inline void creator_fail(int fd, std::int32_t step) noexcept {
+  creator_send(fd, creator_message::failed, step, errno);
+  ::_exit(1);
+}
+
+/// The body of the creating child. Only system calls and no allocation: it
+/// is forked from a process that may have many threads.
+[[noreturn]] inline void creator_main(const creator_task& task, pid_t parent) noexcept {
+  die_with_parent(parent);
+  // A non-dumpable process (after setuid) cannot have its maps written.
+  ::prctl(PR_SET_DUMPABLE, 1);
+  std::size_t failed = 0;
+  if (join_in_child(task.plan, failed) != 0) creator_fail(task.report, step_join + static_cast<std::int32_t>(failed));
+  if (task.plan.fork_after) {
+    // A new pid namespace nests in the creator's own, not in the one its
+    // children would get: create from a process that is fully inside.
+    const pid_t inner = ::fork();
+    if (inner < 0) creator_fail(task.report, step_fork);
+    if (inner > 0) {
+      creator_send(task.report, creator_message::creator_pid, inner);
+      exit_like(reap(inner));
+    }
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  }
+  if (task.kinds.contains(Kind::user)) {
+    if (::unshare(CLONE_NEWUSER) != 0) creator_fail(task.report, step_unshare_user);
+    creator_send(task.report, creator_message::user_created);
+    char go = 0;
+    if (::read(task.go, &go, 1) != 1) creator_fail(task.report, step_wait_maps);
+  }
+  // The rest is created inside the new user namespace, if any, and so owned by it.
+  const Kinds rest = task.kinds - Kind::user;
+  if (!rest.empty() && ::unshare(rest.clone_flags()) != 0) creator_fail(task.report, step_unshare);
+  if (rest.contains(Kind::time) && task.time_offsets != nullptr && !task.time_offsets->empty()) {
+    // Offsets can be set only before any process enters the namespace.
+    const int fd = ::open("/proc/self/timens_offsets", O_WRONLY | O_CLOEXEC);
+    if (fd < 0 || !write_all(fd, task.time_offsets->data(), task.time_offsets->size())) {
+      creator_fail(task.report, step_time_offsets);
+    }
+    ::close(fd);
+  }
+  if (rest.contains(Kind::mnt) && task.propagation != 0 &&
+      ::mount(nullptr, "/", nullptr, MS_REC | task.propagation, nullptr) != 0) {
+    creator_fail(task.report, step_propagation);
+  }
+  if (rest.contains(Kind::pid)) {
+    if (!task.plan.fork_after) {
+      // Make the init a child of the caller (CLONE_PARENT), so that the
+      // caller reaps it when the namespace is let go: an orphan's new parent
+      // may not reap at all. Raw clone: the init makes only system calls.
+      const auto init = static_cast<pid_t>(::syscall(SYS_clone, CLONE_PARENT | SIGCHLD, nullptr, nullptr, nullptr, 0));
+      if (init < 0) creator_fail(task.report, step_fork_init);
+      if (init == 0) pid_init_main(task.lifeline);
+      creator_send(task.report, creator_message::init_pid, init);
+    } else {
+      // Nested in a pid namespace the caller cannot see into: the init stays
+      // our child, and when we die it goes to that namespace's own init.
+      const pid_t init = ::fork();
+      if (init < 0) creator_fail(task.report, step_fork_init);
+      if (init == 0) pid_init_main(task.lifeline);
+    }
+  }
+  creator_send(task.report, creator_message::ready);
+  for (;;) ::pause();  // the parent opens our namespaces, then kills us
+}
+
+}  // namespace gonso::detail

@@ -1,0 +1,71 @@
+// gonso: the minimal init that keeps a pid namespace made by gonso usable.
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include <gonso/detail/syscalls.hpp>
+#include <gonso/detail/unique_fd.hpp>
+
+namespace gonso::detail {
+
+/// The body of pid 1 of a new pid namespace. Async-signal-safe; never returns.
+/// A pid namespace dies with its pid 1 (later forks fail with ENOMEM), so
+/// this process stays until `lifeline` (a pipe's read end, whose write end
+/// the owning Sets hold) reports end of file, and meanwhile reaps every
+/// orphan that the kernel reparents to it. Signals sent from inside the
+/// namespace cannot stop it: pid 1 only receives those it handles, and it
+/// handles SIGCHLD alone.
+[[noreturn]] inline void pid_init_main(int lifeline) noexcept {
+  // Nothing else of the creator's may stay open in here.
+  if (lifeline != 3 && ::dup2(lifeline, 3) == 3) lifeline = 3;
+  ::syscall(SYS_close_range, 0U, 2U, 0U);
+  ::syscall(SYS_close_range, 4U, ~0U, 0U);
+  sigset_t all;
+  ::sigfillset(&all);
+  ::sigprocmask(SIG_SETMASK, &all, nullptr);
+  struct sigaction on_child {};
+  on_child.sa_handler = [](int) {};
+  ::sigaction(SIGCHLD, &on_child, nullptr);
+  sigset_t wait_mask = all;
+  ::sigdelset(&wait_mask, SIGCHLD);
+  for (;;) {
+    while (::waitpid(-1, nullptr, WNOHANG | __WALL) > 0) {
+    }
+    pollfd owner{lifeline, POLLIN, 0};
+    if (::ppoll(&owner, 1, nullptr, &wait_mask) > 0) ::_exit(0);  // every owner is gone
+  }
+}
+
+/// Ownership of one such init, shared by every Set that holds its pid
+/// namespace. When the last owner goes, the init (and with it everything in
+/// the namespace) is killed and, when it is the caller's child, reaped.
+class pid_init {
+ public:
+  pid_init(unique_fd lifeline, unique_fd pidfd) noexcept : lifeline_(std::move(lifeline)), pidfd_(std::move(pidfd)) {}
+  pid_init(const pid_init&) = delete;
+  pid_init& operator=(const pid_init&) = delete;
+  ~pid_init() {
+    lifeline_.reset();
+    if (!pidfd_) return;
+    ::syscall(SYS_pidfd_send_signal, pidfd_.get(), SIGKILL, nullptr, 0U);
+    // Reaped here only if the init became our child (we are a subreaper);
+    // otherwise its new parent reaps it and waitid says ECHILD at once.
+    siginfo_t info{};
+    while (::waitid(P_PIDFD, static_cast<id_t>(pidfd_.get()), &info, WEXITED) != 0 &&
+           errno == EINTR) {
+    }
+  }
+
+ private:
+  unique_fd lifeline_;
+  unique_fd pidfd_;
+};
+
+}  // namespace gonso::detail
