@@ -1,0 +1,354 @@
+// The process half of gonso: Set::run_in_process, and unshare of user, pid and
+// time namespaces. Identities are read inside with stat(2) of
+// /proc/self/ns/* (a process's own links), never through gonso.
+#include <grp.h>
+#include <linux/nsfs.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "support.hpp"
+
+using gonso::Kind;
+using gonso::Kinds;
+using gonso::Set;
+
+namespace {
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// A process's own namespace of `kind` (for pid and time the one it is in).
+gonso::Identity own_ns(Kind kind) { return test::identity_at(kind, "/proc/self/ns/" + std::string(gonso::name(kind))); }
+
+struct Identities {
+  std::array<gonso::Identity, 8> ids;
+};
+
+Identities identities_here() {
+  Identities out{};
+  for (std::size_t i = 0; i < gonso::all_kinds.size(); ++i) out.ids[i] = own_ns(gonso::all_kinds[i]);
+  return out;
+}
+
+// Processes (by host pid) whose pid namespace is `id`, and whether any is a zombie.
+struct Members {
+  std::vector<pid_t> pids;
+  bool zombie = false;
+};
+Members members_of(const gonso::Identity& id) {
+  Members m;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename().string();
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    struct stat st {};
+    if (::stat((entry.path() / "ns/pid").c_str(), &st) != 0) {
+      // A zombie's namespace links are gone; its status still says which it is.
+      continue;
+    }
+    if (st.st_dev != id.device || st.st_ino != id.inode) continue;
+    m.pids.push_back(std::stoi(name));
+    const std::string status = slurp(entry.path() / "status");
+    if (status.find("State:\tZ") != std::string::npos) m.zombie = true;
+  }
+  return m;
+}
+
+template <typename Pred>
+bool within(std::chrono::milliseconds bound, Pred pred) {
+  const auto deadline = std::chrono::steady_clock::now() + bound;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return true;
+}
+
+bool no_children_left() {
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    if (!slurp(task.path() / "children").empty()) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("run_in_process joins every kind, user, pid and time included", "[privileged][process]") {
+  test::require_privilege();
+  const test::Snapshot caller = test::snapshot();
+  {
+    const Set fresh = Set::current(Kinds::all()).unshare(Kinds::all());
+    for (Kind kind : gonso::all_kinds) {
+      INFO(gonso::name(kind));
+      CHECK(fresh.identity(kind) != caller.at(kind));
+    }
+    struct Inside {
+      Identities ns;
+      pid_t pid;
+      uid_t uid;
+    };
+    const Inside inside = fresh.run_in_process([] { return Inside{identities_here(), ::getpid(), ::getuid()}; });
+    for (std::size_t i = 0; i < gonso::all_kinds.size(); ++i) {
+      const Kind kind = gonso::all_kinds[i];
+      INFO(gonso::name(kind));
+      CHECK(inside.ns.ids[i] == fresh.identity(kind));
+    }
+    CHECK(inside.pid == 2);  // pid 1 is the namespace's init
+    CHECK(inside.uid == 0);
+    CHECK(test::snapshot() == caller);
+  }
+  // The Set was the last owner of its pid namespace's init, a child of ours.
+  CHECK(within(std::chrono::seconds(2), no_children_left));
+}
+
+TEST_CASE("run_in_process returns values and reports exceptions, signals and exits", "[privileged][process]") {
+  test::require_privilege();
+  const Set net = Set::current().unshare(Kind::net);
+  const std::size_t fds = test::count_fds();
+  struct Pair {
+    int a;
+    double b;
+  };
+  CHECK(net.run_in_process([] { return 42; }) == 42);
+  const Pair p = net.run_in_process([] { return Pair{7, 2.5}; });
+  CHECK(p.a == 7);
+  CHECK(p.b == 2.5);
+  CHECK(net.run_in_process([] { return std::string(100000, 'y'); }) == std::string(100000, 'y'));
+  net.run_in_process([] {});
+
+  try {
+    net.run_in_process([]() -> int { throw std::out_of_range("too far"); });
+    FAIL("nothing thrown");
+  } catch (const gonso::ProcessError& e) {
+    CHECK(e.cause() == gonso::ProcessError::Cause::exception);
+    CHECK(e.exception_type() == "std::out_of_range");
+    CHECK(e.message() == "too far");
+    CHECK_THAT(e.what(), Catch::Contains("std::out_of_range") && Catch::Contains("too far"));
+  }
+  try {
+    net.run_in_process([] { ::raise(SIGKILL); });
+    FAIL("nothing thrown");
+  } catch (const gonso::ProcessError& e) {
+    CHECK(e.cause() == gonso::ProcessError::Cause::signal);
+    CHECK(e.signal() == SIGKILL);
+  }
+  try {
+    net.run_in_process([] { ::_exit(3); });
+    FAIL("nothing thrown");
+  } catch (const gonso::ProcessError& e) {
+    CHECK(e.cause() == gonso::ProcessError::Cause::exit);
+    CHECK(e.exit_code() == 3);
+  }
+  CHECK(test::count_fds() == fds);
+  CHECK(within(std::chrono::seconds(2), no_children_left));
+}
+
+TEST_CASE("run_in_process reports a failed join with its errno", "[privileged][process]") {
+  test::require_privilege();
+  const Set net = Set::current().unshare(Kind::net);
+  std::error_code code;
+  std::string message;
+  std::thread([&] {
+    test::drop_cap_sys_admin_on_this_thread();  // the forked child inherits this thread's credentials
+    try {
+      net.run_in_process([] {});
+    } catch (const std::system_error& e) {
+      code = e.code();
+      message = e.what();
+    }
+  }).join();
+  CHECK(code == std::errc::operation_not_permitted);
+  CHECK_THAT(message, Catch::StartsWith(fmt::format("cannot join net namespace {}", net.identity(Kind::net))));
+  CHECK(within(std::chrono::seconds(2), no_children_left));
+}
+
+TEST_CASE("a new user namespace maps the caller to root, or as asked", "[privileged][process][user]") {
+  test::require_privilege();
+  SECTION("map me to root") {
+    const Set u = Set::current().unshare(Kind::user | Kind::net);
+    const auto seen =
+        u.run_in_process([] { return fmt::format("{} {}|{}", ::getuid(), ::getgid(), slurp("/proc/self/uid_map")); });
+    std::istringstream fields(seen.substr(seen.find('|') + 1));
+    std::uint64_t inside = 9, outside = 9, count = 9;
+    fields >> inside >> outside >> count;
+    CHECK(seen.substr(0, seen.find('|')) == "0 0");
+    CHECK(inside == 0);
+    CHECK(outside == ::geteuid());
+    CHECK(count == 1);
+  }
+  SECTION("explicit ranges") {
+    gonso::UnshareOptions options;
+    options.uid_map = {{0, 100000, 1000}, {1000, 0, 1}};
+    options.gid_map = {{0, 200000, 10}};
+    const Set u = Set::current().unshare(Kind::user, options);
+    const std::string maps =
+        u.run_in_process([] { return slurp("/proc/self/uid_map") + "|" + slurp("/proc/self/gid_map"); });
+    std::istringstream uid(maps.substr(0, maps.find('|')));
+    std::istringstream gid(maps.substr(maps.find('|') + 1));
+    std::vector<std::uint64_t> u_fields{std::istream_iterator<std::uint64_t>(uid), {}};
+    std::vector<std::uint64_t> g_fields{std::istream_iterator<std::uint64_t>(gid), {}};
+    CHECK(u_fields == std::vector<std::uint64_t>{0, 100000, 1000, 1000, 0, 1});
+    CHECK(g_fields == std::vector<std::uint64_t>{0, 200000, 10});
+  }
+}
+
+TEST_CASE("namespaces unshared with a user namespace are owned by it", "[privileged][process][user]") {
+  test::require_privilege();
+  const Set u = Set::current().unshare(Kind::user | Kind::net | Kind::uts | Kind::ipc | Kind::mnt);
+  for (Kind kind : {Kind::net, Kind::uts, Kind::ipc, Kind::mnt}) {
+    INFO(gonso::name(kind));
+    gonso::detail::unique_fd owner(::ioctl(u.fd(kind), NS_GET_USERNS));
+    REQUIRE(owner);
+    struct stat st {};
+    REQUIRE(::fstat(owner.get(), &st) == 0);
+    CHECK(gonso::Identity{Kind::user, st.st_dev, st.st_ino} == u.identity(Kind::user));
+  }
+}
+
+TEST_CASE("a new pid namespace has an init that reaps orphans and dies with the last Set",
+          "[privileged][process][pid]") {
+  test::require_privilege();
+  gonso::Identity pidns{};
+  {
+    Set p = Set::current().unshare(Kind::pid);
+    pidns = p.identity(Kind::pid);
+    // Exactly the init lives there while nothing runs.
+    REQUIRE(within(std::chrono::seconds(2), [&] { return members_of(pidns).pids.size() == 1; }));
+
+    // The callable's child forks a grandchild and exits at once: the
+    // grandchild is orphaned to the init, which must reap it.
+    const pid_t orphan_parent_status = p.run_in_process([] {
+      const pid_t child = ::fork();
+      if (child == 0) {
+        if (::fork() == 0) {
+          ::usleep(50'000);
+          ::_exit(0);
+        }
+        ::_exit(0);
+      }
+      int status = 0;
+      ::waitpid(child, &status, 0);
+      return status;
+    });
+    CHECK(orphan_parent_status == 0);
+    CHECK(within(std::chrono::seconds(3), [&] {
+      const Members m = members_of(pidns);
+      return m.pids.size() == 1 && !m.zombie;
+    }));
+
+    // A copy keeps the namespace (and its init) alive after the original goes.
+    const Set copy = p;
+    { const Set gone = std::move(p); }  // the original's handle is closed here
+    CHECK(copy.run_in_process([] { return ::getpid(); }) > 1);
+  }
+  // The last Set went: nothing of that namespace is left, zombies included.
+  CHECK(within(std::chrono::seconds(3), [&] { return members_of(pidns).pids.empty(); }));
+  CHECK(within(std::chrono::seconds(2), no_children_left));
+}
+
+TEST_CASE("a new time namespace runs its clocks ahead by the offsets given", "[privileged][process][time]") {
+  test::require_privilege();
+  gonso::UnshareOptions options;
+  options.monotonic_offset = std::chrono::hours(24);
+  options.boottime_offset = std::chrono::hours(48) + std::chrono::milliseconds(500);
+  const Set t = Set::current().unshare(Kind::time, options);
+  const auto seconds = [](clockid_t clock) {
+    timespec ts{};
+    ::clock_gettime(clock, &ts);
+    return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
+  };
+  struct Clocks {
+    double monotonic;
+    double boottime;
+  };
+  const double mono_before = seconds(CLOCK_MONOTONIC);
+  const double boot_before = seconds(CLOCK_BOOTTIME);
+  const Clocks inside = t.run_in_process([&] { return Clocks{seconds(CLOCK_MONOTONIC), seconds(CLOCK_BOOTTIME)}; });
+  const double mono_after = seconds(CLOCK_MONOTONIC);
+  const double boot_after = seconds(CLOCK_BOOTTIME);
+  // Inside was read between the two outside readings.
+  CHECK(inside.monotonic - 86400.0 >= mono_before);
+  CHECK(inside.monotonic - 86400.0 <= mono_after);
+  CHECK(inside.boottime - 172800.5 >= boot_before - 0.001);
+  CHECK(inside.boottime - 172800.5 <= boot_after + 0.001);
+}
+
+TEST_CASE("thread run() on a Set with a new user namespace names the process mode", "[privileged][process]") {
+  test::require_privilege();
+  const Set u = Set::current().unshare(Kind::user | Kind::net);
+  try {
+    u.run(true, [] {});
+    FAIL("a thread joined a user namespace");
+  } catch (const std::system_error& e) {
+    CHECK(e.code() == std::errc::invalid_argument);
+    CHECK_THAT(e.what(), Catch::Contains("child process"));
+  }
+  CHECK(u.run_in_process([] { return own_ns(Kind::net); }) == u.identity(Kind::net));
+}
+
+TEST_CASE("rootless: an unprivileged process makes and uses its own namespaces", "[privileged][process][rootless]") {
+  test::require_privilege();  // to become unprivileged
+  int report[2];
+  REQUIRE(::pipe2(report, O_CLOEXEC) == 0);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::alarm(20);
+    std::string result;
+    try {
+      // Drop to nobody, and stay dumpable so that our maps can be written.
+      if (::setgroups(0, nullptr) != 0 || ::setgid(65534) != 0 || ::setuid(65534) != 0)
+        throw std::runtime_error("drop");
+      ::prctl(PR_SET_DUMPABLE, 1);
+      const Set box = Set::current().unshare(Kind::user | Kind::net | Kind::uts | Kind::mnt | Kind::ipc);
+      result = box.run_in_process([] {
+        const std::string name = "rootless";
+        if (::sethostname(name.data(), name.size()) != 0)
+          throw std::system_error(errno, std::generic_category(), "sethostname");
+        const int s = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        ifreq ifr{};
+        std::strcpy(ifr.ifr_name, "lo");
+        if (s < 0 || ::ioctl(s, SIOCGIFFLAGS, &ifr) != 0)
+          throw std::system_error(errno, std::generic_category(), "SIOCGIFFLAGS");
+        ifr.ifr_flags = static_cast<short>(ifr.ifr_flags | IFF_UP);
+        if (::ioctl(s, SIOCSIFFLAGS, &ifr) != 0)
+          throw std::system_error(errno, std::generic_category(), "SIOCSIFFLAGS");
+        ::ioctl(s, SIOCGIFFLAGS, &ifr);
+        ::close(s);
+        char host[64] = {};
+        ::gethostname(host, sizeof host - 1);
+        return fmt::format("uid={} host={} lo_up={} setgroups={}", ::getuid(), host, (ifr.ifr_flags & IFF_UP) != 0,
+                           slurp("/proc/self/setgroups"));
+      });
+      result += fmt::format(" outside_uid={}", ::getuid());
+    } catch (const std::exception& e) {
+      result = std::string("error: ") + e.what();
+    }
+    (void)!::write(report[1], result.data(), result.size());
+    ::_exit(0);
+  }
+  ::close(report[1]);
+  std::string result;
+  char buf[512];
+  for (ssize_t n; (n = ::read(report[0], buf, sizeof buf)) > 0;) result.append(buf, static_cast<std::size_t>(n));
+  ::close(report[0]);
+  ::waitpid(child, nullptr, 0);
+  INFO(result);
+  CHECK(result == "uid=0 host=rootless lo_up=true setgroups=deny\n outside_uid=65534");
+}
