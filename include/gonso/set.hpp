@@ -379,7 +379,7 @@ class Set {
     std::fflush(stderr);
     const pid_t parent = ::getpid();
     const pid_t pid = ::fork();
-    if (pid < 0) throw detail::system_error(errno, "cannot fork a child process to run in {}", *this);
+    if (pid < 0) throw detail::system_error(errno, "cannot fork a child process to run in {} namespaces", kinds_);
     if (pid == 0) {
       report.read.reset();
       run_child<R>(plan, report.write.get(), parent, fn);

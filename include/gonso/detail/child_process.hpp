@@ -175,10 +175,14 @@ using ns_refs = std::array<ns_ref, all_kinds.size()>;
 }
 
 /// Makes the calling child die with its parent thread, and checks that the
-/// parent did not die before that was armed. Async-signal-safe.
+/// parent did not die before that was armed. A child born into a pid
+/// namespace its parent is not in (forked by a thread whose children go
+/// elsewhere) sees its parent as 0: it cannot check, only arm. Pass 0 for
+/// `parent` to arm without checking. Async-signal-safe.
 inline void die_with_parent(pid_t parent) noexcept {
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (::getppid() != parent) ::_exit(127);
+  const pid_t now = ::getppid();
+  if (parent != 0 && now != 0 && now != parent) ::_exit(127);
 }
 
 /// Ends the calling process the way a child's wait status says its own child

@@ -58,8 +58,7 @@ class pid_init {
     // Reaped here only if the init became our child (we are a subreaper);
     // otherwise its new parent reaps it and waitid says ECHILD at once.
     siginfo_t info{};
-    while (::waitid(P_PIDFD, static_cast<id_t>(pidfd_.get()), &info, WEXITED) != 0 &&
-           errno == EINTR) {
+    while (::waitid(P_PIDFD, static_cast<id_t>(pidfd_.get()), &info, WEXITED) != 0 && errno == EINTR) {
     }
   }
 

@@ -1,0 +1,273 @@
+// gonso: a handle on a child process: its pidfd, how it ended, its pipes.
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <signal.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include <fmt/format.h>
+
+#include <gonso/detail/child_process.hpp>
+#include <gonso/detail/error.hpp>
+#include <gonso/detail/syscalls.hpp>
+#include <gonso/detail/unique_fd.hpp>
+
+namespace gonso {
+
+/// How a process ended: it exited with a code, or a signal killed it.
+/// A value; prints as "exited 3" or "killed by signal 9 (Killed)".
+class ExitStatus {
+ public:
+  /// The process called exit(code) or returned code from main.
+  [[nodiscard]] static constexpr ExitStatus exited_with(int code) noexcept { return ExitStatus(false, code); }
+  /// Signal `sig` killed the process (with or without a core dump).
+  [[nodiscard]] static constexpr ExitStatus killed_by(int sig) noexcept { return ExitStatus(true, sig); }
+
+  /// True when the process exited (rather than being killed).
+  [[nodiscard]] constexpr bool exited() const noexcept { return !signaled_; }
+  /// The exit code (0 to 255) when exited(), else -1.
+  [[nodiscard]] constexpr int code() const noexcept { return signaled_ ? -1 : value_; }
+  /// True when a signal killed the process.
+  [[nodiscard]] constexpr bool signaled() const noexcept { return signaled_; }
+  /// The signal that killed it when signaled(), else 0.
+  [[nodiscard]] constexpr int signal() const noexcept { return signaled_ ? value_ : 0; }
+  /// True when the process exited with code 0.
+  [[nodiscard]] constexpr bool success() const noexcept { return !signaled_ && value_ == 0; }
+
+  /// Same way of ending, same code or signal.
+  friend constexpr bool operator==(const ExitStatus&, const ExitStatus&) noexcept = default;
+
+ private:
+  constexpr ExitStatus(bool signaled, int value) noexcept : signaled_(signaled), value_(value) {}
+
+  bool signaled_ = false;
+  int value_ = 0;
+};
+
+class Child;
+
+namespace detail {
+
+/// Builds Child objects for gonso's own factories (spawn).
+struct child_access {
+  static Child make(unique_fd pidfd, pid_t pid, unique_fd in, unique_fd out, unique_fd err) noexcept;
+};
+
+}  // namespace detail
+
+/// A move-only handle on a child process of the caller: a pidfd
+/// (pidfd_open(2), close-on-exec) that names the process even after its pid
+/// is reused, and the caller's ends of the pipes to its standard streams.
+///
+/// The handle owns the child: when a Child that was neither wait()ed nor
+/// seen to end by poll() is destroyed (or assigned to), the process gets
+/// SIGKILL and is reaped, so it never stays a zombie. The destructor blocks
+/// until the kernel has ended it and never throws.
+///
+/// Reaping uses waitid(P_PIDFD), which needs SIGCHLD not to be ignored
+/// (SIG_IGN or SA_NOCLDWAIT let the kernel reap children by itself). A Child
+/// is used from one thread at a time, like an fstream.
+class Child {
+ public:
+  /// An empty handle: owns no process; pid() is -1.
+  Child() noexcept = default;
+
+  /// Takes charge of `pid`, a child process the caller forked and has not
+  /// reaped yet, by opening a pidfd on it. Throws std::invalid_argument for
+  /// pid <= 0, std::system_error(ECHILD) when it is not a child of this
+  /// process, and with pidfd_open's errno (ESRCH: no such process) otherwise.
+  [[nodiscard]] static Child adopt(pid_t pid) {
+    if (pid <= 0) throw std::invalid_argument(fmt::format("cannot adopt pid {}: not a process id", pid));
+    detail::unique_fd pidfd(detail::pidfd_open(pid));
+    if (!pidfd) throw detail::system_error(errno, "cannot open a pidfd for pid {}", pid);
+    // WNOWAIT: look without reaping; ECHILD means someone else's process.
+    siginfo_t info{};
+    while (::waitid(P_PIDFD, static_cast<id_t>(pidfd.get()), &info, WEXITED | WNOHANG | WNOWAIT) != 0) {
+      if (errno == EINTR) continue;
+      throw detail::system_error(errno, "cannot adopt pid {}: not a child process of the caller", pid);
+    }
+    return Child(std::move(pidfd), pid, {}, {}, {});
+  }
+
+  Child(Child&& other) noexcept
+      : pid_(std::exchange(other.pid_, -1)),
+        pidfd_(std::move(other.pidfd_)),
+        stdin_(std::move(other.stdin_)),
+        stdout_(std::move(other.stdout_)),
+        stderr_(std::move(other.stderr_)),
+        status_(std::exchange(other.status_, std::nullopt)) {}
+  /// Ends and reaps the process held so far (as the destructor does), then
+  /// takes the other's.
+  Child& operator=(Child&& other) noexcept {
+    if (this != &other) {
+      finish();
+      pid_ = std::exchange(other.pid_, -1);
+      pidfd_ = std::move(other.pidfd_);
+      stdin_ = std::move(other.stdin_);
+      stdout_ = std::move(other.stdout_);
+      stderr_ = std::move(other.stderr_);
+      status_ = std::exchange(other.status_, std::nullopt);
+    }
+    return *this;
+  }
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+
+  /// Unless it was already reaped: sends SIGKILL, closes the pipes and
+  /// reaps the process. Never throws.
+  ~Child() { finish(); }
+
+  /// True when this handle owns a process (reaped or not).
+  [[nodiscard]] bool valid() const noexcept { return pidfd_.valid(); }
+  explicit operator bool() const noexcept { return valid(); }
+
+  /// The process id in the caller's pid namespace (a program spawned into
+  /// another pid namespace has a different one there), or -1 for an empty
+  /// handle. After the process is reaped the number may name another process;
+  /// pidfd() does not.
+  [[nodiscard]] pid_t pid() const noexcept { return pid_; }
+
+  /// The pidfd, still owned by this handle, or -1. Usable with poll(2)
+  /// (readable once the process has ended), setns(2) and
+  /// pidfd_send_signal(2); it stays open until the handle is destroyed.
+  [[nodiscard]] int pidfd() const noexcept { return pidfd_.get(); }
+
+  /// Blocks until the process ends, reaps it and returns how it ended;
+  /// later calls return the same status. Retries on EINTR. Read the pipes
+  /// first: a program blocked on a full stdout pipe never ends by itself.
+  /// Throws std::logic_error on an empty handle, std::system_error(ECHILD)
+  /// when the process was reaped elsewhere (SIGCHLD ignored).
+  ExitStatus wait() {
+    if (status_) return *status_;
+    require_valid("wait for");
+    return *reap(0);
+  }
+
+  /// How the process ended, reaping it, or nullopt while it still runs.
+  /// Never blocks. Once it has returned a status, keeps returning it.
+  /// Throws as wait() does.
+  [[nodiscard]] std::optional<ExitStatus> poll() {
+    if (status_) return status_;
+    require_valid("poll");
+    return reap(WNOHANG);
+  }
+
+  /// Sends `sig` to the process through its pidfd (pidfd_send_signal(2)), so
+  /// that a reused pid is never hit. Sending to a process that has already
+  /// ended is no error and does nothing: a zombie ignores it, and once the
+  /// process is reaped nothing is sent. Throws std::logic_error on an empty
+  /// handle and std::system_error for other failures (EINVAL for a bad
+  /// signal number, EPERM).
+  void kill(int sig = SIGKILL) {
+    require_valid("signal");
+    if (status_) return;
+    if (::syscall(SYS_pidfd_send_signal, pidfd_.get(), sig, nullptr, 0U) != 0 && errno != ESRCH) {
+      throw detail::system_error(errno, "cannot send signal {} to pid {}", sig, pid_);
+    }
+  }
+
+  /// The write end of a pipe to the process's standard input, or -1 when it
+  /// is not a pipe or was closed. Still owned by the handle. Writing after
+  /// the process has closed its end raises SIGPIPE in the caller unless it
+  /// blocks or ignores that signal.
+  [[nodiscard]] int stdin_fd() const noexcept { return stdin_.get(); }
+  /// The read end of a pipe from the process's standard output, or -1.
+  [[nodiscard]] int stdout_fd() const noexcept { return stdout_.get(); }
+  /// The read end of a pipe from the process's standard error, or -1.
+  [[nodiscard]] int stderr_fd() const noexcept { return stderr_.get(); }
+
+  /// Closes the stdin pipe, so that the process reads end of file. Does
+  /// nothing when there is none.
+  void close_stdin() noexcept { stdin_.reset(); }
+
+  /// Reads the stdout pipe until end of file, i.e. until the process and
+  /// everything that inherited its stdout have closed it. When stdout and
+  /// stderr are both pipes, a process filling the one not being read blocks:
+  /// poll(2) both fds instead, or read one on another thread. Throws
+  /// std::logic_error when stdout is not a pipe and std::system_error when
+  /// read(2) fails.
+  [[nodiscard]] std::string read_stdout() { return read_pipe(stdout_, "stdout"); }
+  /// As read_stdout(), for stderr.
+  [[nodiscard]] std::string read_stderr() { return read_pipe(stderr_, "stderr"); }
+
+ private:
+  friend struct detail::child_access;
+
+  Child(detail::unique_fd pidfd, pid_t pid, detail::unique_fd in, detail::unique_fd out, detail::unique_fd err) noexcept
+      : pid_(pid), pidfd_(std::move(pidfd)), stdin_(std::move(in)), stdout_(std::move(out)), stderr_(std::move(err)) {}
+
+  void require_valid(const char* verb) const {
+    if (!pidfd_) throw std::logic_error(fmt::format("cannot {} an empty gonso::Child (moved-from or default)", verb));
+  }
+
+  // waitid(P_PIDFD) with `options` (0 or WNOHANG); caches the status.
+  std::optional<ExitStatus> reap(int options) {
+    siginfo_t info{};
+    while (::waitid(P_PIDFD, static_cast<id_t>(pidfd_.get()), &info, WEXITED | __WALL | options) != 0) {
+      if (errno == EINTR) continue;
+      throw detail::system_error(errno, "cannot wait for pid {} (is SIGCHLD ignored?)", pid_);
+    }
+    if (info.si_pid == 0) return std::nullopt;  // WNOHANG: still running
+    status_ =
+        info.si_code == CLD_EXITED ? ExitStatus::exited_with(info.si_status) : ExitStatus::killed_by(info.si_status);
+    return status_;
+  }
+
+  std::string read_pipe(const detail::unique_fd& fd, const char* stream) const {
+    if (!fd) throw std::logic_error(fmt::format("cannot read the {} of pid {}: it is not a pipe", stream, pid_));
+    return detail::read_to_end(fd.get());
+  }
+
+  // Kills and reaps an unreaped process, closes everything. Never throws.
+  void finish() noexcept {
+    stdin_.reset();
+    if (pidfd_ && !status_) {
+      (void)::syscall(SYS_pidfd_send_signal, pidfd_.get(), SIGKILL, nullptr, 0U);
+      siginfo_t info{};
+      while (::waitid(P_PIDFD, static_cast<id_t>(pidfd_.get()), &info, WEXITED | __WALL) != 0 && errno == EINTR) {
+      }
+    }
+    stdout_.reset();
+    stderr_.reset();
+    pidfd_.reset();
+    pid_ = -1;
+    status_.reset();
+  }
+
+  pid_t pid_ = -1;
+  detail::unique_fd pidfd_;
+  detail::unique_fd stdin_;
+  detail::unique_fd stdout_;
+  detail::unique_fd stderr_;
+  std::optional<ExitStatus> status_;
+};
+
+inline Child detail::child_access::make(unique_fd pidfd, pid_t pid, unique_fd in, unique_fd out,
+                                        unique_fd err) noexcept {
+  return Child(std::move(pidfd), pid, std::move(in), std::move(out), std::move(err));
+}
+
+}  // namespace gonso
+
+/// Prints "exited 3" or "killed by signal 9 (Killed)".
+template <>
+struct fmt::formatter<gonso::ExitStatus> {
+  constexpr auto parse(format_parse_context& ctx) { return ctx.begin(); }
+  auto format(const gonso::ExitStatus& status, format_context& ctx) const {
+    if (status.exited()) return fmt::format_to(ctx.out(), "exited {}", status.code());
+    // sigdescr_np, unlike strsignal, is thread-safe; nullptr for unknown numbers.
+    const char* description = ::sigdescr_np(status.signal());
+    return fmt::format_to(ctx.out(), "killed by signal {} ({})", status.signal(),
+                          description != nullptr ? description : "unknown signal");
+  }
+};

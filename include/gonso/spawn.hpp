@@ -1,0 +1,501 @@
+// gonso: starting a program inside a Set, as nsenter(1) or `ip netns exec`
+// do, without exec'ing a helper.
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include <gonso/child.hpp>
+#include <gonso/detail/child_process.hpp>
+#include <gonso/detail/error.hpp>
+#include <gonso/detail/ns_file.hpp>
+#include <gonso/detail/unique_fd.hpp>
+#include <gonso/detail/worker_pool.hpp>
+#include <gonso/identity.hpp>
+#include <gonso/kind.hpp>
+#include <gonso/set.hpp>
+
+namespace gonso {
+
+/// Where one standard stream of a spawned program goes.
+enum class Stdio {
+  inherit,  ///< the caller's fd 0, 1 or 2, as it is
+  pipe,     ///< a pipe; the caller's end is on the Child (stdin_fd(), stdout_fd(), stderr_fd())
+  null,     ///< /dev/null, opened by the caller (the Set's mount namespace may have none)
+};
+
+/// Options of gonso::spawn().
+struct SpawnOptions {
+  /// The program's whole environment, "NAME=value" each; nullopt passes the
+  /// caller's environ. Its PATH (else the caller's, else "/bin:/usr/bin")
+  /// is where a program name without '/' is looked for.
+  std::optional<std::vector<std::string>> env{};
+  /// Working directory, changed to after joining the Set, so it names a path
+  /// in the Set's mount namespace. nullopt: the caller's working directory
+  /// when the mount namespace is not joined (the Set has none, or the caller
+  /// is in it already), "/" of the namespace when it is.
+  std::optional<std::filesystem::path> cwd{};
+  Stdio in = Stdio::inherit;   ///< standard input
+  Stdio out = Stdio::inherit;  ///< standard output
+  Stdio err = Stdio::inherit;  ///< standard error
+};
+
+namespace detail {
+
+/// The join plan of a whole Set, made from its public view.
+[[nodiscard]] inline join_plan plan_join(const Set& set) {
+  ns_refs refs{};
+  for (Kind kind : set.kinds()) refs[index_of(kind)] = {set.fd(kind), set.identity(kind)};
+  return plan_join(refs, set.kinds());
+}
+
+/// What the child of spawn() reports on its close-on-exec pipe: the
+/// program's pid (from the middle process of a pid or time namespace), or
+/// the step that failed and its errno. Fixed size and far below PIPE_BUF, so
+/// each record arrives whole whichever process writes it.
+enum class spawn_step : std::int32_t { pid = 1, join, fork, stdio, chdir, cloexec, exec };
+struct spawn_record {
+  spawn_step what;
+  std::int32_t value;  // the pid, the failed join step, or the standard stream
+  std::int32_t err;    // errno
+};
+
+/// Everything the child needs, built before fork so that the child only
+/// makes system calls.
+struct spawn_plan {
+  join_plan join;
+  std::vector<std::string> paths;  // execve candidates, in order
+  std::vector<const char*> path_ptrs;
+  std::vector<const char*> argv;
+  std::vector<const char*> envp_storage;
+  char* const* envp = nullptr;
+  const char* cwd = nullptr;
+  int stdio[3] = {-1, -1, -1};  // what becomes fd 0, 1, 2; -1 keeps the caller's
+  int report = -1;
+};
+
+// The child of spawn() is made with a raw clone (see raw_fork) and makes raw
+// system calls: no libc wrapper that a sanitizer intercepts, and no state
+// that other threads of the caller may have left locked, is touched.
+
+[[noreturn]] inline void child_exit(int code) noexcept {
+  ::syscall(SYS_exit_group, code);
+  __builtin_unreachable();
+}
+
+inline void send_record(int fd, spawn_step what, std::int32_t value, int err) noexcept {
+  const spawn_record record{what, value, err};
+  // One write: far below PIPE_BUF, it is atomic and never partial.
+  while (::syscall(SYS_write, fd, &record, sizeof record) < 0 && errno == EINTR) {
+  }
+}
+
+/// Sets the signal mask of the calling thread to nothing or everything.
+inline void mask_signals(bool all) noexcept {
+  std::uint64_t set = all ? ~std::uint64_t{0} : 0;  // the kernel's sigset_t: 64 bits
+  ::syscall(SYS_rt_sigprocmask, SIG_SETMASK, &set, nullptr, sizeof set);
+}
+
+/// Returns `fd` if it is above 2, else a close-on-exec copy above 2, so that
+/// moving the standard streams into place cannot overwrite it. -1 on failure.
+inline int above_stdio(int fd) noexcept {
+  return fd < 0 || fd > 2 ? fd : static_cast<int>(::syscall(SYS_fcntl, fd, F_DUPFD_CLOEXEC, 3));
+}
+
+/// Marks every fd from 3 up close-on-exec. close_range(2) needs Linux 5.11;
+/// older kernels get a loop up to the fd limit. Returns 0 or the errno.
+inline int cloexec_from_3() noexcept {
+  if (::syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC) == 0) return 0;
+  if (errno != ENOSYS && errno != EINVAL) return errno;
+  struct {
+    std::uint64_t cur, max;
+  } limit{};
+  if (::syscall(SYS_prlimit64, 0, RLIMIT_NOFILE, nullptr, &limit) != 0) return errno;
+  for (std::uint64_t fd = 3; fd < limit.cur && fd <= 0x7fffffff; ++fd) {
+    const long flags = ::syscall(SYS_fcntl, static_cast<int>(fd), F_GETFD);
+    if (flags >= 0) (void)::syscall(SYS_fcntl, static_cast<int>(fd), F_SETFD, flags | FD_CLOEXEC);
+  }
+  return 0;
+}
+
+/// The process that becomes the program: standard streams, working
+/// directory, fds, death signal, signal mask, then execve over the
+/// candidates. Async-signal-safe. Never returns.
+[[noreturn]] inline void exec_program(const spawn_plan& plan, int report) noexcept {
+  int from[3];
+  for (int i = 0; i < 3; ++i) {
+    from[i] = above_stdio(plan.stdio[i]);
+    if (plan.stdio[i] >= 0 && from[i] < 0) {
+      send_record(report, spawn_step::stdio, i, errno);
+      child_exit(127);
+    }
+  }
+  for (int i = 0; i < 3; ++i) {
+    // dup3 leaves close-on-exec clear on `i`; from[i] > 2, so never equal.
+    if (from[i] >= 0 && ::syscall(SYS_dup3, from[i], i, 0) < 0) {
+      send_record(report, spawn_step::stdio, i, errno);
+      child_exit(127);
+    }
+  }
+  if (plan.cwd != nullptr && ::syscall(SYS_chdir, plan.cwd) != 0) {
+    send_record(report, spawn_step::chdir, 0, errno);
+    child_exit(127);
+  }
+  // Whatever the caller opened without O_CLOEXEC, and whatever other threads
+  // open meanwhile, stops here: the program gets fds 0, 1 and 2 only.
+  if (const int err = cloexec_from_3(); err != 0) {
+    send_record(report, spawn_step::cloexec, 0, err);
+    child_exit(127);
+  }
+  // The death signal was for a child still being set up: it fires when the
+  // spawning *thread* ends and persists across execve, so it would kill a
+  // program that the Child handle (movable to any thread) may outlive.
+  ::syscall(SYS_prctl, PR_SET_PDEATHSIG, 0, 0, 0, 0);
+  mask_signals(false);
+  // execvp's search, over candidates made before fork: ENOENT and the like
+  // move on, EACCES is remembered, anything else stops.
+  int err = ENOENT;
+  bool denied = false;
+  const auto not_here = [](int e) {
+    return e == ENOENT || e == ENOTDIR || e == ESTALE || e == ENODEV || e == ETIMEDOUT;
+  };
+  for (const char* path : plan.path_ptrs) {
+    ::syscall(SYS_execve, path, plan.argv.data(), plan.envp);
+    err = errno;
+    if (err == EACCES) {
+      denied = true;
+    } else if (!not_here(err)) {
+      break;
+    }
+  }
+  if (denied && not_here(err)) err = EACCES;
+  mask_signals(true);  // nothing may interrupt the report now
+  send_record(report, spawn_step::exec, 0, err);
+  child_exit(127);
+}
+
+/// The child of spawn(). Starts with every signal blocked (the parent
+/// blocked them around the clone), so that none of the caller's handlers
+/// runs here; resets every disposition, joins, clones once more for pid and
+/// time, and becomes the program. Never returns.
+[[noreturn]] inline void spawn_child(const spawn_plan& plan, pid_t parent) noexcept {
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  for (int sig = 1; sig < NSIG; ++sig) {
+    if (sig != SIGKILL && sig != SIGSTOP) (void)::sigaction(sig, &dfl, nullptr);  // EINVAL for libc's own: fine
+  }
+  die_with_parent(parent);
+  const int report = above_stdio(plan.report);
+  if (report < 0) child_exit(127);  // no way to say why; the parent sees exit status 127
+  std::size_t failed = 0;
+  if (const int err = join_in_child(plan.join, failed); err != 0) {
+    send_record(report, spawn_step::join, static_cast<std::int32_t>(failed), err);
+    child_exit(127);
+  }
+  if (plan.join.fork_after) {
+    // Joining pid or time changed only where children go. CLONE_PARENT makes
+    // the program a child of the caller (with this process's exit signal,
+    // SIGCHLD), so the Child's pidfd, wait and kill reach the program itself.
+    // Argument order (flags, stack, ...) as on x86-64 and most others.
+    const long inner = ::syscall(SYS_clone, CLONE_PARENT, 0, 0, 0, 0);
+    if (inner < 0) {
+      send_record(report, spawn_step::fork, 0, errno);
+      child_exit(127);
+    }
+    if (inner > 0) {
+      // Our own pid namespace is still the caller's: `inner` is its pid there.
+      send_record(report, spawn_step::pid, static_cast<std::int32_t>(inner), 0);
+      child_exit(0);
+    }
+  }
+  exec_program(plan, report);
+}
+
+/// False when the calling thread's children go to a pid namespace other
+/// than its own (it joined one, as a worker inside Set::run does): a middle
+/// process made there would see the program's pid in that namespace's
+/// numbering, not the caller's. True when /proc cannot tell.
+[[nodiscard]] inline bool children_share_pid_ns() noexcept {
+  const bool worker = worker_ns_dir >= 0;
+  const int dir = worker ? worker_ns_dir : AT_FDCWD;
+  Identity own{};
+  Identity children{};
+  if (stat_ns(dir, worker ? "pid" : "/proc/thread-self/ns/pid", Kind::pid, own) != 0) return true;
+  const int err =
+      stat_ns(dir, worker ? "pid_for_children" : "/proc/thread-self/ns/pid_for_children", Kind::pid, children);
+  // ENOENT: the thread unshared a pid namespace that has no process yet.
+  if (err != 0) return err != ENOENT;
+  return own == children;
+}
+
+/// fork(2) as a raw clone: the child gets no pthread_atfork handlers (the
+/// caller's code, unsafe in a child that may only make system calls; glibc's
+/// posix_spawn skips them too), and a sanitizer does not start a thread in
+/// it (ThreadSanitizer does after forking a single-threaded process, and a
+/// second thread makes setns of mnt, user and time fail, kernel-rules.md).
+inline pid_t raw_fork() noexcept { return static_cast<pid_t>(::syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0)); }
+
+/// Reads every record until all writers are gone: exec closed the pipe, or
+/// the processes exited. A read error counts as the end.
+inline std::vector<spawn_record> read_records(int fd) noexcept {
+  std::vector<spawn_record> records;
+  char buf[sizeof(spawn_record) * 4];
+  std::size_t have = 0;
+  for (;;) {
+    const ssize_t n = ::read(fd, buf + have, sizeof buf - have);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return records;
+    have += static_cast<std::size_t>(n);
+    std::size_t used = 0;
+    for (; have - used >= sizeof(spawn_record); used += sizeof(spawn_record)) {
+      spawn_record record{};
+      std::memcpy(&record, buf + used, sizeof record);
+      try {
+        records.push_back(record);
+      } catch (...) {
+        return records;  // out of memory for a few bytes: what was read must do
+      }
+    }
+    std::memmove(buf, buf + used, have - used);
+    have -= used;
+  }
+}
+
+/// A std::system_error for a failed step, in words a person can act on.
+[[nodiscard]] inline std::system_error spawn_error(const spawn_record& record, const spawn_plan& plan, const Set& set,
+                                                   const std::vector<std::string>& argv, std::string_view search) {
+  static constexpr const char* streams[] = {"standard input", "standard output", "standard error"};
+  switch (record.what) {
+    case spawn_step::join: {
+      const Kind kind = plan.join.steps[static_cast<std::size_t>(record.value)].kind;
+      return system_error(record.err, "cannot join {} namespace {}", kind, set.identity(kind));
+    }
+    case spawn_step::fork:
+      return system_error(record.err, "cannot fork {} into the joined pid or time namespace of {}", argv[0], set);
+    case spawn_step::stdio:
+      return system_error(record.err, "cannot set up the {} of {}", streams[record.value % 3], argv[0]);
+    case spawn_step::chdir:
+      return system_error(record.err, "cannot change directory to {}", plan.cwd);
+    case spawn_step::cloexec:
+      return system_error(record.err, "cannot mark the inherited fds of {} close-on-exec", argv[0]);
+    case spawn_step::exec:
+    default:
+      if (search.empty()) return system_error(record.err, "cannot execute {}", argv[0]);
+      return system_error(record.err, "cannot execute {} (searched PATH {})", argv[0], search);
+  }
+}
+
+}  // namespace detail
+
+/// Starts the program `argv` (argv[0] is the file; without a '/' it is looked
+/// up in PATH, as execvp(3) does, inside the Set's mount namespace) in a
+/// process that has joined every namespace of `set` it is not already in,
+/// user and time included. Returns the Child that owns it.
+///
+/// The program is a direct child of the caller, also in a pid or time
+/// namespace: there the forked child joins and clones the program with
+/// CLONE_PARENT, so that it is inside the namespace (kernel-rules.md, "pid").
+/// It gets fds 0, 1 and 2 only (as `options` says), every other fd of the
+/// caller being close-on-exec for it; default signal dispositions and an
+/// empty signal mask; and no death signal: like posix_spawn(3)'s, it outlives
+/// the caller unless the Child is destroyed first. The child is a raw clone
+/// (no pthread_atfork handlers run) that makes only async-signal-safe calls
+/// until exec; everything that allocates is done before. May be called from
+/// many threads at once, and from inside Set::run.
+///
+/// Throws std::invalid_argument for an empty argv, an empty argv[0] or a
+/// NUL inside an argument or env entry; std::logic_error for an empty Set;
+/// std::system_error with the child's errno when a step before exec fails
+/// ("cannot join net namespace net:[4026532008]: Operation not permitted",
+/// "cannot execute /no/such: No such file or directory", "cannot change
+/// directory to /x: No such file or directory"), and with the caller's for
+/// pipe, fork and pidfd failures; std::system_error(EINVAL), before starting
+/// anything, when a pid or time namespace is to be joined from a thread whose
+/// children go to another pid namespace (inside Set::run of a Set holding
+/// one), where the program's pid could not be learnt. After an error nothing
+/// is left: no process, zombie or fd.
+[[nodiscard]] inline Child spawn(const Set& set, const std::vector<std::string>& argv,
+                                 const SpawnOptions& options = {}) {
+  if (argv.empty()) throw std::invalid_argument("cannot spawn a program: argv is empty");
+  if (argv[0].empty()) throw std::invalid_argument("cannot spawn a program: argv[0] is empty");
+  const auto has_nul = [](const std::string& s) { return s.find('\0') != std::string::npos; };
+  for (const std::string& arg : argv) {
+    if (has_nul(arg)) throw std::invalid_argument(fmt::format("cannot spawn {}: an argument holds a NUL", argv[0]));
+  }
+  if (set.empty()) {
+    throw std::logic_error("cannot spawn a program in an empty Set (moved-from, or opened with no kinds)");
+  }
+
+  detail::spawn_plan plan;
+  plan.join = detail::plan_join(set);
+  const bool same_pid_ns = detail::children_share_pid_ns();
+  if (plan.join.fork_after && !same_pid_ns) {
+    throw detail::system_error(EINVAL,
+                               "cannot spawn {} into the pid or time namespace of {} from a thread whose children go "
+                               "to another pid namespace (as inside Set::run of a Set holding one): the program's "
+                               "pid would be numbered there, not here",
+                               argv[0], set);
+  }
+  for (const std::string& arg : argv) plan.argv.push_back(arg.c_str());
+  plan.argv.push_back(nullptr);
+  const char* path_var = nullptr;
+  if (options.env) {
+    for (const std::string& entry : *options.env) {
+      if (has_nul(entry))
+        throw std::invalid_argument(fmt::format("cannot spawn {}: an env entry holds a NUL", argv[0]));
+      plan.envp_storage.push_back(entry.c_str());
+      if (entry.starts_with("PATH=")) path_var = entry.c_str() + 5;
+    }
+    plan.envp_storage.push_back(nullptr);
+    plan.envp = const_cast<char* const*>(plan.envp_storage.data());  // NOLINT: execve's signature
+  } else {
+    plan.envp = environ;
+    path_var = std::getenv("PATH");  // NOLINT(concurrency-mt-unsafe): as execvp itself reads it
+  }
+  std::string search;  // the PATH searched, for messages; empty when argv[0] has a '/'
+  if (argv[0].find('/') != std::string::npos) {
+    plan.paths.push_back(argv[0]);
+  } else {
+    // glibc's execvp default when there is no PATH at all.
+    search = path_var != nullptr ? path_var : "/bin:/usr/bin";
+    std::string_view rest = search;
+    for (;;) {
+      const std::size_t colon = rest.find(':');
+      const std::string_view dir = rest.substr(0, colon);
+      // An empty entry is the current directory (POSIX).
+      plan.paths.push_back(dir.empty() ? argv[0] : fmt::format("{}/{}", dir, argv[0]));
+      if (colon == std::string_view::npos) break;
+      rest.remove_prefix(colon + 1);
+    }
+  }
+  for (const std::string& path : plan.paths) plan.path_ptrs.push_back(path.c_str());
+  const std::string cwd = options.cwd ? options.cwd->native() : std::string();
+  if (options.cwd) plan.cwd = cwd.c_str();
+
+  // Every fd made here is close-on-exec: a program another thread spawns
+  // meanwhile must not hold our pipes open.
+  detail::unique_fd devnull;
+  if (options.in == Stdio::null || options.out == Stdio::null || options.err == Stdio::null) {
+    devnull.reset(::open("/dev/null", O_RDWR | O_CLOEXEC | O_NOCTTY));
+    if (!devnull) throw detail::system_error(errno, "cannot open /dev/null for {}", argv[0]);
+  }
+  detail::pipe_fds pipes[3];
+  const Stdio wanted[3] = {options.in, options.out, options.err};
+  detail::unique_fd mine[3];  // the caller's ends
+  for (int i = 0; i < 3; ++i) {
+    if (wanted[i] == Stdio::pipe) {
+      pipes[i] = detail::make_pipe();
+      // stdin: the program reads; stdout and stderr: it writes.
+      mine[i] = std::move(i == 0 ? pipes[i].write : pipes[i].read);
+      plan.stdio[i] = (i == 0 ? pipes[i].read : pipes[i].write).get();
+    } else if (wanted[i] == Stdio::null) {
+      plan.stdio[i] = devnull.get();
+    }
+  }
+  detail::pipe_fds report = detail::make_pipe();
+  plan.report = report.write.get();
+
+  // With every signal blocked across fork, none of the caller's handlers can
+  // run in the child before it has reset them.
+  sigset_t all;
+  sigset_t old;
+  ::sigfillset(&all);
+  ::pthread_sigmask(SIG_SETMASK, &all, &old);
+  // A child born in another pid namespace sees its parent as pid 0.
+  const pid_t parent = same_pid_ns ? ::getpid() : 0;
+  const pid_t pid = detail::raw_fork();
+  if (pid == 0) detail::spawn_child(plan, parent);
+  const int fork_errno = errno;
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (pid < 0) throw detail::system_error(fork_errno, "cannot fork a child process to spawn {} in {}", argv[0], set);
+
+  // Without pid or time the child is the program: hold it by pidfd at once.
+  detail::unique_fd pidfd;
+  if (!plan.join.fork_after) {
+    pidfd.reset(detail::pidfd_open(pid));
+    if (!pidfd) {
+      const int err = errno;
+      ::kill(pid, SIGKILL);
+      (void)detail::reap(pid);
+      throw detail::system_error(err, "cannot open a pidfd for pid {} ({})", pid, argv[0]);
+    }
+  }
+  // The child's ends go, so that end of file means exec or exit.
+  report.write.reset();
+  for (auto& p : pipes) {
+    p.read.reset();
+    p.write.reset();
+  }
+  devnull.reset();
+  const std::vector<detail::spawn_record> records = detail::read_records(report.read.get());
+
+  pid_t program = plan.join.fork_after ? -1 : pid;
+  const detail::spawn_record* failure = nullptr;
+  for (const detail::spawn_record& record : records) {
+    if (record.what == detail::spawn_step::pid) {
+      program = record.value;
+    } else if (failure == nullptr) {
+      failure = &record;
+    }
+  }
+  int middle_status = 0;
+  if (plan.join.fork_after) {
+    // The middle process has reported and exited (or failed): reap it. The
+    // program is the caller's child and not reaped, so its pid is safe to
+    // open until then.
+    middle_status = detail::reap(pid);
+    if (program > 0) {
+      pidfd.reset(detail::pidfd_open(program));
+      if (!pidfd) {
+        const int err = errno;
+        ::kill(program, SIGKILL);
+        (void)detail::reap(program);
+        throw detail::system_error(err, "cannot open a pidfd for pid {} ({})", program, argv[0]);
+      }
+    }
+  }
+  if (failure != nullptr) {
+    // The failing process exits by itself: reap it.
+    if (pidfd) {
+      siginfo_t info{};
+      while (::waitid(P_PIDFD, static_cast<id_t>(pidfd.get()), &info, WEXITED | __WALL) != 0 && errno == EINTR) {
+      }
+    } else if (!plan.join.fork_after) {
+      (void)detail::reap(pid);
+    }
+    throw detail::spawn_error(*failure, plan, set, argv, search);
+  }
+  if (!pidfd) {
+    // The middle process ended without reporting a pid or an error: it was
+    // killed (say by another's SIGKILL) before it could.
+    if (middle_status == -1)
+      throw detail::system_error(ECHILD, "cannot spawn {}: the child was reaped elsewhere", argv[0]);
+    throw detail::system_error(ECHILD, "cannot spawn {}: the child setting it up ended with status {:#x} and no report",
+                               argv[0], middle_status);
+  }
+  return detail::child_access::make(std::move(pidfd), program, std::move(mine[0]), std::move(mine[1]),
+                                    std::move(mine[2]));
+}
+
+}  // namespace gonso

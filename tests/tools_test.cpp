@@ -1,0 +1,54 @@
+// gonso and the real tools agree: namespaces gonso creates are the ones
+// util-linux nsenter enters and lsns lists. The tools run through popen(3),
+// not through gonso.
+#include <signal.h>
+
+#include <cstdio>
+#include <string>
+
+#include "support.hpp"
+
+#include <gonso/spawn.hpp>
+
+using gonso::Kind;
+using gonso::Set;
+
+namespace {
+
+std::string output_of(const std::string& command) {
+  std::string out;
+  FILE* pipe = ::popen(command.c_str(), "re");
+  if (pipe == nullptr) return out;
+  char buf[512];
+  for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, pipe)) > 0;) out.append(buf, n);
+  ::pclose(pipe);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("nsenter --target and lsns see the namespaces gonso created", "[privileged][process][tools]") {
+  test::require_privilege();
+  const Set box = Set::current().unshare(Kind::user | Kind::net | Kind::uts | Kind::ipc | Kind::mnt | Kind::pid);
+  gonso::Child sleeper = gonso::spawn(box, {"sleep", "60"});
+  const pid_t pid = sleeper.pid();
+
+  for (Kind kind : {Kind::user, Kind::net, Kind::uts, Kind::ipc, Kind::mnt, Kind::pid}) {
+    const std::string name(gonso::name(kind));
+    INFO(name);
+    // nsenter --pid forks, so its program is inside the pid namespace too.
+    const std::string option = kind == Kind::mnt ? "mount" : name;
+    const std::string seen =
+        output_of(fmt::format("nsenter --target {} --{} readlink /proc/self/ns/{}", pid, option, name));
+    CHECK(seen == gonso::to_string(box.identity(kind)) + "\n");
+  }
+
+  // lsns names a namespace by inode and one of its processes.
+  const std::string listed = output_of("lsns -t net -n -o NS");
+  CHECK_THAT(listed, Catch::Contains(std::to_string(box.identity(Kind::net).inode)));
+  const std::string users = output_of(fmt::format("lsns -t user -n -o NS,PID"));
+  CHECK_THAT(users, Catch::Contains(std::to_string(box.identity(Kind::user).inode)));
+
+  sleeper.kill(SIGKILL);
+  CHECK(sleeper.wait().signal() == SIGKILL);
+}
