@@ -352,3 +352,82 @@ TEST_CASE("rootless: an unprivileged process makes and uses its own namespaces",
   INFO(result);
   CHECK(result == "uid=0 host=rootless lo_up=true setgroups=deny\n outside_uid=65534");
 }
+
+TEST_CASE("the process path carries the other kinds over and nests in the source Set", "[privileged][process]") {
+  test::require_privilege();
+  const Set source = Set::current().unshare(Kind::pid | Kind::uts);
+  // Made from a Set whose pid namespace is not the caller's: the creator is
+  // forked into it first. Many rounds, since the order of its messages once raced.
+  for (int i = 0; i < 30; ++i) {
+    const Set made = source.unshare(Kind::user | Kind::net);
+    CHECK(made.identity(Kind::uts) == source.identity(Kind::uts));
+    CHECK(made.identity(Kind::pid) == source.identity(Kind::pid));
+    CHECK(made.identity(Kind::net) != source.identity(Kind::net));
+    const Set timed = source.unshare(Kind::time | Kind::ipc);
+    CHECK(timed.identity(Kind::time) != source.identity(Kind::time));
+    CHECK(timed.identity(Kind::ipc) != source.identity(Kind::ipc));
+    CHECK(timed.identity(Kind::uts) == source.identity(Kind::uts));
+  }
+  // A pid namespace made from it nests inside it.
+  const Set nested = source.unshare(Kind::pid);
+  gonso::detail::unique_fd parent(::ioctl(nested.fd(Kind::pid), NS_GET_PARENT));
+  REQUIRE(parent);
+  struct stat st {};
+  REQUIRE(::fstat(parent.get(), &st) == 0);
+  CHECK(gonso::Identity{Kind::pid, st.st_dev, st.st_ino} == source.identity(Kind::pid));
+  CHECK(nested.run_in_process([] { return ::getpid(); }) == 2);
+}
+
+TEST_CASE("joining a user namespace makes the process its root where 0 is mapped", "[privileged][process][user]") {
+  test::require_privilege();
+  gonso::UnshareOptions ids;
+  ids.uid_map = {{0, 100000, 65536}};
+  ids.gid_map = {{0, 100000, 65536}};
+  const Set u = Set::current().unshare(Kind::user | Kind::uts, ids);
+  const auto seen = u.run_in_process([] {
+    const std::string name = "mapped";
+    const bool named = ::sethostname(name.data(), name.size()) == 0;
+    return fmt::format("{} {} {} {}", ::getuid(), ::geteuid(), ::getgid(), named);
+  });
+  CHECK(seen == "0 0 0 true");
+}
+
+TEST_CASE("unshare refuses what it cannot do right, clearly", "[privileged][process]") {
+  test::require_privilege();
+  SECTION("a user namespace nested in a foreign one") {
+    const Set outer = Set::current().unshare(Kind::user | Kind::net);
+    try {
+      (void)outer.unshare(Kind::user | Kind::uts);
+      FAIL("nested user namespace made");
+    } catch (const std::system_error& e) {
+      CHECK(e.code() == std::errc::not_supported);
+      CHECK_THAT(e.what(), Catch::Contains("nested"));
+    }
+  }
+  SECTION("from a thread whose children go to another pid namespace") {
+    const Set pidns = Set::current().unshare(Kind::pid);
+    const std::string error = pidns.run(true, [] {
+      try {
+        (void)Set::current().unshare(Kind::user);
+        return std::string("none");
+      } catch (const std::system_error& e) {
+        return std::string(e.what());
+      }
+    });
+    CHECK_THAT(error, Catch::Contains("another pid namespace"));
+  }
+  CHECK(within(std::chrono::seconds(2), no_children_left));
+}
+
+TEST_CASE("a forked copy that lets go of a pid namespace leaves it to the owner", "[privileged][process][fork]") {
+  test::require_privilege();
+  Set p = Set::current().unshare(Kind::pid);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    p = Set{};  // the child's copy of the last reference goes
+    ::_exit(0);
+  }
+  REQUIRE(::waitpid(child, nullptr, 0) == child);
+  CHECK(p.run_in_process([] { return ::getpid(); }) > 1);
+}

@@ -590,6 +590,25 @@ class Set {
   }
 
   [[nodiscard]] Set unshare_in_process(Kinds kinds, const UnshareOptions& options) const {
+    if (!detail::children_share_pid_ns()) {
+      // Its children would be numbered in another pid namespace than ours.
+      throw detail::system_error(EINVAL,
+                                 "cannot create {} namespaces from a thread whose children go to another pid "
+                                 "namespace (as inside Set::run of a Set holding one); call unshare outside",
+                                 kinds);
+    }
+    if (kinds.contains(Kind::user) && kinds_.contains(Kind::user)) {
+      Identity own{};
+      if (detail::stat_ns(AT_FDCWD, "/proc/thread-self/ns/user", Kind::user, own) == 0 &&
+          own != ns_[index_of(Kind::user)].id) {
+        // The maps of a user namespace can be written only from its parent
+        // namespace or itself; this process is in neither.
+        throw detail::system_error(ENOTSUP,
+                                   "cannot unshare a user namespace nested in {}: gonso writes id maps from the "
+                                   "caller's user namespace, which is not its parent",
+                                   ns_[index_of(Kind::user)].id);
+      }
+    }
     const detail::join_plan plan = detail::plan_join(ns_, kinds_);
     detail::pipe_fds report = detail::make_pipe();
     detail::pipe_fds go = detail::make_pipe();
@@ -609,11 +628,9 @@ class Set {
     const std::string gid_map = map_text(options.gid_map, ::getegid());
     const bool deny_setgroups = !has_capability(CAP_SETGID);
 
-    std::fflush(stdout);
-    std::fflush(stderr);
     creator_guard guard;
     const pid_t parent = ::getpid();
-    guard.child = ::fork();
+    guard.child = detail::raw_fork();
     if (guard.child < 0)
       throw detail::system_error(errno, "cannot fork a child process to create {} namespaces", kinds);
     if (guard.child == 0) detail::creator_main(task, parent);
@@ -622,7 +639,7 @@ class Set {
     go.read.reset();
     lifeline.read.reset();
 
-    pid_t init = -1;
+    std::shared_ptr<void> init;  // owns the new pid namespace's init as soon as it exists
     for (;;) {
       detail::creator_message m;
       std::size_t got = 0;
@@ -636,7 +653,7 @@ class Set {
       if (m.tag == detail::creator_message::creator_pid) {
         guard.creator = m.value;
       } else if (m.tag == detail::creator_message::init_pid) {
-        init = m.value;
+        init = adopt_init(guard.creator, m.value, std::move(lifeline.write));
       } else if (m.tag == detail::creator_message::user_created) {
         if (deny_setgroups) write_proc_file(guard.creator, "setgroups", "deny");
         write_proc_file(guard.creator, "uid_map", uid_map);
@@ -657,7 +674,8 @@ class Set {
       result.put(kind, detail::open_ns(AT_FDCWD, path.c_str(), kind, path));
     }
     if (kinds.contains(Kind::pid)) {
-      result.ns_[index_of(Kind::pid)].keep_alive = adopt_init(guard.creator, init, std::move(lifeline.write));
+      if (!init) init = adopt_init(guard.creator, -1, std::move(lifeline.write));
+      result.ns_[index_of(Kind::pid)].keep_alive = std::move(init);
     }
     return result;
   }

@@ -232,30 +232,6 @@ inline int cloexec_from_3() noexcept {
   exec_program(plan, report);
 }
 
-/// False when the calling thread's children go to a pid namespace other
-/// than its own (it joined one, as a worker inside Set::run does): a middle
-/// process made there would see the program's pid in that namespace's
-/// numbering, not the caller's. True when /proc cannot tell.
-[[nodiscard]] inline bool children_share_pid_ns() noexcept {
-  const bool worker = worker_ns_dir >= 0;
-  const int dir = worker ? worker_ns_dir : AT_FDCWD;
-  Identity own{};
-  Identity children{};
-  if (stat_ns(dir, worker ? "pid" : "/proc/thread-self/ns/pid", Kind::pid, own) != 0) return true;
-  const int err =
-      stat_ns(dir, worker ? "pid_for_children" : "/proc/thread-self/ns/pid_for_children", Kind::pid, children);
-  // ENOENT: the thread unshared a pid namespace that has no process yet.
-  if (err != 0) return err != ENOENT;
-  return own == children;
-}
-
-/// fork(2) as a raw clone: the child gets no pthread_atfork handlers (the
-/// caller's code, unsafe in a child that may only make system calls; glibc's
-/// posix_spawn skips them too), and a sanitizer does not start a thread in
-/// it (ThreadSanitizer does after forking a single-threaded process, and a
-/// second thread makes setns of mnt, user and time fail, kernel-rules.md).
-inline pid_t raw_fork() noexcept { return static_cast<pid_t>(::syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0)); }
-
 /// Reads every record until all writers are gone: exec closed the pipe, or
 /// the processes exited. A read error counts as the end.
 inline std::vector<spawn_record> read_records(int fd) noexcept {

@@ -161,9 +161,18 @@ using ns_refs = std::array<ns_ref, all_kinds.size()>;
     failed = i;
     return errno;
   }
-  if (user_step < plan.count && ::setns(plan.steps[user_step].fd, CLONE_NEWUSER) != 0) {
-    failed = user_step;
-    return errno;
+  if (user_step < plan.count) {
+    if (::setns(plan.steps[user_step].fd, CLONE_NEWUSER) != 0) {
+      failed = user_step;
+      return errno;
+    }
+    // Become root of the namespace where it is mapped, as nsenter does:
+    // joining keeps the old ids, which may map to nobody there. Raw system
+    // calls: glibc's wrappers would try to signal threads the child lacks.
+    // Each may fail (0 unmapped, setgroups denied); what succeeds stays.
+    (void)::syscall(SYS_setgroups, 0, nullptr);
+    (void)::syscall(SYS_setresgid, 0, 0, 0);
+    (void)::syscall(SYS_setresuid, 0, 0, 0);
   }
   for (std::size_t i = 0; i < plan.count; ++i) {
     if (deferred[i] && ::setns(plan.steps[i].fd, clone_flag(plan.steps[i].kind)) != 0) {
@@ -173,6 +182,30 @@ using ns_refs = std::array<ns_ref, all_kinds.size()>;
   }
   return 0;
 }
+
+/// False when the calling thread's children go to a pid namespace other
+/// than its own (it joined one, as a worker inside Set::run does): a middle
+/// process made there would see the program's pid in that namespace's
+/// numbering, not the caller's. True when /proc cannot tell.
+[[nodiscard]] inline bool children_share_pid_ns() noexcept {
+  const bool worker = worker_ns_dir >= 0;
+  const int dir = worker ? worker_ns_dir : AT_FDCWD;
+  Identity own{};
+  Identity children{};
+  if (stat_ns(dir, worker ? "pid" : "/proc/thread-self/ns/pid", Kind::pid, own) != 0) return true;
+  const int err =
+      stat_ns(dir, worker ? "pid_for_children" : "/proc/thread-self/ns/pid_for_children", Kind::pid, children);
+  // ENOENT: the thread unshared a pid namespace that has no process yet.
+  if (err != 0) return err != ENOENT;
+  return own == children;
+}
+
+/// fork(2) as a raw clone: the child gets no pthread_atfork handlers (the
+/// caller's code, unsafe in a child that may only make system calls; glibc's
+/// posix_spawn skips them too), and a sanitizer does not start a thread in
+/// it (ThreadSanitizer does after forking a single-threaded process, and a
+/// second thread makes setns of mnt, user and time fail, kernel-rules.md).
+inline pid_t raw_fork() noexcept { return static_cast<pid_t>(::syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0)); }
 
 /// Makes the calling child die with its parent thread, and checks that the
 /// parent did not die before that was armed. A child born into a pid

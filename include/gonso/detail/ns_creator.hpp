@@ -69,7 +69,8 @@ inline void creator_send(int fd, char tag, std::int32_t value = 0, std::int32_t 
 }
 
 /// The body of the creating child. Only system calls and no allocation: it
-/// is forked from a process that may have many threads.
+/// is cloned (raw_fork, no pthread_atfork handlers) from a process that may
+/// have many threads.
 [[noreturn]] inline void creator_main(const creator_task& task, pid_t parent) noexcept {
   die_with_parent(parent);
   // A non-dumpable process (after setuid) cannot have its maps written.
@@ -78,14 +79,22 @@ inline void creator_send(int fd, char tag, std::int32_t value = 0, std::int32_t 
   if (join_in_child(task.plan, failed) != 0) creator_fail(task.report, step_join + static_cast<std::int32_t>(failed));
   if (task.plan.fork_after) {
     // A new pid namespace nests in the creator's own, not in the one its
-    // children would get: create from a process that is fully inside.
-    const pid_t inner = ::fork();
+    // children would get: create from a process that is fully inside. It
+    // speaks only after its pid reached the parent, whose messages would
+    // otherwise race with ours.
+    int order[2];
+    if (::pipe2(order, O_CLOEXEC) != 0) creator_fail(task.report, step_fork);
+    const pid_t inner = raw_fork();
     if (inner < 0) creator_fail(task.report, step_fork);
     if (inner > 0) {
       creator_send(task.report, creator_message::creator_pid, inner);
+      const char go = 'p';
+      (void)write_all(order[1], &go, 1);
       exit_like(reap(inner));
     }
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    char go = 0;
+    if (::read(order[0], &go, 1) != 1) ::_exit(1);
   }
   if (task.kinds.contains(Kind::user)) {
     if (::unshare(CLONE_NEWUSER) != 0) creator_fail(task.report, step_unshare_user);
@@ -120,7 +129,7 @@ inline void creator_send(int fd, char tag, std::int32_t value = 0, std::int32_t 
     } else {
       // Nested in a pid namespace the caller cannot see into: the init stays
       // our child, and when we die it goes to that namespace's own init.
-      const pid_t init = ::fork();
+      const pid_t init = raw_fork();
       if (init < 0) creator_fail(task.report, step_fork_init);
       if (init == 0) pid_init_main(task.lifeline);
     }

@@ -48,12 +48,15 @@ namespace gonso::detail {
 /// the namespace) is killed and, when it is the caller's child, reaped.
 class pid_init {
  public:
-  pid_init(unique_fd lifeline, unique_fd pidfd) noexcept : lifeline_(std::move(lifeline)), pidfd_(std::move(pidfd)) {}
+  pid_init(unique_fd lifeline, unique_fd pidfd) noexcept
+      : lifeline_(std::move(lifeline)), pidfd_(std::move(pidfd)), owner_(::getpid()) {}
   pid_init(const pid_init&) = delete;
   pid_init& operator=(const pid_init&) = delete;
   ~pid_init() {
     lifeline_.reset();
-    if (!pidfd_) return;
+    // In a forked copy of the owner (one that calls exit()), letting go of the
+    // lifeline is all: the owner's Sets still hold the namespace.
+    if (!pidfd_ || ::getpid() != owner_) return;
     ::syscall(SYS_pidfd_send_signal, pidfd_.get(), SIGKILL, nullptr, 0U);
     // Reaped here only if the init became our child (we are a subreaper);
     // otherwise its new parent reaps it and waitid says ECHILD at once.
@@ -65,6 +68,7 @@ class pid_init {
  private:
   unique_fd lifeline_;
   unique_fd pidfd_;
+  pid_t owner_;
 };
 
 }  // namespace gonso::detail

@@ -81,7 +81,7 @@ inline void require_own(Kind kind, Kinds kinds, const ns_handles& target) {
   if (own == wanted) return;
   throw system_error(EINVAL,
                      "cannot join {} namespace {} on a thread: the kernel lets only a single-threaded process "
-                     "join a {} namespace; run it in a child process instead",
+                     "join a {} namespace; use Set::run_in_process or gonso::spawn, which join in a child process",
                      kind, wanted, kind);
 }
 
