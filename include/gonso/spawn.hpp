@@ -444,9 +444,10 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
     if (program > 0) {
       pidfd.reset(detail::pidfd_open(program));
       if (!pidfd) {
+        // ESRCH: the program already ended and was reaped elsewhere (the
+        // application ignores SIGCHLD, or a handler reaps every child). Its
+        // pid may be someone else's by now: signal nothing.
         const int err = errno;
-        ::kill(program, SIGKILL);
-        (void)detail::reap(program);
         throw detail::system_error(err, "cannot open a pidfd for pid {} ({})", program, argv[0]);
       }
     }
