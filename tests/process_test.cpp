@@ -21,6 +21,8 @@
 
 #include "support.hpp"
 
+#include <gonso/spawn.hpp>
+
 using gonso::Kind;
 using gonso::Kinds;
 using gonso::Set;
@@ -337,6 +339,21 @@ TEST_CASE("rootless: an unprivileged process makes and uses its own namespaces",
                            slurp("/proc/self/setgroups"));
       });
       result += fmt::format(" outside_uid={}", ::getuid());
+      // A program spawned there, in a pid namespace of its own as well: pid 2
+      // (1 is the namespace's init).
+      const Set boxed_pid = box.unshare(Kind::pid);
+      gonso::SpawnOptions out;
+      out.out = gonso::Stdio::pipe;
+      gonso::Child sh = gonso::spawn(boxed_pid, {"sh", "-c", "echo $(id -u) $$ $(hostname)"}, out);
+      result += " spawned=" + sh.read_stdout();
+      result += fmt::format(" {}", sh.wait());
+      // Mapping ids that are not one's own needs privilege: a clear EPERM.
+      try {
+        (void)Set::current().unshare(Kind::user, {.uid_map = {{0, 0, 1}}});
+        result += " mapped-root!";
+      } catch (const std::system_error& e) {
+        result += fmt::format(" map-other={}", e.code() == std::errc::operation_not_permitted);
+      }
     } catch (const std::exception& e) {
       result = std::string("error: ") + e.what();
     }
@@ -350,7 +367,9 @@ TEST_CASE("rootless: an unprivileged process makes and uses its own namespaces",
   ::close(report[0]);
   ::waitpid(child, nullptr, 0);
   INFO(result);
-  CHECK(result == "uid=0 host=rootless lo_up=true setgroups=deny\n outside_uid=65534");
+  CHECK(result ==
+        "uid=0 host=rootless lo_up=true setgroups=deny\n outside_uid=65534 spawned=0 2 rootless\n exited 0 "
+        "map-other=true");
 }
 
 TEST_CASE("the process path carries the other kinds over and nests in the source Set", "[privileged][process]") {
