@@ -49,22 +49,6 @@ bool threads_back_to(std::size_t expected) {
   return test::count_threads() == expected;
 }
 
-// Runs `fn` on a fresh std::thread that has dropped CAP_SYS_ADMIN, so that
-// whatever it starts inherits the lack.
-template <typename Fn>
-void on_unprivileged_thread(Fn&& fn) {
-  std::exception_ptr error;
-  std::thread([&] {
-    try {
-      test::drop_cap_sys_admin_on_this_thread();
-      fn();
-    } catch (...) {
-      error = std::current_exception();
-    }
-  }).join();
-  if (error) std::rethrow_exception(error);
-}
-
 }  // namespace
 
 TEST_CASE("run() joins each kind a thread can join, and the caller never moves", "[privileged]") {
@@ -329,7 +313,7 @@ TEST_CASE("joining fails with the errno and the namespace named", "[privileged]"
   bool ran = false;
   std::error_code code;
   std::string message;
-  on_unprivileged_thread([&] {
+  const std::exception_ptr other = test::on_unprivileged_thread([&] {
     try {
       // The new worker inherits its creator's missing capability.
       net.run(false, [&] { ran = true; });
@@ -338,6 +322,7 @@ TEST_CASE("joining fails with the errno and the namespace named", "[privileged]"
       message = e.what();
     }
   });
+  CHECK(other == nullptr);
   CHECK(code == std::errc::operation_not_permitted);
   CHECK_THAT(message, Catch::StartsWith(fmt::format("cannot join net namespace {}", net.identity(Kind::net))));
   CHECK_FALSE(ran);

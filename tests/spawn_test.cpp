@@ -132,20 +132,6 @@ std::vector<int> fd_listing(const std::string& text) {
   return fds;
 }
 
-template <typename Fn>
-std::exception_ptr on_unprivileged_thread(Fn&& fn) {
-  std::exception_ptr error;
-  std::thread([&] {
-    try {
-      test::drop_cap_sys_admin_on_this_thread();
-      fn();
-    } catch (...) {
-      error = std::current_exception();
-    }
-  }).join();
-  return error;
-}
-
 // The exception spawn() threw, or a failure.
 std::system_error spawn_error(const Set& set, const std::vector<std::string>& argv, const SpawnOptions& options = {}) {
   try {
@@ -552,7 +538,7 @@ TEST_CASE("spawn() without CAP_SYS_ADMIN cannot join, and says which namespace",
     std::optional<std::system_error> error;
     bool spawned = false;
     std::optional<ExitStatus> own;
-    const std::exception_ptr unexpected = on_unprivileged_thread([&] {
+    const std::exception_ptr unexpected = test::on_unprivileged_thread([&] {
       // The caller's own namespaces need no privilege: nothing is joined.
       own = gonso::spawn(Set::current(Kind::uts | Kind::net), {"true"}).wait();
       try {

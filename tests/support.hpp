@@ -24,6 +24,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
@@ -138,6 +139,23 @@ inline void drop_cap_sys_admin_on_this_thread() {
   data[0].permitted &= ~(1u << CAP_SYS_ADMIN);
   header.pid = tid();
   if (::syscall(SYS_capset, &header, data) != 0) throw std::system_error(errno, std::generic_category(), "capset");
+}
+
+/// Runs `fn` on a fresh std::thread that has dropped CAP_SYS_ADMIN, so that
+/// whatever it starts (workers, children) inherits the lack. Returns what
+/// `fn` threw; assert on it from the test's own thread.
+template <typename Fn>
+std::exception_ptr on_unprivileged_thread(Fn&& fn) {
+  std::exception_ptr error;
+  std::thread([&] {
+    try {
+      drop_cap_sys_admin_on_this_thread();
+      fn();
+    } catch (...) {
+      error = std::current_exception();
+    }
+  }).join();
+  return error;
 }
 
 /// A child process that sits in namespaces of its own until destroyed,
