@@ -4,6 +4,9 @@
 
 #include <sys/types.h>
 
+#include <cstddef>
+#include <cstdint>
+#include <functional>
 #include <string>
 
 #include <fmt/format.h>
@@ -12,16 +15,27 @@
 
 namespace gonso {
 
-/// Names one namespace: its kind and the (device, inode) of its nsfs file, the
-/// same pair `readlink /proc/PID/ns/KIND` shows as "net:[4026531840]".
-/// Inode numbers are reused soon after a namespace dies (kernel-rules.md), so
-/// compare identities only of namespaces that something keeps alive.
+/// Names one namespace: its kind, the (device, inode) of its nsfs file (the
+/// pair `readlink /proc/PID/ns/KIND` shows as "net:[4026531840]"), and the
+/// kernel's 64-bit namespace id where the kernel has NS_GET_ID (6.x).
+///
+/// Inode numbers are reused soon after a namespace dies (kernel-rules.md);
+/// ids never are. Two identities are equal when both have an id and the ids
+/// match, or, when either lacks one (read with stat(2), or an older kernel),
+/// when kind, device and inode match: compare those only for namespaces that
+/// something keeps alive.
 struct Identity {
   Kind kind{};
   dev_t device = 0;
   ino_t inode = 0;
+  /// NS_GET_ID of the namespace, or 0 when unknown.
+  std::uint64_t id = 0;
 
-  friend bool operator==(const Identity&, const Identity&) = default;
+  friend bool operator==(const Identity& a, const Identity& b) noexcept {
+    if (a.kind != b.kind) return false;
+    if (a.id != 0 && b.id != 0) return a.id == b.id;
+    return a.device == b.device && a.inode == b.inode;
+  }
 };
 
 /// "net:[4026531840]", as the kernel's namespace links read.
@@ -30,6 +44,19 @@ struct Identity {
 }
 
 }  // namespace gonso
+
+/// Hashes kind, device and inode, the fields every identity has, so that
+/// equal identities hash alike.
+template <>
+struct std::hash<gonso::Identity> {
+  std::size_t operator()(const gonso::Identity& id) const noexcept {
+    std::size_t h = std::hash<std::uint64_t>{}(static_cast<std::uint64_t>(id.inode));
+    h ^=
+        std::hash<std::uint64_t>{}(static_cast<std::uint64_t>(id.device)) + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
+    h ^= std::hash<std::uint32_t>{}(static_cast<std::uint32_t>(id.kind)) + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
+    return h;
+  }
+};
 
 template <>
 struct fmt::formatter<gonso::Identity> {

@@ -3,7 +3,9 @@
 #pragma once
 
 #include <fcntl.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 
 #include <cerrno>
@@ -226,6 +228,44 @@ class Set {
     return set;
   }
 
+  /// The namespaces of the process a pidfd (pidfd_open(2), or CLONE_PIDFD)
+  /// refers to. Unlike a pid, a pidfd cannot come to name another process:
+  /// the namespaces are opened through /proc, then the pidfd is asked
+  /// whether its process is still alive, so that a pid reused meanwhile is
+  /// never mistaken for it. Throws std::system_error: EBADF for a closed fd,
+  /// EINVAL for an fd that is not a pidfd, ESRCH when the process is gone.
+  [[nodiscard]] static Set from_pidfd(int pidfd, Kinds kinds = default_kinds) {
+    const pid_t pid = detail::pid_of_pidfd(pidfd);
+    Set set = from_pid(pid, kinds);
+    if (::syscall(SYS_pidfd_send_signal, pidfd, 0, nullptr, 0U) != 0) {
+      throw detail::system_error(errno, "cannot open namespaces of pidfd {} (pid {})", pidfd, pid);
+    }
+    return set;
+  }
+
+  /// The user namespace that owns this Set's namespace of `kind`
+  /// (NS_GET_USERNS), as a Set holding it: open it, compare it, run in it.
+  /// Throws std::invalid_argument when the Set lacks `kind`, and
+  /// std::system_error(EPERM) when the owner is outside the caller's reach
+  /// (the initial user namespace owns itself and has no owner to return).
+  [[nodiscard]] Set owner(Kind kind) const { return related(kind, NS_GET_USERNS, Kind::user, "owner"); }
+
+  /// The parent of this Set's pid or user namespace (NS_GET_PARENT), as a Set
+  /// holding it. Throws std::system_error: EINVAL for other kinds, EPERM at
+  /// the top of what the caller may see.
+  [[nodiscard]] Set parent(Kind kind) const { return related(kind, NS_GET_PARENT, kind, "parent"); }
+
+  /// The uid, in the caller's user namespace, of the creator of this Set's
+  /// user namespace (NS_GET_OWNER_UID).
+  [[nodiscard]] uid_t owner_uid() const {
+    const detail::ns_handle& user = handle(Kind::user);
+    uid_t uid = 0;
+    if (::ioctl(user.fd.get(), NS_GET_OWNER_UID, &uid) != 0) {
+      throw detail::system_error(errno, "cannot read the owner uid of user namespace {}", user.id);
+    }
+    return uid;
+  }
+
   /// The kinds this Set holds.
   [[nodiscard]] Kinds kinds() const noexcept { return kinds_; }
   [[nodiscard]] bool contains(Kind kind) const noexcept { return kinds_.contains(kind); }
@@ -411,6 +451,18 @@ class Set {
       throw std::invalid_argument(fmt::format("Set {} holds no {} namespace", kinds_, kind));
     }
     return ns_[index_of(kind)];
+  }
+
+  [[nodiscard]] Set related(Kind kind, unsigned long request, Kind result_kind, const char* what) const {
+    const detail::ns_handle& ns = handle(kind);
+    detail::unique_fd fd(::ioctl(ns.fd.get(), request));
+    if (!fd) throw detail::system_error(errno, "cannot open the {} of {} namespace {}", what, kind, ns.id);
+    // The kernel returns these fds close-on-exec; validate like any other.
+    const std::string origin = fmt::format("the {} of {}", what, ns.id);
+    const Identity id = detail::validate_ns_fd(fd.get(), result_kind, origin);
+    Set set;
+    set.put(result_kind, {std::move(fd), id, nullptr});
+    return set;
   }
 
   void put(Kind kind, detail::ns_handle&& ns) noexcept {
@@ -731,6 +783,19 @@ class Set {
 };
 
 }  // namespace gonso
+
+/// Hashes the identities a Set holds, so that Sets can key unordered maps;
+/// equal Sets hash alike.
+template <>
+struct std::hash<gonso::Set> {
+  std::size_t operator()(const gonso::Set& set) const noexcept {
+    std::size_t h = std::hash<std::uint32_t>{}(static_cast<std::uint32_t>(set.kinds().clone_flags()));
+    for (gonso::Kind kind : set.kinds()) {
+      h ^= std::hash<gonso::Identity>{}(set.identity(kind)) + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
+    }
+    return h;
+  }
+};
 
 /// Prints "{net:[4026532008], uts:[4026531838]}"; "{}" when empty.
 template <>

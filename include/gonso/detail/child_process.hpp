@@ -16,6 +16,7 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <string_view>
 
@@ -52,6 +53,21 @@ inline std::string read_to_end(int fd) {
     if (n == 0) return out;
     out.append(buf, static_cast<std::size_t>(n));
   }
+}
+
+/// The pid (in the caller's pid namespace) of the process a pidfd refers
+/// to, read from /proc/self/fdinfo. Throws std::system_error: EBADF for a
+/// closed fd, EINVAL when it is no pidfd, ESRCH when the process has ended.
+[[nodiscard]] inline pid_t pid_of_pidfd(int pidfd) {
+  const std::string path = "/proc/self/fdinfo/" + std::to_string(pidfd);
+  unique_fd info(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!info) throw system_error(errno == ENOENT ? EBADF : errno, "cannot inspect pidfd {}", pidfd);
+  const std::string text = read_to_end(info.get());
+  const std::size_t at = text.find("\nPid:\t");
+  if (at == std::string::npos) throw system_error(EINVAL, "cannot use fd {} as a pidfd: it is not one", pidfd);
+  const long pid = std::strtol(text.c_str() + at + 6, nullptr, 10);
+  if (pid <= 0) throw system_error(ESRCH, "cannot open namespaces of pidfd {}: its process has ended", pidfd);
+  return static_cast<pid_t>(pid);
 }
 
 /// A close-on-exec pipe: [0] reads, [1] writes.

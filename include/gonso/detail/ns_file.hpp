@@ -65,7 +65,7 @@ struct ns_handle {
   }
   struct stat st {};
   if (::fstat(fd, &st) != 0) throw system_error(errno, "cannot stat {} namespace {}", kind, what);
-  return Identity{kind, st.st_dev, st.st_ino};
+  return Identity{kind, st.st_dev, st.st_ino, ns_id(fd)};
 }
 
 /// Opens `path` (relative to `dirfd`, or absolute) as a namespace of `kind`,
@@ -88,7 +88,7 @@ struct ns_handle {
 [[nodiscard]] inline int stat_ns(int dirfd, const char* path, Kind kind, Identity& out) noexcept {
   struct stat st {};
   if (::fstatat(dirfd, path, &st, 0) != 0) return errno;
-  out = Identity{kind, st.st_dev, st.st_ino};
+  out = Identity{kind, st.st_dev, st.st_ino, 0};
   return 0;
 }
 
