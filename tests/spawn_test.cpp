@@ -672,3 +672,41 @@ TEST_CASE("spawn() from many threads at once", "[privileged][spawn]") {
   CHECK(settled_fds() == fds);
   CHECK(children().empty());
 }
+
+TEST_CASE("spawn: /etc/netns/NAME files are bound over /etc as ip netns exec does", "[privileged][spawn][netns]") {
+  test::require_privilege();
+  const std::string name = fmt::format("gonso-etc-{}", ::getpid());
+  const std::filesystem::path etc = std::filesystem::path("/etc/netns") / name;
+  struct Cleanup {
+    std::filesystem::path dir;
+    ~Cleanup() {
+      std::error_code ec;
+      std::filesystem::remove_all(dir, ec);
+      ::rmdir("/etc/netns");  // only if we left it empty
+    }
+  } cleanup{etc};
+  std::filesystem::create_directories(etc);
+  std::ofstream(etc / "resolv.conf") << "nameserver 192.0.2.53\n";
+  const std::string host_resolv = [] {
+    std::ifstream in("/etc/resolv.conf");
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }();
+
+  const Set net = Set::current().unshare(Kind::net);
+  SpawnOptions options;
+  options.out = Stdio::pipe;
+  options.etc_of_netns = name;
+  Child cat = gonso::spawn(net, {"cat", "/etc/resolv.conf"}, options);
+  CHECK(cat.read_stdout() == "nameserver 192.0.2.53\n");
+  CHECK(cat.wait().success());
+  // Only the program's own mount namespace saw the file.
+  const std::string after = [] {
+    std::ifstream in("/etc/resolv.conf");
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }();
+  CHECK(after == host_resolv);
+
+  SpawnOptions bad;
+  bad.etc_of_netns = "../etc";
+  CHECK_THROWS_AS(gonso::spawn(net, {"true"}, bad), std::invalid_argument);
+}

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -34,6 +35,7 @@
 #include <gonso/detail/worker_pool.hpp>
 #include <gonso/identity.hpp>
 #include <gonso/kind.hpp>
+#include <gonso/netns.hpp>
 #include <gonso/set.hpp>
 
 namespace gonso {
@@ -56,6 +58,11 @@ struct SpawnOptions {
   /// when the mount namespace is not joined (the Set has none, or the caller
   /// is in it already), "/" of the namespace when it is.
   std::optional<std::filesystem::path> cwd{};
+  /// The name of a network namespace (as under /run/netns) whose files in
+  /// /etc/netns/NAME are bound over those of /etc for the program, in a
+  /// mount namespace of its own, as `ip netns exec NAME` does (resolv.conf,
+  /// hosts). A missing /etc/netns/NAME binds nothing. nullopt: none.
+  std::optional<std::string> etc_of_netns{};
   Stdio in = Stdio::inherit;   ///< standard input
   Stdio out = Stdio::inherit;  ///< standard output
   Stdio err = Stdio::inherit;  ///< standard error
@@ -74,7 +81,7 @@ namespace detail {
 /// program's pid (from the middle process of a pid or time namespace), or
 /// the step that failed and its errno. Fixed size and far below PIPE_BUF, so
 /// each record arrives whole whichever process writes it.
-enum class spawn_step : std::int32_t { pid = 1, join, fork, stdio, chdir, cloexec, exec };
+enum class spawn_step : std::int32_t { pid = 1, join, fork, stdio, chdir, cloexec, exec, etc };
 struct spawn_record {
   spawn_step what;
   std::int32_t value;  // the pid, the failed join step, or the standard stream
@@ -91,7 +98,8 @@ struct spawn_plan {
   std::vector<const char*> envp_storage;
   char* const* envp = nullptr;
   const char* cwd = nullptr;
-  int stdio[3] = {-1, -1, -1};  // what becomes fd 0, 1, 2; -1 keeps the caller's
+  std::vector<std::string> etc_files;  // pairs: /etc/netns/NAME/x, /etc/x
+  int stdio[3] = {-1, -1, -1};         // what becomes fd 0, 1, 2; -1 keeps the caller's
   int report = -1;
 };
 
@@ -156,6 +164,22 @@ inline int cloexec_from_3() noexcept {
     if (from[i] >= 0 && ::syscall(SYS_dup3, from[i], i, 0) < 0) {
       send_record(report, spawn_step::stdio, i, errno);
       child_exit(127);
+    }
+  }
+  if (!plan.etc_files.empty()) {
+    // A mount namespace of the program's own, that still sees the host's
+    // later mounts (slave), with the per-namespace files on top of /etc.
+    if (::syscall(SYS_unshare, CLONE_NEWNS) != 0 ||
+        ::syscall(SYS_mount, "", "/", "none", MS_SLAVE | MS_REC, nullptr) != 0) {
+      send_record(report, spawn_step::etc, -1, errno);
+      child_exit(127);
+    }
+    for (std::size_t i = 0; i + 1 < plan.etc_files.size(); i += 2) {
+      if (::syscall(SYS_mount, plan.etc_files[i].c_str(), plan.etc_files[i + 1].c_str(), "none", MS_BIND, nullptr) !=
+          0) {
+        send_record(report, spawn_step::etc, static_cast<std::int32_t>(i), errno);
+        child_exit(127);
+      }
     }
   }
   if (plan.cwd != nullptr && ::syscall(SYS_chdir, plan.cwd) != 0) {
@@ -273,6 +297,11 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
       return system_error(record.err, "cannot set up the {} of {}", streams[record.value % 3], argv[0]);
     case spawn_step::chdir:
       return system_error(record.err, "cannot change directory to {}", plan.cwd);
+    case spawn_step::etc:
+      if (record.value < 0)
+        return system_error(record.err, "cannot make a mount namespace for /etc/netns of {}", argv[0]);
+      return system_error(record.err, "cannot bind {} over {}", plan.etc_files[static_cast<std::size_t>(record.value)],
+                          plan.etc_files[static_cast<std::size_t>(record.value) + 1]);
     case spawn_step::cloexec:
       return system_error(record.err, "cannot mark the inherited fds of {} close-on-exec", argv[0]);
     case spawn_step::exec:
@@ -368,6 +397,16 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
   for (const std::string& path : plan.paths) plan.path_ptrs.push_back(path.c_str());
   const std::string cwd = options.cwd ? options.cwd->native() : std::string();
   if (options.cwd) plan.cwd = cwd.c_str();
+  if (options.etc_of_netns) {
+    // Listed here, in the caller's mount namespace, as ip netns exec does.
+    netns::check_name(*options.etc_of_netns);  // no '/', no "..": it cannot leave /etc/netns
+    const std::filesystem::path etc = std::filesystem::path("/etc/netns") / *options.etc_of_netns;
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(etc, ec)) {
+      plan.etc_files.push_back(entry.path().native());
+      plan.etc_files.push_back((std::filesystem::path("/etc") / entry.path().filename()).native());
+    }
+  }
 
   // Every fd made here is close-on-exec: a program another thread spawns
   // meanwhile must not hold our pipes open.
