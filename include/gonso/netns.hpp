@@ -18,6 +18,7 @@
 #include <fmt/format.h>
 
 #include <gonso/detail/error.hpp>
+#include <gonso/detail/netns_name.hpp>
 #include <gonso/kind.hpp>
 #include <gonso/persist.hpp>
 #include <gonso/set.hpp>
@@ -31,16 +32,7 @@ inline const std::filesystem::path directory{"/run/netns"};
 /// Throws std::invalid_argument unless `name` can name a file directly in
 /// /run/netns: not empty, not "." or "..", no '/', no NUL, at most 255 bytes.
 /// Names that would escape /run/netns are refused before anything is touched.
-inline void check_name(std::string_view name) {
-  const auto refuse = [&](const char* why) {
-    throw std::invalid_argument(fmt::format("invalid network namespace name {:?}: {}", std::string(name), why));
-  };
-  if (name.empty()) refuse("it is empty");
-  if (name == "." || name == "..") refuse("it names a folder");
-  if (name.find('/') != std::string_view::npos) refuse("it holds a '/'");
-  if (name.find('\0') != std::string_view::npos) refuse("it holds a NUL");
-  if (name.size() > 255) refuse("it is longer than 255 bytes");
-}
+inline void check_name(std::string_view name) { gonso::detail::check_netns_name(name); }
 
 /// The file of namespace `name`, /run/netns/NAME. Checks the name.
 [[nodiscard]] inline std::filesystem::path path(std::string_view name) {

@@ -29,6 +29,7 @@
 #include <gonso/detail/child_process.hpp>
 #include <gonso/detail/child_report.hpp>
 #include <gonso/detail/error.hpp>
+#include <gonso/detail/netns_name.hpp>
 #include <gonso/detail/ns_creator.hpp>
 #include <gonso/detail/ns_file.hpp>
 #include <gonso/detail/pid_init.hpp>
@@ -78,7 +79,48 @@ struct UnshareOptions {
   std::chrono::nanoseconds boottime_offset{0};
 };
 
+/// Options of Set::run_in_process.
+struct ProcessOptions {
+  /// The name of a network namespace (as under /run/netns) whose files in
+  /// /etc/netns/NAME are bound over those of /etc for the callable, in a
+  /// mount namespace of its own, as `ip netns exec NAME` does (resolv.conf,
+  /// hosts). A missing /etc/netns/NAME binds nothing. nullopt: none.
+  std::optional<std::string> etc_of_netns{};
+};
+
 namespace detail {
+
+/// Pairs of paths, /etc/netns/NAME/x then /etc/x, for every file of
+/// /etc/netns/NAME, listed in the caller's mount namespace as iproute2 does.
+[[nodiscard]] inline std::vector<std::string> etc_overlay(const std::string& netns) {
+  check_netns_name(netns);
+  std::vector<std::string> pairs;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(std::filesystem::path("/etc/netns") / netns, ec)) {
+    pairs.push_back(entry.path().native());
+    pairs.push_back((std::filesystem::path("/etc") / entry.path().filename()).native());
+  }
+  return pairs;
+}
+
+/// In a child that has its namespaces: a mount namespace of its own that
+/// still sees the host's later mounts (slave), with `pairs` bound on top.
+/// Returns 0, or the errno with `failed` the index of the failing pair (or
+/// SIZE_MAX for the namespace itself). Async-signal-safe.
+[[nodiscard]] inline int bind_etc_overlay(const std::vector<std::string>& pairs, std::size_t& failed) noexcept {
+  if (pairs.empty()) return 0;
+  if (::unshare(CLONE_NEWNS) != 0 || ::mount("", "/", "none", MS_SLAVE | MS_REC, nullptr) != 0) {
+    failed = SIZE_MAX;
+    return errno;
+  }
+  for (std::size_t i = 0; i + 1 < pairs.size(); i += 2) {
+    if (::mount(pairs[i].c_str(), pairs[i + 1].c_str(), "none", MS_BIND, nullptr) != 0) {
+      failed = i;
+      return errno;
+    }
+  }
+  return 0;
+}
 
 template <typename F>
 inline constexpr bool takes_context = std::is_invocable_v<F&&, RunContext&>;
@@ -400,19 +442,24 @@ class Set {
   /// Calling run() from `fn` starts workers of the child's own. stdout and
   /// stderr are flushed before the fork and when `fn` returns.
   ///
+  /// With options.etc_of_netns, /etc/netns/NAME's files are bound over /etc
+  /// in a mount namespace of the child's own, as `ip netns exec` does.
+  ///
   /// Throws std::logic_error for an empty Set; std::system_error with the
   /// child's errno when joining fails ("cannot join net namespace net:[...]:
   /// Operation not permitted") or the fork fails; gonso::ProcessError when
   /// `fn` threw (its type and what() text), or the process was killed by a
   /// signal or exited without a result.
   template <typename F>
-  auto run_in_process(F&& fn) const -> std::invoke_result_t<F&&> {
+  auto run_in_process(F&& fn, const ProcessOptions& options = {}) const -> std::invoke_result_t<F&&> {
     using R = std::invoke_result_t<F&&>;
     static_assert(detail::reportable<R>,
                   "gonso::Set::run_in_process: the callable must return void, std::string or a trivially "
                   "copyable value; its result is copied between processes");
     require_not_empty("run a process in");
     const detail::join_plan plan = detail::plan_join(ns_, kinds_);
+    const std::vector<std::string> etc =
+        options.etc_of_netns ? detail::etc_overlay(*options.etc_of_netns) : std::vector<std::string>{};
     detail::pipe_fds report = detail::make_pipe();
     // Unflushed output would be written twice, once by each process.
     std::fflush(stdout);
@@ -422,7 +469,7 @@ class Set {
     if (pid < 0) throw detail::system_error(errno, "cannot fork a child process to run in {} namespaces", kinds_);
     if (pid == 0) {
       report.read.reset();
-      run_child<R>(plan, report.write.get(), parent, fn);
+      run_child<R>(plan, etc, report.write.get(), parent, fn);
     }
     report.write.reset();
     std::string data;
@@ -505,7 +552,8 @@ class Set {
   // namespaces, run, report, and _exit without running the parent's exit
   // handlers.
   template <typename R, typename F>
-  [[noreturn]] void run_child(const detail::join_plan& plan, int report, pid_t parent, F& fn) const noexcept {
+  [[noreturn]] void run_child(const detail::join_plan& plan, const std::vector<std::string>& etc, int report,
+                              pid_t parent, F& fn) const noexcept {
     detail::die_with_parent(parent);
     std::size_t failed = 0;
     if (const int err = detail::join_in_child(plan, failed); err != 0) {
@@ -524,6 +572,13 @@ class Set {
         detail::exit_like(detail::reap(inner));
       }
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    }
+    if (const int err = detail::bind_etc_overlay(etc, failed); err != 0) {
+      detail::report_join_error(report, err,
+                                failed == SIZE_MAX
+                                    ? std::string("cannot make a mount namespace for /etc/netns")
+                                    : fmt::format("cannot bind {} over {}", etc[failed], etc[failed + 1]));
+      ::_exit(1);
     }
     detail::run_and_report<R>(std::forward<F>(fn), report);
     std::fflush(nullptr);

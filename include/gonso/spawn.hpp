@@ -35,7 +35,6 @@
 #include <gonso/detail/worker_pool.hpp>
 #include <gonso/identity.hpp>
 #include <gonso/kind.hpp>
-#include <gonso/netns.hpp>
 #include <gonso/set.hpp>
 
 namespace gonso {
@@ -166,21 +165,10 @@ inline int cloexec_from_3() noexcept {
       child_exit(127);
     }
   }
-  if (!plan.etc_files.empty()) {
-    // A mount namespace of the program's own, that still sees the host's
-    // later mounts (slave), with the per-namespace files on top of /etc.
-    if (::syscall(SYS_unshare, CLONE_NEWNS) != 0 ||
-        ::syscall(SYS_mount, "", "/", "none", MS_SLAVE | MS_REC, nullptr) != 0) {
-      send_record(report, spawn_step::etc, -1, errno);
-      child_exit(127);
-    }
-    for (std::size_t i = 0; i + 1 < plan.etc_files.size(); i += 2) {
-      if (::syscall(SYS_mount, plan.etc_files[i].c_str(), plan.etc_files[i + 1].c_str(), "none", MS_BIND, nullptr) !=
-          0) {
-        send_record(report, spawn_step::etc, static_cast<std::int32_t>(i), errno);
-        child_exit(127);
-      }
-    }
+  std::size_t failed = 0;
+  if (const int err = bind_etc_overlay(plan.etc_files, failed); err != 0) {
+    send_record(report, spawn_step::etc, failed == SIZE_MAX ? -1 : static_cast<std::int32_t>(failed), err);
+    child_exit(127);
   }
   if (plan.cwd != nullptr && ::syscall(SYS_chdir, plan.cwd) != 0) {
     send_record(report, spawn_step::chdir, 0, errno);
@@ -399,13 +387,7 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
   if (options.cwd) plan.cwd = cwd.c_str();
   if (options.etc_of_netns) {
     // Listed here, in the caller's mount namespace, as ip netns exec does.
-    netns::check_name(*options.etc_of_netns);  // no '/', no "..": it cannot leave /etc/netns
-    const std::filesystem::path etc = std::filesystem::path("/etc/netns") / *options.etc_of_netns;
-    std::error_code ec;
-    for (const auto& entry : std::filesystem::directory_iterator(etc, ec)) {
-      plan.etc_files.push_back(entry.path().native());
-      plan.etc_files.push_back((std::filesystem::path("/etc") / entry.path().filename()).native());
-    }
+    plan.etc_files = detail::etc_overlay(*options.etc_of_netns);
   }
 
   // Every fd made here is close-on-exec: a program another thread spawns
