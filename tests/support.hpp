@@ -294,3 +294,211 @@ inline bool is_mount_point_here(const std::filesystem::path& dir) {
 }
 
 }  // namespace test
+
+// ---------------------------------------------------------------------------
+// Persisted and named namespaces (persist_test.cpp, netns_test.cpp): the real
+// tools, folders of this test process, and the parts of the machine a test
+// must leave as it found them.
+
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <exception>
+#include <sstream>
+#include <string_view>
+#include <system_error>
+
+namespace test {
+
+/// What a command printed on stdout, and its wait status. Run by popen(3)
+/// (mode "re") through /bin/sh, never through gonso.
+struct ToolResult {
+  std::string out;
+  int status = -1;
+  [[nodiscard]] bool ok() const { return WIFEXITED(status) && WEXITSTATUS(status) == 0; }
+};
+inline ToolResult run_tool(const std::string& command) {
+  ToolResult result;
+  FILE* pipe = ::popen(command.c_str(), "re");
+  if (pipe == nullptr) return result;
+  char buf[512];
+  for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, pipe)) > 0;) result.out.append(buf, n);
+  result.status = ::pclose(pipe);
+  return result;
+}
+inline std::string tool_output(const std::string& command) { return run_tool(command).out; }
+
+/// The lines of `text`, each split into words at white space.
+inline std::vector<std::vector<std::string>> words_by_line(const std::string& text) {
+  std::vector<std::vector<std::string>> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream fields(line);
+    std::vector<std::string> words;
+    for (std::string w; fields >> w;) words.push_back(w);
+    lines.push_back(std::move(words));
+  }
+  return lines;
+}
+
+/// The std::system_error that `fn` throws; fails the test when it throws none.
+template <typename Fn>
+std::system_error system_error_of(Fn&& fn) {
+  try {
+    fn();
+  } catch (const std::system_error& e) {
+    return e;
+  }
+  FAIL("no std::system_error was thrown");
+  throw std::logic_error("unreachable");
+}
+
+/// "gonso-test-<pid>-": how every name and folder this test process makes
+/// begins, so that leftovers can be told apart from other processes'.
+inline std::string own_prefix() { return fmt::format("gonso-test-{}-", ::getpid()); }
+
+/// True when `text` holds a name made by another gonso test process
+/// ("gonso-test-<other pid>-"): test processes may run at once (ctest -j),
+/// and each checks only what is its own.
+inline bool made_by_other_test(std::string_view text) {
+  constexpr std::string_view tag = "gonso-test-";
+  const std::string own = std::to_string(::getpid());
+  for (auto at = text.find(tag); at != std::string_view::npos; at = text.find(tag, at + 1)) {
+    const std::size_t from = at + tag.size();
+    std::size_t to = from;
+    while (to < text.size() && std::isdigit(static_cast<unsigned char>(text[to])) != 0) ++to;
+    if (to > from && to < text.size() && text[to] == '-' && text.substr(from, to - from) != own) return true;
+  }
+  return false;
+}
+
+/// A tmpfs on a fresh folder of the temporary directory, made private
+/// (MS_PRIVATE), so that mount namespace files can be bound in it (the kernel
+/// refuses them on a shared mount). Unmounted lazily, with everything bound
+/// beneath it, and removed when destroyed, whatever the test did.
+class PrivateTmpfs {
+ public:
+  PrivateTmpfs() {
+    std::string templ = (std::filesystem::temp_directory_path() / (own_prefix() + "XXXXXX")).string();
+    if (::mkdtemp(templ.data()) == nullptr) throw std::system_error(errno, std::generic_category(), "mkdtemp");
+    path_ = templ;
+    if (::mount("gonso-test", path_.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0700") != 0) {
+      const int err = errno;
+      cleanup();
+      throw std::system_error(err, std::generic_category(), "mount tmpfs on " + path_.string());
+    }
+    mounted_ = true;
+    if (::mount(nullptr, path_.c_str(), nullptr, MS_PRIVATE, nullptr) != 0) {
+      const int err = errno;
+      cleanup();
+      throw std::system_error(err, std::generic_category(), "make " + path_.string() + " private");
+    }
+  }
+  PrivateTmpfs(const PrivateTmpfs&) = delete;
+  PrivateTmpfs& operator=(const PrivateTmpfs&) = delete;
+  ~PrivateTmpfs() { cleanup(); }
+
+  [[nodiscard]] const std::filesystem::path& path() const { return path_; }
+
+ private:
+  void cleanup() {
+    if (mounted_) {
+      ::umount2(path_.c_str(), MNT_DETACH);  // takes the nsfs binds beneath along
+      mounted_ = false;
+    }
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  std::filesystem::path path_;
+  bool mounted_ = false;
+};
+
+/// One mount of /proc/self/mountinfo: mount point, filesystem type, and the
+/// root within it (for nsfs, which namespace: "net:[4026532177]").
+struct MountEntry {
+  std::string point, fstype, root;
+};
+inline std::vector<MountEntry> mounts() {
+  std::vector<MountEntry> out;
+  std::ifstream info("/proc/self/mountinfo");
+  for (std::string line; std::getline(info, line);) {
+    std::istringstream fields(line);
+    std::vector<std::string> f;
+    for (std::string w; fields >> w;) f.push_back(w);
+    const auto dash = std::find(f.begin(), f.end(), "-");
+    if (f.size() < 5 || dash == f.end() || dash + 1 == f.end()) continue;
+    out.push_back({f[4], *(dash + 1), f[3]});
+  }
+  return out;
+}
+
+/// How many mounts sit on `point` exactly.
+inline std::size_t mounts_at(const std::string& point) {
+  const auto all = mounts();
+  return static_cast<std::size_t>(
+      std::count_if(all.begin(), all.end(), [&](const MountEntry& m) { return m.point == point; }));
+}
+
+/// The nsfs mounts on `point`, as "net:[4026532177]".
+inline std::vector<std::string> nsfs_mounts_at(const std::string& point) {
+  std::vector<std::string> out;
+  for (const MountEntry& m : mounts()) {
+    if (m.fstype == "nsfs" && m.point == point) out.push_back(m.root);
+  }
+  return out;
+}
+
+/// What a test of persisted or named namespaces may change, and must leave
+/// as it found it.
+struct MachineState {
+  std::vector<std::string> mounts;        ///< nsfs mounts, and mounts on /run/netns or this process's folders
+  std::vector<std::string> netns_files;   ///< entries of /run/netns
+  std::vector<std::string> ip_netns;      ///< names `ip netns list` shows
+  std::vector<std::string> temp_folders;  ///< this process's entries in the temporary directory
+};
+
+inline MachineState machine_state() {
+  MachineState s;
+  const std::string own = own_prefix();
+  for (const MountEntry& m : mounts()) {
+    const bool ours = m.fstype == "nsfs" || m.point == "/run/netns" || m.point.rfind("/run/netns/", 0) == 0 ||
+                      m.point.find(own) != std::string::npos;
+    if (ours && !made_by_other_test(m.point)) s.mounts.push_back(fmt::format("{} {} {}", m.point, m.fstype, m.root));
+  }
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/run/netns", ec)) {
+    const std::string name = e.path().filename().string();
+    if (!made_by_other_test(name)) s.netns_files.push_back(name);
+  }
+  for (const auto& words : words_by_line(tool_output("ip netns list 2>&1"))) {
+    if (!words.empty() && !made_by_other_test(words[0])) s.ip_netns.push_back(words[0]);
+  }
+  for (const auto& e : std::filesystem::directory_iterator(std::filesystem::temp_directory_path(), ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind(own, 0) == 0) s.temp_folders.push_back(name);
+  }
+  for (auto* v : {&s.mounts, &s.netns_files, &s.ip_netns, &s.temp_folders}) std::sort(v->begin(), v->end());
+  return s;
+}
+
+/// Runs `body` (the whole test, its RAII guards inside), then checks, also
+/// when it failed, that the mount table, /run/netns, `ip netns list` and the
+/// temporary directory are as they were before; rethrows what `body` threw.
+template <typename Body>
+void leaves_machine_as_found(Body&& body) {
+  const MachineState before = machine_state();
+  std::exception_ptr failure;
+  try {
+    body();
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  const MachineState after = machine_state();
+  CHECK(after.mounts == before.mounts);
+  CHECK(after.netns_files == before.netns_files);
+  CHECK(after.ip_netns == before.ip_netns);
+  CHECK(after.temp_folders == before.temp_folders);
+  if (failure) std::rethrow_exception(failure);
+}
+
+}  // namespace test

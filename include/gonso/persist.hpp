@@ -11,6 +11,7 @@
 
 #include <cerrno>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,21 @@ namespace gonso {
 
 namespace detail {
 
+// True when the mount holding `dir` is shared (a peer group): read its
+// mount id with statx(2), then its optional fields in mountinfo.
+[[nodiscard]] inline bool on_shared_mount(const std::filesystem::path& dir) {
+  struct statx sx {};
+  if (::statx(AT_FDCWD, dir.c_str(), 0, STATX_MNT_ID, &sx) != 0 || (sx.stx_mask & STATX_MNT_ID) == 0) return false;
+  std::ifstream info("/proc/self/mountinfo");
+  const std::string id = std::to_string(sx.stx_mnt_id) + " ";
+  for (std::string line; std::getline(info, line);) {
+    if (line.compare(0, id.size(), id) != 0) continue;
+    const std::size_t end = line.find(" - ");
+    return line.substr(0, end).find(" shared:") != std::string::npos;
+  }
+  return false;
+}
+
 // An empty regular file to mount over; false with errno when it exists.
 [[nodiscard]] inline bool make_mount_point(const std::filesystem::path& file) noexcept {
   const int fd = ::open(file.c_str(), O_RDONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
@@ -40,12 +56,24 @@ namespace detail {
 /// exist yet (it is created, empty): the namespace then lives until
 /// unpersist(file), with no fd or process holding it, and Set::from_file()
 /// opens it again. Throws std::invalid_argument when the Set lacks `kind`,
-/// std::system_error: EEXIST when `file` exists; EINVAL from the kernel when
-/// a mount namespace would be bound inside itself or an older one, or onto a
-/// shared mount (bind mount namespaces into a folder on a private mount, as
-/// util-linux `unshare --mount=FILE` asks). Nothing is left behind on error.
+/// std::system_error: EEXIST when `file` exists; EINVAL when a mount
+/// namespace would be bound onto a shared mount (checked here: bind mount
+/// namespaces into a folder on a private mount, as util-linux
+/// `unshare --mount=FILE` asks), or, from the kernel, inside itself or an
+/// older one. Nothing is left behind on error.
 inline void persist(const Set& set, Kind kind, const std::filesystem::path& file) {
   const int fd = set.fd(kind);
+  if (kind == Kind::mnt) {
+    const auto parent = file.has_parent_path() ? file.parent_path() : std::filesystem::path(".");
+    if (detail::on_shared_mount(parent)) {
+      // A mount namespace bound onto a shared mount would propagate into
+      // its peers, possibly into itself (util-linux refuses it too).
+      throw detail::system_error(EINVAL,
+                                 "cannot bind {} onto {}: its mount is shared; bind mount namespaces into a "
+                                 "folder on a private mount",
+                                 set.identity(kind), file.native());
+    }
+  }
   if (!detail::make_mount_point(file)) {
     throw detail::system_error(errno, "cannot create {} to persist {}", file.native(), set.identity(kind));
   }
@@ -77,7 +105,7 @@ inline void unpersist(const std::filesystem::path& file) {
 /// them again later. On an error, what was already bound is undone.
 inline void persist(const Set& set, const std::filesystem::path& dir) {
   std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
+  const bool made = std::filesystem::create_directories(dir, ec);
   if (ec) throw std::system_error(ec, fmt::format("cannot create {}", dir.native()));
   std::vector<std::filesystem::path> done;
   try {
@@ -93,6 +121,7 @@ inline void persist(const Set& set, const std::filesystem::path& dir) {
       } catch (...) {
       }
     }
+    if (made) ::rmdir(dir.c_str());
     throw;
   }
 }
