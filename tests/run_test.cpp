@@ -7,6 +7,7 @@
 #include <chrono>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -561,4 +562,33 @@ TEST_CASE("runs started while the process exits still work", "[privileged][fork]
   INFO("status " << status);
   CHECK(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 0);
+}
+
+TEST_CASE("a Set from a pidfd is joined whether or not its process still lives", "[privileged]") {
+  test::require_privilege();
+  const test::Snapshot caller = test::snapshot();
+  std::optional<Set> held;
+  {
+    test::ForeignNamespaces child(CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC);
+    gonso::detail::unique_fd pidfd(gonso::detail::pidfd_open(child.pid()));
+    REQUIRE(pidfd);
+    const Set s = Set::from_pidfd(pidfd.get(), Kind::net | Kind::uts | Kind::ipc);
+    // While the process lives, one setns(2) on the pidfd may join all three.
+    const test::Snapshot inside = s.run(true, [] { return test::snapshot(); });
+    for (Kind kind : {Kind::net, Kind::uts, Kind::ipc}) {
+      INFO(gonso::name(kind));
+      CHECK(inside.at(kind) == s.identity(kind));
+      CHECK(inside.at(kind) != caller.at(kind));
+    }
+    held = s;
+  }
+  // The process is gone; the Set's fds still hold its namespaces, and the
+  // join falls back to them.
+  const test::Snapshot inside = held->run(true, [] { return test::snapshot(); });
+  for (Kind kind : {Kind::net, Kind::uts, Kind::ipc}) {
+    INFO(gonso::name(kind));
+    CHECK(inside.at(kind) == held->identity(kind));
+  }
+  CHECK(test::snapshot() == caller);
+  CHECK(test::threads_outside(caller).empty());
 }

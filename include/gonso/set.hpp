@@ -181,7 +181,7 @@ class Set {
   /// An empty Set: holds no namespace.
   Set() noexcept = default;
 
-  Set(const Set& other) : kinds_(other.kinds_) {
+  Set(const Set& other) : kinds_(other.kinds_), pidfd_(other.pidfd_) {
     for (Kind kind : other.kinds_) {
       const detail::ns_handle& from = other.ns_[index_of(kind)];
       detail::ns_handle& to = ns_[index_of(kind)];
@@ -195,11 +195,13 @@ class Set {
     if (this != &other) *this = Set(other);
     return *this;
   }
-  Set(Set&& other) noexcept : kinds_(std::exchange(other.kinds_, Kinds{})), ns_(std::move(other.ns_)) {}
+  Set(Set&& other) noexcept
+      : kinds_(std::exchange(other.kinds_, Kinds{})), ns_(std::move(other.ns_)), pidfd_(std::move(other.pidfd_)) {}
   Set& operator=(Set&& other) noexcept {
     if (this != &other) {
       kinds_ = std::exchange(other.kinds_, Kinds{});
       ns_ = std::move(other.ns_);  // closes the fds held so far at once
+      pidfd_ = std::move(other.pidfd_);
     }
     return *this;
   }
@@ -282,6 +284,10 @@ class Set {
     if (::syscall(SYS_pidfd_send_signal, pidfd, 0, nullptr, 0U) != 0) {
       throw detail::system_error(errno, "cannot open namespaces of pidfd {} (pid {})", pidfd, pid);
     }
+    // Kept to join several kinds with one setns(2) where that pays.
+    detail::unique_fd own(::fcntl(pidfd, F_DUPFD_CLOEXEC, 0));
+    if (!own) throw detail::system_error(errno, "cannot duplicate pidfd {}", pidfd);
+    set.pidfd_ = std::make_shared<const detail::unique_fd>(std::move(own));
     return set;
   }
 
@@ -419,6 +425,7 @@ class Set {
 
     auto& pool = detail::worker_pool::instance();
     detail::run_job<F, R> job(ns_, kinds_, restore, std::forward<F>(fn));
+    if (pidfd_) job.pidfd = pidfd_->get();
     std::unique_ptr<detail::worker> worker = restore ? pool.acquire() : pool.spawn();
     if (worker->execute(job) && restore) pool.release(std::move(worker));
     worker.reset();  // a worker that may not run again has ended: join it now
@@ -835,6 +842,9 @@ class Set {
 
   Kinds kinds_;
   detail::ns_handles ns_{};
+  // The pidfd a Set came from (from_pidfd), shared by its copies; a hint for
+  // joining, never trusted for identity.
+  std::shared_ptr<const detail::unique_fd> pidfd_;
 };
 
 }  // namespace gonso
