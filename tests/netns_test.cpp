@@ -30,7 +30,7 @@ using gonso::Set;
 
 namespace {
 
-const std::string run_netns = "/run/netns";
+const std::string run_netns = gonso::netns::directory;  // NOLINT(cert-err58-cpp): a test file's constant
 
 // A name under /run/netns unique to this test process and case,
 // "gonso-test-<pid>-<n>" (padded with 'x' to `length` when given). Whatever

@@ -27,7 +27,7 @@
 namespace gonso::netns {
 
 /// Where iproute2 keeps named network namespaces.
-inline const std::filesystem::path directory{"/run/netns"};
+inline constexpr const char* directory = "/run/netns";
 
 /// Throws std::invalid_argument unless `name` can name a file directly in
 /// /run/netns: not empty, not "." or "..", no '/', no NUL, at most 255 bytes.
@@ -37,7 +37,7 @@ inline void check_name(std::string_view name) { gonso::detail::check_netns_name(
 /// The file of namespace `name`, /run/netns/NAME. Checks the name.
 [[nodiscard]] inline std::filesystem::path path(std::string_view name) {
   check_name(name);
-  return directory / std::string(name);
+  return std::filesystem::path(directory) / std::string(name);
 }
 
 namespace detail {
@@ -48,13 +48,13 @@ namespace detail {
 inline void prepare_directory() {
   std::error_code ec;
   std::filesystem::create_directories(directory, ec);
-  if (ec) throw std::system_error(ec, fmt::format("cannot create {}", directory.native()));
-  if (::mount("", directory.c_str(), "none", MS_SHARED | MS_REC, nullptr) == 0) return;
-  if (errno != EINVAL) throw gonso::detail::system_error(errno, "cannot make {} a shared mount", directory.native());
+  if (ec) throw std::system_error(ec, fmt::format("cannot create {}", directory));
+  if (::mount("", directory, "none", MS_SHARED | MS_REC, nullptr) == 0) return;
+  if (errno != EINVAL) throw gonso::detail::system_error(errno, "cannot make {} a shared mount", directory);
   // Not a mount point yet: bind it onto itself first.
-  if (::mount(directory.c_str(), directory.c_str(), "none", MS_BIND | MS_REC, nullptr) != 0 ||
-      ::mount("", directory.c_str(), "none", MS_SHARED | MS_REC, nullptr) != 0) {
-    throw gonso::detail::system_error(errno, "cannot make {} a shared mount", directory.native());
+  if (::mount(directory, directory, "none", MS_BIND | MS_REC, nullptr) != 0 ||
+      ::mount("", directory, "none", MS_SHARED | MS_REC, nullptr) != 0) {
+    throw gonso::detail::system_error(errno, "cannot make {} a shared mount", directory);
   }
 }
 
@@ -92,7 +92,7 @@ inline void add(const Set& set, std::string_view name) {
     names.push_back(entry.path().filename().string());
   }
   if (ec && ec != std::errc::no_such_file_or_directory) {
-    throw std::system_error(ec, fmt::format("cannot list {}", directory.native()));
+    throw std::system_error(ec, fmt::format("cannot list {}", directory));
   }
   std::sort(names.begin(), names.end());
   return names;
