@@ -306,3 +306,21 @@ TEST_CASE("from_pid() of a zombie says the process has exited") {
   CHECK_THAT(e.what(), Catch::Contains(std::to_string(child)));
   ::waitpid(child, nullptr, 0);
 }
+
+TEST_CASE("kind_of() names the kind of a namespace fd and refuses other fds") {
+  for (Kind kind : gonso::default_kinds) {
+    INFO(gonso::name(kind));
+    gonso::detail::unique_fd fd(
+        ::open(fmt::format("/proc/self/ns/{}", gonso::name(kind)).c_str(), O_RDONLY | O_CLOEXEC));
+    REQUIRE(fd);
+    CHECK(gonso::kind_of(fd.get()) == kind);
+  }
+  int p[2];
+  REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
+  auto e = system_error_from([&] { (void)gonso::kind_of(p[0]); });
+  CHECK(e.code() == std::errc::invalid_argument);
+  ::close(p[0]);
+  ::close(p[1]);
+  e = system_error_from([&] { (void)gonso::kind_of(p[0]); });
+  CHECK(e.code() == std::errc::bad_file_descriptor);
+}

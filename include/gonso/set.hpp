@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 
@@ -168,6 +169,22 @@ class run_job final : public job {
 };
 
 }  // namespace detail
+
+/// The kind of namespace an fd refers to (NS_GET_NSTYPE), e.g. to sort fds
+/// passed in by another program. Throws std::system_error: EBADF for a
+/// closed fd, EINVAL for an fd that is not a namespace or of a kind gonso
+/// does not know.
+[[nodiscard]] inline Kind kind_of(int fd) {
+  struct statfs fs {};
+  if (::fstatfs(fd, &fs) != 0) throw detail::system_error(errno, "cannot inspect fd {}", fd);
+  if (fs.f_type != detail::nsfs_magic) throw detail::system_error(EINVAL, "fd {} is not a namespace", fd);
+  const int type = detail::ns_type(fd);
+  if (type < 0) throw detail::system_error(errno, "cannot read the namespace type of fd {}", fd);
+  for (Kind kind : all_kinds) {
+    if (clone_flag(kind) == type) return kind;
+  }
+  throw detail::system_error(EINVAL, "fd {} is a namespace of unknown type {:#x}", fd, type);
+}
 
 /// A value type holding one namespace per kind, each as an owned,
 /// close-on-exec fd. Holding the fd keeps the namespace alive. Copying
