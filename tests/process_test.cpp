@@ -454,17 +454,7 @@ TEST_CASE("a forked copy that lets go of a pid namespace leaves it to the owner"
 TEST_CASE("run_in_process binds /etc/netns/NAME over /etc when asked", "[privileged][process][netns]") {
   test::require_privilege();
   const std::string name = fmt::format("gonso-etc-run-{}", ::getpid());
-  const std::filesystem::path etc = std::filesystem::path("/etc/netns") / name;
-  struct Cleanup {
-    std::filesystem::path dir;
-    ~Cleanup() {
-      std::error_code ec;
-      std::filesystem::remove_all(dir, ec);
-      ::rmdir("/etc/netns");  // only if we left it empty
-    }
-  } cleanup{etc};
-  std::filesystem::create_directories(etc);
-  std::ofstream(etc / "hosts") << "192.0.2.1 inside\n";
+  const test::EtcNetnsFiles etc(name, {{"hosts", "192.0.2.1 inside\n"}});
   const std::string host_hosts = slurp("/etc/hosts");
   const Set net = Set::current().unshare(Kind::net);
   gonso::ProcessOptions options;

@@ -27,17 +27,6 @@ gonso::Identity own_ns(Kind kind, const std::string& proc_dir = "/proc/thread-se
   return test::identity_at(kind, proc_dir + "/ns/" + std::string(gonso::name(kind)));
 }
 
-template <typename Fn>
-std::system_error system_error_from(Fn&& fn) {
-  try {
-    fn();
-  } catch (const std::system_error& e) {
-    return e;
-  }
-  FAIL("no std::system_error was thrown");
-  throw std::logic_error("unreachable");
-}
-
 bool cloexec(int fd) { return (::fcntl(fd, F_GETFD) & FD_CLOEXEC) != 0; }
 
 }  // namespace
@@ -176,7 +165,7 @@ TEST_CASE("from_pid() refuses bad and missing pids") {
   REQUIRE(gone >= 0);
   if (gone == 0) ::_exit(0);
   REQUIRE(::waitpid(gone, nullptr, 0) == gone);
-  const auto e = system_error_from([&] { (void)Set::from_pid(gone); });
+  const auto e = test::system_error_of([&] { (void)Set::from_pid(gone); });
   CHECK(e.code() == std::errc::no_such_process);
   CHECK_THAT(e.what(), Catch::Contains(std::to_string(gone)));
   CHECK(test::count_fds() == fds_before);
@@ -194,25 +183,25 @@ TEST_CASE("from_dir() opens a folder of namespace files") {
     const Set s = Set::from_dir(dir.path());
     CHECK(s.kinds() == (Kind::net | Kind::uts));
     CHECK(s.identity(Kind::net) == own_ns(Kind::net, "/proc/self"));
-    const auto e = system_error_from([&] { (void)Set::from_dir(dir.path(), Kind::net | Kind::mnt); });
+    const auto e = test::system_error_of([&] { (void)Set::from_dir(dir.path(), Kind::net | Kind::mnt); });
     CHECK(e.code() == std::errc::no_such_file_or_directory);
     CHECK_THAT(e.what(), Catch::Contains("mnt"));
   }
   SECTION("an empty folder, a missing one, a regular file") {
     const std::size_t fds_before = test::count_fds();
-    auto e = system_error_from([&] { (void)Set::from_dir(dir.path()); });
+    auto e = test::system_error_of([&] { (void)Set::from_dir(dir.path()); });
     CHECK(e.code() == std::errc::no_such_file_or_directory);
     CHECK_THAT(e.what(), Catch::Contains("holds no namespace file"));
-    e = system_error_from([&] { (void)Set::from_dir(dir.path() / "nope"); });
+    e = test::system_error_of([&] { (void)Set::from_dir(dir.path() / "nope"); });
     CHECK(e.code() == std::errc::no_such_file_or_directory);
     std::ofstream(dir.path() / "file") << "x";
-    e = system_error_from([&] { (void)Set::from_dir(dir.path() / "file"); });
+    e = test::system_error_of([&] { (void)Set::from_dir(dir.path() / "file"); });
     CHECK(e.code() == std::errc::not_a_directory);
     CHECK(test::count_fds() == fds_before);
   }
   SECTION("a folder whose net file is not a namespace") {
     std::ofstream(dir.path() / "net") << "not a namespace";
-    const auto e = system_error_from([&] { (void)Set::from_dir(dir.path()); });
+    const auto e = test::system_error_of([&] { (void)Set::from_dir(dir.path()); });
     CHECK(e.code() == std::errc::invalid_argument);
     CHECK_THAT(e.what(), Catch::Contains("not a namespace file"));
   }
@@ -230,35 +219,35 @@ TEST_CASE("from_file() and from_fd() validate what they are given") {
     CHECK(s.identity(Kind::uts) == own_ns(Kind::uts));
   }
   SECTION("a regular file") {
-    const auto e = system_error_from([&] { (void)Set::from_file(Kind::net, regular); });
+    const auto e = test::system_error_of([&] { (void)Set::from_file(Kind::net, regular); });
     CHECK(e.code() == std::errc::invalid_argument);
     CHECK_THAT(e.what(), Catch::Contains("not a namespace file") && Catch::Contains(regular.string()));
   }
   SECTION("a namespace of another kind") {
-    const auto e = system_error_from([&] { (void)Set::from_file(Kind::net, "/proc/self/ns/uts"); });
+    const auto e = test::system_error_of([&] { (void)Set::from_file(Kind::net, "/proc/self/ns/uts"); });
     CHECK(e.code() == std::errc::invalid_argument);
     CHECK_THAT(e.what(), Catch::Contains("it is a uts namespace"));
   }
   SECTION("a missing file") {
-    const auto e = system_error_from([&] { (void)Set::from_file(Kind::net, dir.path() / "missing"); });
+    const auto e = test::system_error_of([&] { (void)Set::from_file(Kind::net, dir.path() / "missing"); });
     CHECK(e.code() == std::errc::no_such_file_or_directory);
   }
   SECTION("an fd of the wrong kind, a pipe, a closed fd") {
     gonso::detail::unique_fd uts(::open("/proc/self/ns/uts", O_RDONLY | O_CLOEXEC));
     REQUIRE(uts);
-    auto e = system_error_from([&] { (void)Set::from_fd(Kind::net, uts.get()); });
+    auto e = test::system_error_of([&] { (void)Set::from_fd(Kind::net, uts.get()); });
     CHECK(e.code() == std::errc::invalid_argument);
     CHECK_THAT(e.what(), Catch::Contains(fmt::format("fd {}", uts.get())));
 
     int p[2];
     REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
-    e = system_error_from([&] { (void)Set::from_fd(Kind::net, p[0]); });
+    e = test::system_error_of([&] { (void)Set::from_fd(Kind::net, p[0]); });
     CHECK(e.code() == std::errc::invalid_argument);
     ::close(p[0]);
     ::close(p[1]);
 
     const int closed = p[0];
-    e = system_error_from([&] { (void)Set::from_fd(Kind::net, closed); });
+    e = test::system_error_of([&] { (void)Set::from_fd(Kind::net, closed); });
     CHECK(e.code() == std::errc::bad_file_descriptor);
   }
   SECTION("from_fd() keeps a close-on-exec copy of its own") {
@@ -301,7 +290,7 @@ TEST_CASE("from_pid() of a zombie says the process has exited") {
   // Wait until it is a zombie, without reaping it.
   siginfo_t info{};
   REQUIRE(::waitid(P_PID, static_cast<id_t>(child), &info, WEXITED | WNOWAIT) == 0);
-  const auto e = system_error_from([&] { (void)Set::from_pid(child); });
+  const auto e = test::system_error_of([&] { (void)Set::from_pid(child); });
   CHECK(e.code() == std::errc::no_such_process);
   CHECK_THAT(e.what(), Catch::Contains(std::to_string(child)));
   ::waitpid(child, nullptr, 0);
@@ -317,10 +306,10 @@ TEST_CASE("kind_of() names the kind of a namespace fd and refuses other fds") {
   }
   int p[2];
   REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
-  auto e = system_error_from([&] { (void)gonso::kind_of(p[0]); });
+  auto e = test::system_error_of([&] { (void)gonso::kind_of(p[0]); });
   CHECK(e.code() == std::errc::invalid_argument);
   ::close(p[0]);
   ::close(p[1]);
-  e = system_error_from([&] { (void)gonso::kind_of(p[0]); });
+  e = test::system_error_of([&] { (void)gonso::kind_of(p[0]); });
   CHECK(e.code() == std::errc::bad_file_descriptor);
 }

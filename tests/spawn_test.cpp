@@ -676,17 +676,7 @@ TEST_CASE("spawn() from many threads at once", "[privileged][spawn]") {
 TEST_CASE("spawn: /etc/netns/NAME files are bound over /etc as ip netns exec does", "[privileged][spawn][netns]") {
   test::require_privilege();
   const std::string name = fmt::format("gonso-etc-{}", ::getpid());
-  const std::filesystem::path etc = std::filesystem::path("/etc/netns") / name;
-  struct Cleanup {
-    std::filesystem::path dir;
-    ~Cleanup() {
-      std::error_code ec;
-      std::filesystem::remove_all(dir, ec);
-      ::rmdir("/etc/netns");  // only if we left it empty
-    }
-  } cleanup{etc};
-  std::filesystem::create_directories(etc);
-  std::ofstream(etc / "resolv.conf") << "nameserver 192.0.2.53\n";
+  const test::EtcNetnsFiles etc(name, {{"resolv.conf", "nameserver 192.0.2.53\n"}});
   const std::string host_resolv = [] {
     std::ifstream in("/etc/resolv.conf");
     return std::string(std::istreambuf_iterator<char>(in), {});

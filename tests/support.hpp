@@ -245,6 +245,27 @@ class TempDir {
   std::filesystem::path path_;
 };
 
+/// /etc/netns/NAME with the files given, as `ip netns exec NAME` reads them;
+/// removed when destroyed, and /etc/netns too if that leaves it empty.
+class EtcNetnsFiles {
+ public:
+  EtcNetnsFiles(const std::string& name, const std::map<std::string, std::string>& files)
+      : dir_(std::filesystem::path("/etc/netns") / name) {
+    std::filesystem::create_directories(dir_);
+    for (const auto& [file, text] : files) std::ofstream(dir_ / file) << text;
+  }
+  EtcNetnsFiles(const EtcNetnsFiles&) = delete;
+  EtcNetnsFiles& operator=(const EtcNetnsFiles&) = delete;
+  ~EtcNetnsFiles() {
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+    ::rmdir("/etc/netns");  // only if we left it empty
+  }
+
+ private:
+  std::filesystem::path dir_;
+};
+
 /// A tmpfs on a fresh temporary folder, made a shared mount so that mount
 /// propagation to and from it can be observed. Unmounted and removed when
 /// destroyed, whatever the test did.
