@@ -134,7 +134,7 @@ using run_result_t =
 template <typename F, typename R>
 class run_job final : public job {
  public:
-  run_job(const ns_handles& into, Kinds joining, bool restoring, F&& fn) noexcept
+  run_job(const ns_handles* into, Kinds joining, bool restoring, F&& fn) noexcept
       : job(into, joining, restoring), fn_(std::addressof(fn)) {}
 
   void invoke(RunContext& ctx) noexcept override {
@@ -437,15 +437,23 @@ class Set {
     static_assert(!std::is_reference_v<R>,
                   "gonso::Set::run: the callable must return by value; its result crosses threads");
     require_not_empty("run in");
-    detail::require_own(Kind::user, kinds_, ns_);
-    detail::require_own(Kind::time, kinds_, ns_);
-
     auto& pool = detail::worker_pool::instance();
-    detail::run_job<F, R> job(ns_, kinds_, restore, std::forward<F>(fn));
+    if (kinds_.contains(Kind::user) || kinds_.contains(Kind::time)) {
+      const std::shared_ptr<const detail::anchor> home = pool.current_home();
+      detail::require_own(Kind::user, kinds_, ns_, home.get());
+      detail::require_own(Kind::time, kinds_, ns_, home.get());
+    }
+
+    detail::run_job<F, R> job(&ns_, kinds_, restore, std::forward<F>(fn));
     if (pidfd_) job.pidfd = pidfd_->get();
     std::unique_ptr<detail::worker> worker = restore ? pool.acquire() : pool.spawn();
-    if (worker->execute(job) && restore) pool.release(std::move(worker));
-    worker.reset();  // a worker that may not run again has ended: join it now
+    if (worker->execute(job)) {
+      pool.release(std::move(worker));
+    } else if (!restore) {
+      pool.bury(std::move(worker));  // it ends on its own; joined later, without making us wait
+    } else {
+      worker.reset();  // it could not go home: join it now, so that it lingers nowhere
+    }
     return job.take();
   }
 

@@ -4,51 +4,41 @@
 #pragma once
 
 #include <fcntl.h>
+#include <linux/kcmp.h>
 #include <pthread.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <charconv>
 #include <chrono>
-#include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <iterator>
 #include <memory>
 #include <mutex>
-#include <stop_token>
 #include <string>
 #include <system_error>
 #include <thread>
 #include <vector>
 
+#include <gonso/detail/anchor.hpp>
 #include <gonso/detail/error.hpp>
 #include <gonso/detail/ns_file.hpp>
 #include <gonso/detail/syscalls.hpp>
 #include <gonso/detail/unique_fd.hpp>
+#include <gonso/detail/wait.hpp>
 #include <gonso/identity.hpp>
 #include <gonso/kind.hpp>
 #include <gonso/run_context.hpp>
 
 namespace gonso::detail {
-
-/// One namespace handle per kind, indexed by index_of(kind).
-using ns_handles = std::array<ns_handle, all_kinds.size()>;
-
-/// The order in which a thread joins. mnt comes last: joining it needs
-/// unshare(CLONE_FS), which cannot be undone, so a failure in any other kind
-/// leaves the thread still restorable. user and time are absent: a thread of
-/// a multithreaded process can join neither (kernel-rules.md).
-inline constexpr std::array<Kind, 6> join_order{Kind::cgroup, Kind::ipc, Kind::uts, Kind::net, Kind::pid, Kind::mnt};
-
-/// The kinds whose state a thread carries and gonso checks after a restoring
-/// run. user is absent because no thread of a multithreaded process can change it.
-inline constexpr std::array<Kind, 7> watched_kinds{Kind::cgroup, Kind::ipc,  Kind::mnt, Kind::net,
-                                                   Kind::pid,    Kind::time, Kind::uts};
 
 /// The larger of 4 and the number of CPUs.
 [[nodiscard]] inline std::size_t default_max_idle() noexcept {
@@ -57,6 +47,16 @@ inline constexpr std::array<Kind, 7> watched_kinds{Kind::cgroup, Kind::ipc,  Kin
 inline constexpr std::chrono::milliseconds default_idle_timeout{10'000};
 /// Longer timeouts are cut to this: the deadline must not overflow the clock.
 inline constexpr std::chrono::milliseconds longest_idle_timeout{std::chrono::hours(24 * 365)};
+
+/// How long threads waiting for each other spin before they sleep; set by
+/// gonso::set_worker_policy.
+inline std::atomic<long long>& spin_ns() noexcept {
+  static std::atomic<long long> value{std::chrono::nanoseconds(default_spin).count()};
+  return value;
+}
+[[nodiscard]] inline std::chrono::nanoseconds spin_budget() noexcept {
+  return std::chrono::nanoseconds(spin_ns().load(std::memory_order_relaxed));
+}
 
 /// The O_PATH fd of /proc/thread-self/ns of the calling worker thread, or -1
 /// on any other thread. Opened before the worker joins anything, it keeps
@@ -68,15 +68,18 @@ inline thread_local int worker_ns_dir = -1;
 /// `kind` (user or time) is the calling thread's own. A thread of a
 /// multithreaded process can join no other (kernel-rules.md), and every
 /// thread of a process shares its user and time namespaces, so the caller's
-/// are the ones a worker would have.
-inline void require_own(Kind kind, Kinds kinds, const ns_handles& target) {
+/// are the ones a worker would have. `home`, when there is one, knows them
+/// already: reading them from /proc costs more than the rest of a run.
+inline void require_own(Kind kind, Kinds kinds, const ns_handles& target, const anchor* home) {
   if (!kinds.contains(kind)) return;
   const Identity& wanted = target[index_of(kind)].id;
-  // On a worker (a nested run) /proc may be another mount namespace's.
-  const std::string own_link = std::string(worker_ns_dir >= 0 ? "" : "/proc/thread-self/ns/") + name(kind).data();
-  Identity own{};
-  if (const int err = stat_ns(worker_ns_dir >= 0 ? worker_ns_dir : AT_FDCWD, own_link.c_str(), kind, own); err != 0) {
-    throw system_error(err, "cannot read this thread's {} namespace", kind);
+  Identity own = home == nullptr ? Identity{} : kind == Kind::user ? home->user() : home->time();
+  if (own.inode == 0) {
+    // On a worker (a nested run) /proc may be another mount namespace's.
+    const std::string own_link = std::string(worker_ns_dir >= 0 ? "" : "/proc/thread-self/ns/") + name(kind).data();
+    if (const int err = stat_ns(worker_ns_dir >= 0 ? worker_ns_dir : AT_FDCWD, own_link.c_str(), kind, own); err != 0) {
+      throw system_error(err, "cannot read this thread's {} namespace", kind);
+    }
   }
   if (own == wanted) return;
   throw system_error(EINVAL,
@@ -90,7 +93,7 @@ inline void require_own(Kind kind, Kinds kinds, const ns_handles& target) {
 /// duration of one run.
 class job {
  public:
-  job(const ns_handles& into, Kinds joining, bool restoring) noexcept
+  job(const ns_handles* into, Kinds joining, bool restoring) noexcept
       : target(into), kinds(joining), restore(restoring) {}
   job(const job&) = delete;
   job& operator=(const job&) = delete;
@@ -98,7 +101,9 @@ class job {
   /// Runs the callable and keeps its value or exception. Never throws.
   virtual void invoke(RunContext& ctx) noexcept = 0;
 
-  const ns_handles& target;
+  /// The namespaces to join, or nullptr for none (an executor's worker is
+  /// in its Set already).
+  const ns_handles* const target;
   const Kinds kinds;
   const bool restore;
   /// A pidfd of a process in `target`'s namespaces (Set::from_pidfd), or -1.
@@ -113,52 +118,92 @@ class job {
 
 class worker_pool;
 
-/// One dedicated thread. A worker is in its original namespaces whenever it
-/// waits for work; a run that cannot bring it back there ends the thread.
+/// One dedicated thread with a home: the namespaces of its anchor, to which
+/// it returns after every run that restores. A pool worker's home is the
+/// process's own namespaces; an executor's worker makes a Set its home.
+///
+/// The hand-off both ways spins before it sleeps (detail::event), so runs in
+/// quick succession cost little more than their setns(2) calls. After a run
+/// the worker goes home with one setns on the anchor's pidfd, covering cgroup,
+/// ipc, net, pid and uts whatever the callable did; meanwhile the caller checks
+/// the two things that undoes not: that the worker still shares root and cwd
+/// with the process (kcmp), which a callable that unshared CLONE_FS or a mount
+/// namespace broke, and its time_for_children, which a thread cannot set back.
+/// A worker that fails any of it ends.
 class worker {
  public:
-  explicit worker(worker_pool& pool)
-      : pool_(pool), owner_(::getpid()), thread_([this](const std::stop_token& stop) { loop(stop); }) {}
+  /// Starts a thread in the caller's namespaces. With `home` (a pool
+  /// worker), the thread returns to home's namespaces after each run, and
+  /// is pooled only when it started there.
+  worker(worker_pool* pool, std::shared_ptr<const anchor> home)
+      : pool_(pool), owner_(::getpid()), home_(std::move(home)), thread_([this] {
+          loop();
+          // The last worker of a home ends its anchor too.
+          home_.reset();
+        }) {}
   worker(const worker&) = delete;
   worker& operator=(const worker&) = delete;
-  ~worker() = default;  // thread_ is destroyed first: asks the loop to stop, then joins
+  ~worker() { end(); }  // then thread_, the first member destroyed, joins
 
-  /// Runs `work` on this worker's thread and waits until the thread is done
-  /// with it, restore included. Returns whether the worker may run again.
-  [[nodiscard]] bool execute(job& work) {
-    std::unique_lock lock(mutex_);
-    job_ = &work;
-    done_ = false;
-    wake_.notify_one();
-    finished_.wait(lock, [this] { return done_; });
-    return reusable_;
+  /// Asks the thread to end without waiting for it.
+  void end() noexcept {
+    stop_.store(true, std::memory_order_relaxed);
+    work_.post();
   }
 
+  /// Runs `work` on this worker's thread and waits until the thread is done
+  /// with it, its return home included. Returns whether the worker may run
+  /// again.
+  [[nodiscard]] bool execute(job& work) {
+    job_ = &work;
+    work_.post();
+    (void)done_.wait(spin_budget());
+    if (!work.restore) return false;
+    // The worker is on its way home; check what that does not undo meanwhile.
+    const bool checked = !fast_ || still_in_place();
+    (void)home_reached_.wait(spin_budget());
+    return reusable_ && checked;
+  }
+
+  /// Makes the worker's own namespaces, joined from `target`, its home for
+  /// good: an executor's worker. Runs on the worker's thread through a job.
+  void settle(const ns_handles& target, Kinds kinds, std::shared_ptr<const anchor> home);
+
  private:
-  void loop(const std::stop_token& stop);
+  void loop() noexcept;
   bool perform(job& work) noexcept;
-  void open_self();
-  void open_origin();
-  [[nodiscard]] int identity_now(Kind kind, Identity& out) const noexcept;
+  void start();
+  void arrive();
   void join(const job& work, Kinds& joined);
-  bool restore(Kinds joined) noexcept;
+  [[nodiscard]] bool go_home(Kinds joined) noexcept;
+  [[nodiscard]] bool restore_slowly(Kinds joined) noexcept;
+  [[nodiscard]] bool still_in_place() const noexcept;
+  [[nodiscard]] const Identity& home_id(Kind kind) const noexcept { return home_->ns()[index_of(kind)].id; }
 
-  worker_pool& pool_;
-  const pid_t owner_;  // the process the worker belongs to; a fork() child is another
+  worker_pool* const pool_;  // null for an executor's worker, which is never pooled
+  const pid_t owner_;        // the process the worker belongs to; a fork() child is another
 
-  std::mutex mutex_;
-  std::condition_variable_any wake_;  // work posted, or stop asked
-  std::condition_variable finished_;  // work done
-  job* job_ = nullptr;
-  bool done_ = false;
-  bool reusable_ = false;
+  event work_;          // a job was posted, or stop asked
+  event done_;          // the callable returned, or joining failed
+  event home_reached_;  // back home after a restoring job, or given up
+  std::atomic<bool> stop_{false};
+  job* job_ = nullptr;     // published by work_
+  bool reusable_ = false;  // published by home_reached_
 
-  // Touched by the worker's own thread only.
-  unique_fd ns_dir_;     // /proc/thread-self/ns of this thread, see worker_ns_dir
-  ns_handles origin_{};  // the namespaces this thread started in
-  bool origin_open_ = false;
-  bool fs_private_ = false;      // unshare(CLONE_FS) done: never restorable
-  bool foreign_origin_ = false;  // started outside the process's namespaces
+  // Set by the worker's thread before it takes its first job, then read-only
+  // until the thread ends.
+  std::shared_ptr<const anchor> home_;
+  pid_t home_tid_ = -1;                // for the caller's checks, which must not touch home_
+  std::uint64_t home_time_inode_ = 0;  // 0: the kernel has no time namespaces
+  std::exception_ptr start_error_;
+  pid_t tid_ = -1;
+  unique_fd ns_dir_;            // /proc/thread-self/ns of this thread, see worker_ns_dir
+  ns_handles origin_{};         // where this thread started, for the slow path
+  bool fast_ = false;           // goes home through the anchor's pidfd
+  bool away_from_home_ = true;  // started elsewhere than home: never reused
+  int home_flags_ = 0;          // CLONE_NEW* joined through the anchor's pidfd
+  bool pid_by_fd_ = false;      // home's pid_for_children is not the anchor's active pid namespace
+  bool joined_mnt_ = false;     // unshare(CLONE_FS) done: root and cwd are the thread's own
 
   std::jthread thread_;  // last, so that it starts after, and stops before, the rest
 };
@@ -180,46 +225,63 @@ class worker_pool {
   worker_pool& operator=(const worker_pool&) = delete;
   ~worker_pool() = delete;
 
+  /// The anchor of home if one lives now, else null.
+  [[nodiscard]] std::shared_ptr<const anchor> current_home() {
+    std::lock_guard lock(mutex_);
+    return home_.lock();
+  }
+
   /// An idle worker, or a new one.
   [[nodiscard]] std::unique_ptr<worker> acquire() {
     std::vector<std::unique_ptr<worker>> ended;
     std::unique_ptr<worker> found;
     {
       std::lock_guard lock(mutex_);
-      ended.swap(retired_);
+      take_ended(ended);
       if (!idle_.empty()) {
         found = std::move(idle_.back());
         idle_.pop_back();
       }
     }
-    ended.clear();  // joins threads that timed out, outside the lock
+    ended.clear();  // joins threads that ended long ago, outside the lock
     return found ? std::move(found) : start_worker();
   }
 
-  /// A worker that will not be kept: it runs once, then ends.
+  /// A worker that will not be kept: it runs once, then ends. It needs no
+  /// home to go back to.
   [[nodiscard]] std::unique_ptr<worker> spawn() {
     std::vector<std::unique_ptr<worker>> ended;
     {
       std::lock_guard lock(mutex_);
-      ended.swap(retired_);
+      take_ended(ended);
     }
     ended.clear();
-    return start_worker();
+    return start_worker(/*with_home=*/false);
   }
 
   /// Keeps a restored worker, or ends it when the pool keeps none or is full.
   void release(std::unique_ptr<worker> done) noexcept {
     std::lock_guard lock(mutex_);
     if (closing_ || idle_.size() >= max_idle_ || idle_timeout() == std::chrono::milliseconds::zero()) {
-      return;  // `done` is joined when it goes out of scope, after the lock
+      bury_locked(std::move(done));
+      return;
     }
     try {
       idle_.push_back(std::move(done));
     } catch (...) {  // out of memory: ending the thread is always safe
+      bury_locked(std::move(done));
     }
   }
 
-  /// Ends and joins every idle worker and every one that timed out.
+  /// Takes a worker that ended, or is ending, its thread. It is joined later,
+  /// so that the caller does not wait for the thread to exit.
+  void bury(std::unique_ptr<worker> done) noexcept {
+    std::lock_guard lock(mutex_);
+    bury_locked(std::move(done));
+  }
+
+  /// Ends and joins every idle worker and every one that ended; with the
+  /// last of them goes the anchor of home.
   void retire_idle() {
     std::vector<std::unique_ptr<worker>> idle;
     std::vector<std::unique_ptr<worker>> retired;
@@ -259,20 +321,63 @@ class worker_pool {
  private:
   friend class worker;
 
+  /// Workers that ended are joined in batches once this many wait: a thread
+  /// that just ended may still be exiting, and joining it would make the
+  /// caller sleep until it has.
+  static constexpr std::size_t unjoined_limit = 8;
+
   worker_pool() {
     // The pool lives until the process ends; these hooks are registered once.
     std::atexit(at_exit);
     ::pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
   }
 
-  [[nodiscard]] std::unique_ptr<worker> start_worker() {
+  [[nodiscard]] std::unique_ptr<worker> start_worker(bool with_home = true) {
     try {
-      return std::make_unique<worker>(*this);
+      return std::make_unique<worker>(this, with_home ? home() : nullptr);
     } catch (const std::system_error& e) {
       throw system_error(e.code().value(),
                          "cannot start a gonso worker thread (a callable running in a pid or time "
                          "namespace cannot start threads)");
     }
+  }
+
+  // The anchor of home: a thread in the process's own namespaces, made by
+  // the first worker's creator. A creator that sits in other namespaces than
+  // the main thread makes no anchor; its workers are never pooled.
+  [[nodiscard]] std::shared_ptr<const anchor> home() {
+    std::lock_guard lock(mutex_);
+    if (closing_) return nullptr;
+    if (auto existing = home_.lock()) return existing;
+    auto made = std::make_shared<const anchor>();
+    for (Kind kind : watched_kinds) {
+      const ns_handle& mine = made->ns()[index_of(kind)];
+      struct stat st {};
+      const std::string main_thread = std::string("/proc/self/ns/") + thread_link(kind);
+      if (mine.fd && ::stat(main_thread.c_str(), &st) == 0 &&
+          (st.st_dev != mine.id.device || st.st_ino != mine.id.inode)) {
+        return nullptr;
+      }
+    }
+    home_ = made;
+    return made;
+  }
+
+  void bury_locked(std::unique_ptr<worker> done) noexcept {
+    done->end();  // one whose caller found it out of place is still waiting for work
+    try {
+      retired_.push_back(std::move(done));
+    } catch (...) {  // out of memory: join it now instead
+    }
+  }
+
+  // Hands the oldest ended workers to the caller to join, keeping the newest
+  // few: those may still be on their way out.
+  void take_ended(std::vector<std::unique_ptr<worker>>& ended) {
+    if (retired_.size() <= unjoined_limit) return;
+    const auto excess = static_cast<std::ptrdiff_t>(retired_.size() - unjoined_limit / 2);
+    std::move(retired_.begin(), retired_.begin() + excess, std::back_inserter(ended));
+    retired_.erase(retired_.begin(), retired_.begin() + excess);
   }
 
   // Idle workers must not outlive main(): end them while the rest of the
@@ -289,11 +394,11 @@ class worker_pool {
     }
   }
 
-  // A child of fork() has one thread, the one that forked: the workers the
-  // pool holds do not exist there. Hold the pool's lock across fork() so the
-  // child gets consistent lists, then let the child forget them. Their
-  // objects are leaked on purpose: destroying one would join a thread that
-  // is not there.
+  // A child of fork() has one thread, the one that forked: the workers and
+  // the anchor the pool holds do not exist there. Hold the pool's lock across
+  // fork() so the child gets consistent lists, then let the child forget
+  // them. Their objects are leaked on purpose: destroying one would join a
+  // thread that is not there.
   static void before_fork() noexcept { instance().mutex_.lock(); }
   static void after_fork_in_parent() noexcept { instance().mutex_.unlock(); }
   static void after_fork_in_child() noexcept {
@@ -302,6 +407,7 @@ class worker_pool {
     for (auto& w : pool.retired_) (void)w.release();
     pool.idle_.clear();
     pool.retired_.clear();
+    pool.home_.reset();  // the leaked workers keep it from being destroyed
     pool.mutex_.unlock();
   }
 
@@ -324,40 +430,32 @@ class worker_pool {
 
   std::mutex mutex_;
   std::vector<std::unique_ptr<worker>> idle_;     // back() is the most recently used
-  std::vector<std::unique_ptr<worker>> retired_;  // timed out; joined by the next acquire or retire
+  std::vector<std::unique_ptr<worker>> retired_;  // ended; joined in batches, or by retire_idle
+  std::weak_ptr<const anchor> home_;              // its workers own it: it ends with the last of them
   std::size_t max_idle_ = default_max_idle();
   bool closing_ = false;
   std::atomic<long long> idle_timeout_ms_{default_idle_timeout.count()};
 };
 
-inline void worker::loop(const std::stop_token& stop) {
-  std::unique_lock lock(mutex_);
-  while (!stop.stop_requested()) {
-    if (!wake_.wait_for(lock, stop, pool_.idle_timeout(), [this] { return job_ != nullptr; })) {
-      if (stop.stop_requested()) return;
-      lock.unlock();
-      if (pool_.retire_self(*this)) return;  // the pool owns us now: touch nothing
-      lock.lock();
+inline void worker::loop() noexcept {
+  try {
+    start();
+  } catch (...) {
+    // Reported by every job: a worker that cannot see its own namespaces
+    // cannot run anything safely.
+    start_error_ = std::current_exception();
+    fast_ = false;
+    away_from_home_ = true;
+  }
+  while (!stop_.load(std::memory_order_relaxed)) {
+    const auto timeout =
+        pool_ != nullptr ? std::chrono::nanoseconds(pool_->idle_timeout()) : std::chrono::nanoseconds(-1);
+    if (!work_.wait(spin_budget(), timeout)) {
+      if (pool_->retire_self(*this)) return;  // the pool owns us now: touch nothing
       continue;
     }
-    job* work = job_;
-    lock.unlock();
-    const bool reusable = perform(*work);
-    if (::getpid() != owner_) {
-      // The callable forked and its child returned into gonso: the child has
-      // no caller to report to, and must not run the parent's exit handlers.
-      static constexpr char message[] =
-          "gonso: a child forked inside Set::run returned from the callable; "
-          "it must exec or _exit\n";
-      (void)::write(STDERR_FILENO, message, sizeof message - 1);
-      ::_exit(EXIT_FAILURE);
-    }
-    lock.lock();
-    job_ = nullptr;
-    done_ = true;
-    reusable_ = reusable;
-    finished_.notify_one();
-    if (!reusable) return;  // never run anything else in a thread we could not restore
+    if (stop_.load(std::memory_order_relaxed)) return;
+    if (!perform(*job_)) return;  // never run anything else in a thread we could not restore
   }
 }
 
@@ -365,62 +463,87 @@ inline bool worker::perform(job& work) noexcept {
   RunContext ctx(work.restore);
   Kinds joined;
   try {
-    open_self();
-    if (work.restore) open_origin();
+    if (start_error_) std::rethrow_exception(start_error_);
     join(work, joined);
+    work.invoke(ctx);
   } catch (...) {
     work.error = std::current_exception();
-    return work.restore && restore(joined);
   }
-  work.invoke(ctx);
-  return ctx.will_restore() && restore(joined);
+  if (::getpid() != owner_) {
+    // The callable forked and its child returned into gonso: the child has
+    // no caller to report to, and must not run the parent's exit handlers.
+    static constexpr char message[] =
+        "gonso: a child forked inside Set::run returned from the callable; "
+        "it must exec or _exit\n";
+    (void)::write(STDERR_FILENO, message, sizeof message - 1);
+    ::_exit(EXIT_FAILURE);
+  }
+  const bool restore = work.restore;
+  const bool wanted = ctx.will_restore() && !away_from_home_;
+  if (!restore) {
+    // Nobody looks at this thread again: let go of its fds before the caller
+    // returns, so that the process is back to the fds it had.
+    worker_ns_dir = -1;
+    ns_dir_.reset();
+  }
+  // From here on `work` may be gone: the caller returns once done_ is
+  // posted, unless it waits for home_reached_ too.
+  done_.post();
+  if (!restore) return false;
+  reusable_ = wanted && go_home(joined);
+  home_reached_.post();
+  return reusable_;
 }
 
 // Once per thread, before it joins anything.
-inline void worker::open_self() {
-  if (ns_dir_) return;
+inline void worker::start() {
+  tid_ = this_tid();
   ns_dir_.reset(::open("/proc/thread-self/ns", O_PATH | O_DIRECTORY | O_CLOEXEC));
   if (!ns_dir_) throw system_error(errno, "cannot open /proc/thread-self/ns");
   worker_ns_dir = ns_dir_.get();
+  // No home: an executor's worker (settle() gives it one), or one that
+  // runs once.
+  if (home_) arrive();
 }
 
-inline int worker::identity_now(Kind kind, Identity& out) const noexcept {
-  return stat_ns(ns_dir_.get(), thread_link(kind), kind, out);
+inline void worker::arrive() {
+  origin_ = open_thread_ns(ns_dir_.get());
+  home_tid_ = home_->tid();
+  const ns_handle& time = home_->ns()[index_of(Kind::time)];
+  home_time_inode_ = time.fd ? time.id.inode : 0;
+  // Threads inherit their creator's namespaces. A worker created by a thread
+  // that sits elsewhere than home must not carry that into the pool.
+  away_from_home_ = false;
+  for (Kind kind : watched_kinds) {
+    if (origin_[index_of(kind)].id != home_id(kind)) away_from_home_ = true;
+  }
+  if (away_from_home_ || home_->pidfd() < 0) return;
+  pid_by_fd_ = home_->ns()[index_of(Kind::pid)].fd && home_id(Kind::pid) != home_->active_pid();
+  // With root and cwd of its own, the worker rejoins its home's mount
+  // namespace through the pidfd too; that also puts root and cwd back.
+  home_flags_ = CLONE_NEWCGROUP | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWUTS | (pid_by_fd_ ? 0 : CLONE_NEWPID) |
+                (joined_mnt_ ? CLONE_NEWNS : 0);
+  // Going home through the pidfd needs the privilege to join each of those
+  // kinds, even where the thread is already; without it, go the slow way.
+  fast_ = set_ns(home_->pidfd(), home_flags_) == 0;
 }
 
-inline void worker::open_origin() {
-  if (origin_open_) return;
-  for (Kind kind : watched_kinds) {
-    // A kernel without time namespaces, or pid_for_children not yet set up
-    // (kernel-rules.md, pid), leaves that kind without an origin: joining it
-    // is then allowed, restoring it is not.
-    origin_[index_of(kind)] =
-        open_ns(ns_dir_.get(), thread_link(kind), kind, std::string("this thread's ") + thread_link(kind),
-                /*missing_ok=*/true);
-  }
-  origin_open_ = true;
-  for (Kind kind : watched_kinds) {
-    // Threads inherit their creator's namespaces. A worker created by a
-    // thread that sits in some other namespace than the main thread's must
-    // not carry it into the pool.
-    const ns_handle& mine = origin_[index_of(kind)];
-    const std::string main_thread = std::string("/proc/self/ns/") + thread_link(kind);
-    struct stat st {};
-    if (mine.fd && ::stat(main_thread.c_str(), &st) == 0 &&
-        (st.st_dev != mine.id.device || st.st_ino != mine.id.inode)) {
-      foreign_origin_ = true;
-    }
-  }
+inline void worker::settle(const ns_handles& target, Kinds kinds, std::shared_ptr<const anchor> home) {
+  const ns_handles here = open_thread_ns(ns_dir_.get());
+  Kinds joined;
+  join_kinds(
+      target, kinds, [&](Kind kind) { return here[index_of(kind)].id; }, joined, joined_mnt_);
+  home_ = std::move(home);
+  arrive();
 }
 
 inline void worker::join(const job& work, Kinds& joined) {
-  // Where the worker is now, for kinds of the job: a worker waiting for work
-  // is always in its origin.
+  if (work.target == nullptr) return;
+  // A worker waiting for work is always home.
   const auto here = [&](Kind kind) {
-    const ns_handle& origin = origin_[index_of(kind)];
+    if (!joined.contains(kind) && home_ && home_->ns()[index_of(kind)].fd) return home_id(kind);
     Identity id{};
-    if (origin.fd && !joined.contains(kind)) return origin.id;
-    if (const int err = identity_now(kind, id); err != 0) {
+    if (const int err = stat_ns(ns_dir_.get(), thread_link(kind), kind, id); err != 0) {
       throw system_error(err, "cannot read this thread's {} namespace", kind);
     }
     return id;
@@ -434,34 +557,46 @@ inline void worker::join(const job& work, Kinds& joined) {
     // below.
     Kinds batch;
     for (Kind kind : join_order) {
-      if (kind != Kind::mnt && work.kinds.contains(kind) && here(kind) != work.target[index_of(kind)].id) batch |= kind;
+      if (kind != Kind::mnt && work.kinds.contains(kind) && here(kind) != (*work.target)[index_of(kind)].id) {
+        batch |= kind;
+      }
     }
     if (batch.size() >= 2 && set_ns(work.pidfd, batch.clone_flags()) == 0) joined |= batch;
   }
-  for (Kind kind : join_order) {
-    if (!work.kinds.contains(kind)) continue;
-    const ns_handle& target = work.target[index_of(kind)];
-    // Joining what the thread is in already is a no-op for most kinds but an
-    // error for mnt without CLONE_FS: skip it.
-    if (here(kind) == target.id) continue;
-    if (kind == Kind::mnt && !fs_private_) {
-      // setns(CLONE_NEWNS) is refused while the thread shares its root and cwd
-      // with the process; unsharing them is one-way, so this thread is not
-      // reused afterwards.
-      if (const int err = unshare_ns(CLONE_FS); err != 0) {
-        throw system_error(err, "cannot unshare filesystem attributes to join {}", target.id);
-      }
-      fs_private_ = true;
-    }
-    if (const int err = set_ns(target.fd.get(), clone_flag(kind)); err != 0) {
-      throw system_error(err, "cannot join {} namespace {}", kind, target.id);
-    }
-    joined |= kind;
-  }
+  join_kinds(*work.target, work.kinds, here, joined, joined_mnt_);
 }
 
-inline bool worker::restore(Kinds joined) noexcept {
-  if (!origin_open_ || fs_private_ || foreign_origin_) return false;
+inline bool worker::go_home(Kinds joined) noexcept {
+  if (joined_mnt_ && !(fast_ && (home_flags_ & CLONE_NEWNS) != 0)) return false;
+  if (!fast_) return restore_slowly(joined);
+  if (set_ns(home_->pidfd(), home_flags_) != 0) return false;
+  if (pid_by_fd_ && set_ns(home_->ns()[index_of(Kind::pid)].fd.get(), CLONE_NEWPID) != 0) return false;
+  return true;
+}
+
+// On the caller's thread, while the worker goes home: what setns on the
+// anchor's pidfd does not undo.
+inline bool worker::still_in_place() const noexcept {
+  // Root and cwd are still the process's, which also means the mount
+  // namespace is: unsharing one unshares them (kernel-rules.md, mount).
+  // A worker that joined its home's mount namespace has root and cwd of its
+  // own by design, and goes back to them through the pidfd.
+  if (!joined_mnt_ && ::syscall(SYS_kcmp, tid_, home_tid_, KCMP_FS, 0UL, 0UL) != 0) return false;
+  // time_for_children: no thread of a multithreaded process can set it back.
+  if (home_time_inode_ == 0) return true;
+  std::array<char, 64> link{};
+  const ssize_t n = ::readlinkat(ns_dir_.get(), thread_link(Kind::time), link.data(), link.size());
+  // "time:[4026531834]"; the anchor holds its namespace open, so its inode
+  // number cannot have been given to another.
+  const auto* open = std::find(link.data(), link.data() + std::max<ssize_t>(n, 0), '[');
+  std::uint64_t inode = 0;
+  if (n <= 0 || open == link.data() + n) return false;
+  const auto [end, ec] = std::from_chars(open + 1, link.data() + n, inode);
+  return ec == std::errc{} && inode == home_time_inode_;
+}
+
+inline bool worker::restore_slowly(Kinds joined) noexcept {
+  if (away_from_home_ || joined_mnt_) return false;
   for (auto it = join_order.rbegin(); it != join_order.rend(); ++it) {
     if (!joined.contains(*it)) continue;
     const ns_handle& origin = origin_[index_of(*it)];
@@ -472,7 +607,7 @@ inline bool worker::restore(Kinds joined) noexcept {
   for (Kind kind : watched_kinds) {
     const ns_handle& origin = origin_[index_of(kind)];
     Identity now{};
-    if (identity_now(kind, now) != 0) {
+    if (stat_ns(ns_dir_.get(), thread_link(kind), kind, now) != 0) {
       if (!origin.fd) continue;  // never had it (e.g. no time namespaces in this kernel)
       return false;
     }

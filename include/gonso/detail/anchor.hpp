@@ -1,0 +1,169 @@
+// gonso: a parked thread that holds a place in a set of namespaces, so that
+// a worker can return there with one setns(2) on its pidfd.
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <exception>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include <gonso/detail/error.hpp>
+#include <gonso/detail/ns_file.hpp>
+#include <gonso/detail/syscalls.hpp>
+#include <gonso/detail/unique_fd.hpp>
+#include <gonso/detail/wait.hpp>
+#include <gonso/kind.hpp>
+
+#ifndef PIDFD_THREAD
+#define PIDFD_THREAD O_EXCL  // NOLINT(cppcoreguidelines-macro-usage): kernel 6.9, not in older headers
+#endif
+
+namespace gonso::detail {
+
+/// One namespace handle per kind, indexed by index_of(kind).
+using ns_handles = std::array<ns_handle, all_kinds.size()>;
+
+/// The order in which a thread joins. mnt comes last: joining it needs
+/// unshare(CLONE_FS), which cannot be undone, so a failure in any other kind
+/// leaves the thread still restorable. user and time are absent: a thread of
+/// a multithreaded process can join neither (kernel-rules.md).
+inline constexpr std::array<Kind, 6> join_order{Kind::cgroup, Kind::ipc, Kind::uts, Kind::net, Kind::pid, Kind::mnt};
+
+/// The kinds whose state a thread carries and gonso checks after a restoring
+/// run. user is absent because no thread of a multithreaded process can change it.
+inline constexpr std::array<Kind, 7> watched_kinds{Kind::cgroup, Kind::ipc,  Kind::mnt, Kind::net,
+                                                   Kind::pid,    Kind::time, Kind::uts};
+
+/// Joins each of `kinds` of `target` that the calling thread is not in, in
+/// join_order; `here` tells where the thread is now. Sets `fs_private` when
+/// it had to unshare(CLONE_FS) for mnt, which cannot be undone. Adds what it
+/// joined to `joined`. Throws std::system_error naming the kind.
+template <typename Here>
+void join_kinds(const ns_handles& target, Kinds kinds, Here&& here, Kinds& joined, bool& fs_private) {
+  for (Kind kind : join_order) {
+    if (!kinds.contains(kind)) continue;
+    const ns_handle& ns = target[index_of(kind)];
+    // Joining what the thread is in already is a no-op for most kinds but an
+    // error for mnt without CLONE_FS: skip it.
+    if (here(kind) == ns.id) continue;
+    if (kind == Kind::mnt && !fs_private) {
+      // setns(CLONE_NEWNS) is refused while the thread shares its root and cwd
+      // with the process (kernel-rules.md, mount).
+      if (const int err = unshare_ns(CLONE_FS); err != 0) {
+        throw system_error(err, "cannot unshare filesystem attributes to join {}", ns.id);
+      }
+      fs_private = true;
+    }
+    if (const int err = set_ns(ns.fd.get(), clone_flag(kind)); err != 0) {
+      throw system_error(err, "cannot join {} namespace {}", kind, ns.id);
+    }
+    joined |= kind;
+  }
+}
+
+/// Opens the calling thread's namespaces of every watched kind. A kernel
+/// without time namespaces, or a pid_for_children not yet set up
+/// (kernel-rules.md, pid), leaves that kind empty.
+[[nodiscard]] inline ns_handles open_thread_ns(int ns_dir) {
+  ns_handles out{};
+  for (Kind kind : watched_kinds) {
+    out[index_of(kind)] = open_ns(ns_dir, thread_link(kind), kind, std::string("this thread's ") + thread_link(kind),
+                                  /*missing_ok=*/true);
+  }
+  return out;
+}
+
+/// A thread that joins some namespaces once and then only sleeps, so that
+/// its namespaces never change: a worker goes back to all of them with one
+/// setns(2) on the anchor's pidfd, which costs about as much as one setns
+/// on an fd (kernel-rules.md, pidfd). Joining through a pidfd never
+/// checks first, so it also undoes whatever a callable changed that gonso
+/// did not join: checking each kind would cost far more.
+class anchor {
+ public:
+  /// Starts the thread in its creator's namespaces, then has it join `kinds`
+  /// of `target`. Throws std::system_error when the thread cannot start or
+  /// cannot join.
+  explicit anchor(const ns_handles* target = nullptr, Kinds kinds = {})
+      : thread_([this, target, kinds] { main(target, kinds); }) {
+    (void)ready_.wait(default_spin);
+    if (error_) {
+      stop_.store(true, std::memory_order_relaxed);
+      wake_.post();
+      thread_.join();
+      std::rethrow_exception(error_);
+    }
+  }
+  anchor(const anchor&) = delete;
+  anchor& operator=(const anchor&) = delete;
+  ~anchor() {
+    if (!thread_.joinable()) return;
+    stop_.store(true, std::memory_order_relaxed);
+    wake_.post();
+  }  // thread_ joins
+
+  /// A pidfd of the anchor thread, or -1 when the kernel cannot make one for
+  /// a thread (PIDFD_THREAD, Linux 6.9).
+  [[nodiscard]] int pidfd() const noexcept { return pidfd_.get(); }
+  [[nodiscard]] pid_t tid() const noexcept { return tid_; }
+  /// The anchor's namespaces of every watched kind, as its thread links show them.
+  [[nodiscard]] const ns_handles& ns() const noexcept { return ns_; }
+  /// Its active pid namespace: what setns(pidfd, CLONE_NEWPID) gives, which
+  /// differs from ns()[pid] (pid_for_children) when the anchor joined one.
+  [[nodiscard]] const Identity& active_pid() const noexcept { return active_pid_; }
+  /// Its user and (active) time namespaces: those of every thread of the
+  /// process while the anchor lives, since no thread of a multithreaded
+  /// process can change either (kernel-rules.md).
+  [[nodiscard]] const Identity& user() const noexcept { return user_; }
+  [[nodiscard]] const Identity& time() const noexcept { return time_; }
+  /// True when it joined a mount namespace and so has root and cwd of its own.
+  [[nodiscard]] bool fs_private() const noexcept { return fs_private_; }
+
+ private:
+  void main(const ns_handles* target, Kinds kinds) noexcept {
+    try {
+      tid_ = this_tid();
+      unique_fd ns_dir(::open("/proc/thread-self/ns", O_PATH | O_DIRECTORY | O_CLOEXEC));
+      if (!ns_dir) throw system_error(errno, "cannot open /proc/thread-self/ns");
+      if (target != nullptr) {
+        const ns_handles start = open_thread_ns(ns_dir.get());
+        Kinds joined;
+        join_kinds(
+            *target, kinds, [&](Kind kind) { return start[index_of(kind)].id; }, joined, fs_private_);
+      }
+      ns_ = open_thread_ns(ns_dir.get());
+      if (stat_ns(ns_dir.get(), "pid", Kind::pid, active_pid_) != 0) active_pid_ = {};
+      if (stat_ns(ns_dir.get(), "user", Kind::user, user_) != 0) user_ = {};
+      if (stat_ns(ns_dir.get(), "time", Kind::time, time_) != 0) time_ = {};
+      pidfd_.reset(static_cast<int>(::syscall(SYS_pidfd_open, tid_, PIDFD_THREAD)));
+    } catch (...) {
+      error_ = std::current_exception();
+    }
+    ready_.post();
+    while (!stop_.load(std::memory_order_relaxed)) (void)wake_.wait(std::chrono::nanoseconds::zero());
+  }
+
+  event ready_;
+  event wake_;
+  std::atomic<bool> stop_{false};
+  std::exception_ptr error_;
+  pid_t tid_ = -1;
+  unique_fd pidfd_;
+  ns_handles ns_{};
+  Identity active_pid_{};
+  Identity user_{};
+  Identity time_{};
+  bool fs_private_ = false;
+  std::jthread thread_;  // last: starts after, and is joined before, the rest
+};
+
+}  // namespace gonso::detail
