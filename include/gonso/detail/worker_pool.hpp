@@ -118,6 +118,10 @@ class job {
 
 class worker_pool;
 
+/// The kinds one setns(2) on a thread's pidfd can put back, whatever the
+/// thread did: mnt would move root and cwd, time and user no thread can join.
+inline constexpr Kinds pidfd_kinds = Kind::cgroup | Kind::ipc | Kind::net | Kind::pid | Kind::uts;
+
 /// One dedicated thread with a home: the namespaces of its anchor, to which
 /// it returns after every run that restores. A pool worker's home is the
 /// process's own namespaces; an executor's worker makes a Set its home.
@@ -135,8 +139,8 @@ class worker {
   /// Starts a thread in the caller's namespaces. With `home` (a pool
   /// worker), the thread returns to home's namespaces after each run, and
   /// is pooled only when it started there.
-  worker(worker_pool* pool, std::shared_ptr<const anchor> home)
-      : pool_(pool), owner_(::getpid()), home_(std::move(home)), thread_([this] {
+  worker(worker_pool* pool, std::shared_ptr<const anchor> home, bool once = false)
+      : pool_(pool), owner_(::getpid()), once_(once), home_(std::move(home)), thread_([this] {
           loop();
           // The last worker of a home ends its anchor too.
           home_.reset();
@@ -178,10 +182,12 @@ class worker {
   [[nodiscard]] bool go_home(Kinds joined) noexcept;
   [[nodiscard]] bool restore_slowly(Kinds joined) noexcept;
   [[nodiscard]] bool still_in_place() const noexcept;
+  [[nodiscard]] Identity link_identity(Kind kind, dev_t device) const;
   [[nodiscard]] const Identity& home_id(Kind kind) const noexcept { return home_->ns()[index_of(kind)].id; }
 
   worker_pool* const pool_;  // null for an executor's worker, which is never pooled
   const pid_t owner_;        // the process the worker belongs to; a fork() child is another
+  const bool once_;          // runs one job without restore, then ends
 
   event work_;          // a job was posted, or stop asked
   event done_;          // the callable returned, or joining failed
@@ -228,7 +234,7 @@ class worker_pool {
   /// The anchor of home if one lives now, else null.
   [[nodiscard]] std::shared_ptr<const anchor> current_home() {
     std::lock_guard lock(mutex_);
-    return home_.lock();
+    return home_;
   }
 
   /// An idle worker, or a new one.
@@ -247,8 +253,7 @@ class worker_pool {
     return found ? std::move(found) : start_worker();
   }
 
-  /// A worker that will not be kept: it runs once, then ends. It needs no
-  /// home to go back to.
+  /// A worker that will not be kept: it runs once, then ends.
   [[nodiscard]] std::unique_ptr<worker> spawn() {
     std::vector<std::unique_ptr<worker>> ended;
     {
@@ -256,7 +261,7 @@ class worker_pool {
       take_ended(ended);
     }
     ended.clear();
-    return start_worker(/*with_home=*/false);
+    return start_worker(/*once=*/true);
   }
 
   /// Keeps a restored worker, or ends it when the pool keeps none or is full.
@@ -285,10 +290,12 @@ class worker_pool {
   void retire_idle() {
     std::vector<std::unique_ptr<worker>> idle;
     std::vector<std::unique_ptr<worker>> retired;
+    std::shared_ptr<const anchor> home;
     {
       std::lock_guard lock(mutex_);
       idle.swap(idle_);
       retired.swap(retired_);
+      home.swap(home_);
     }
   }
 
@@ -298,11 +305,13 @@ class worker_pool {
   }
 
   void set_limits(std::size_t max_idle, std::chrono::milliseconds idle_timeout) {
+    std::shared_ptr<const anchor> home;  // destroyed after `ending`, outside the lock
     std::vector<std::unique_ptr<worker>> ending;
     {
       std::lock_guard lock(mutex_);
       max_idle_ = max_idle;
       idle_timeout_ms_.store(std::min(idle_timeout, longest_idle_timeout).count(), std::memory_order_relaxed);
+      if (max_idle == 0 || idle_timeout <= std::chrono::milliseconds::zero()) home.swap(home_);
       // The oldest idle workers go first; the warm ones stay.
       const auto excess = static_cast<std::ptrdiff_t>(idle_.size() - std::min(idle_.size(), max_idle_));
       std::move(idle_.begin(), idle_.begin() + excess, std::back_inserter(ending));
@@ -332,9 +341,9 @@ class worker_pool {
     ::pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
   }
 
-  [[nodiscard]] std::unique_ptr<worker> start_worker(bool with_home = true) {
+  [[nodiscard]] std::unique_ptr<worker> start_worker(bool once = false) {
     try {
-      return std::make_unique<worker>(this, with_home ? home() : nullptr);
+      return std::make_unique<worker>(this, home(), once);
     } catch (const std::system_error& e) {
       throw system_error(e.code().value(),
                          "cannot start a gonso worker thread (a callable running in a pid or time "
@@ -348,7 +357,10 @@ class worker_pool {
   [[nodiscard]] std::shared_ptr<const anchor> home() {
     std::lock_guard lock(mutex_);
     if (closing_) return nullptr;
-    if (auto existing = home_.lock()) return existing;
+    if (home_) return home_;
+    // A pool that keeps no thread keeps no anchor either: each worker holds
+    // its own, which ends with it.
+    const bool keep = max_idle_ > 0 && idle_timeout() > std::chrono::milliseconds::zero();
     auto made = std::make_shared<const anchor>();
     for (Kind kind : watched_kinds) {
       const ns_handle& mine = made->ns()[index_of(kind)];
@@ -359,7 +371,7 @@ class worker_pool {
         return nullptr;
       }
     }
-    home_ = made;
+    if (keep) home_ = made;
     return made;
   }
 
@@ -407,7 +419,10 @@ class worker_pool {
     for (auto& w : pool.retired_) (void)w.release();
     pool.idle_.clear();
     pool.retired_.clear();
-    pool.home_.reset();  // the leaked workers keep it from being destroyed
+    if (pool.home_) {
+      // NOLINTNEXTLINE(cppcoreguidelines-owning-memory): leaked on purpose, see above
+      (void)new std::shared_ptr<const anchor>(std::move(pool.home_));
+    }
     pool.mutex_.unlock();
   }
 
@@ -425,13 +440,18 @@ class worker_pool {
       return false;  // out of memory: stay idle, try again at the next timeout
     }
     idle_.erase(it);
+    // The last idle worker gone: the pool has nothing left to anchor. Running
+    // workers keep the anchor as long as they need it.
+    if (idle_.empty()) home_.reset();
     return true;
   }
 
   std::mutex mutex_;
   std::vector<std::unique_ptr<worker>> idle_;     // back() is the most recently used
   std::vector<std::unique_ptr<worker>> retired_;  // ended; joined in batches, or by retire_idle
-  std::weak_ptr<const anchor> home_;              // its workers own it: it ends with the last of them
+  // Kept while workers are idle or run once, and by each worker while it
+  // lives: the anchor ends with the last of them.
+  std::shared_ptr<const anchor> home_;
   std::size_t max_idle_ = default_max_idle();
   bool closing_ = false;
   std::atomic<long long> idle_timeout_ms_{default_idle_timeout.count()};
@@ -501,9 +521,9 @@ inline void worker::start() {
   ns_dir_.reset(::open("/proc/thread-self/ns", O_PATH | O_DIRECTORY | O_CLOEXEC));
   if (!ns_dir_) throw system_error(errno, "cannot open /proc/thread-self/ns");
   worker_ns_dir = ns_dir_.get();
-  // No home: an executor's worker (settle() gives it one), or one that
-  // runs once.
-  if (home_) arrive();
+  // No home yet: an executor's worker (settle() gives it one). One that
+  // runs once never comes back, and needs to know nothing of where it is.
+  if (home_ && !once_) arrive();
 }
 
 inline void worker::arrive() {
@@ -537,16 +557,41 @@ inline void worker::settle(const ns_handles& target, Kinds kinds, std::shared_pt
   arrive();
 }
 
+inline Identity worker::link_identity(Kind kind, dev_t device) const {
+  // readlink costs half of what stat does on a /proc namespace link.
+  std::array<char, 64> link{};
+  const ssize_t n = ::readlinkat(ns_dir_.get(), thread_link(kind), link.data(), link.size());
+  if (n < 0) throw system_error(errno, "cannot read this thread's {} namespace", kind);
+  const char* const begin = link.data();
+  const char* const end = begin + n;
+  const char* open = std::find(begin, end, '[');
+  std::uint64_t inode = 0;
+  if (open == end || std::from_chars(open + 1, end, inode).ec != std::errc{}) {
+    throw system_error(EINVAL, "cannot parse this thread's {} namespace link", kind);
+  }
+  // Every namespace lives on the one nsfs: the device is the same.
+  return Identity{kind, device, static_cast<ino_t>(inode), 0};
+}
+
 inline void worker::join(const job& work, Kinds& joined) {
   if (work.target == nullptr) return;
-  // A worker waiting for work is always home.
+  const ns_handles& target = *work.target;
+  // A worker that runs once does not know where it is: where its creator
+  // was, which only /proc can tell, at ~2 us a kind. When the Set holds
+  // every kind the anchor's pidfd covers, each of them ends up as the Set's
+  // whatever the start; going home first costs one setns and says where the
+  // thread is.
+  bool at_home = false;
+  if (!origin_[index_of(Kind::net)].fd && home_ && home_->pidfd() >= 0 && work.kinds.contains(pidfd_kinds)) {
+    at_home = set_ns(home_->pidfd(), pidfd_kinds.clone_flags()) == 0;
+  }
   const auto here = [&](Kind kind) {
-    if (!joined.contains(kind) && home_ && home_->ns()[index_of(kind)].fd) return home_id(kind);
-    Identity id{};
-    if (const int err = stat_ns(ns_dir_.get(), thread_link(kind), kind, id); err != 0) {
-      throw system_error(err, "cannot read this thread's {} namespace", kind);
+    if (!joined.contains(kind)) {
+      // A pooled worker waits for work where it started: home.
+      if (const ns_handle& origin = origin_[index_of(kind)]; origin.fd) return origin.id;
+      if (at_home && pidfd_kinds.contains(kind)) return kind == Kind::pid ? home_->active_pid() : home_id(kind);
     }
-    return id;
+    return link_identity(kind, target[index_of(kind)].id.device);
   };
   if (work.pidfd >= 0) {
     // One setns(2) on a pidfd joins several kinds at once (kernel-rules.md:
@@ -557,13 +602,11 @@ inline void worker::join(const job& work, Kinds& joined) {
     // below.
     Kinds batch;
     for (Kind kind : join_order) {
-      if (kind != Kind::mnt && work.kinds.contains(kind) && here(kind) != (*work.target)[index_of(kind)].id) {
-        batch |= kind;
-      }
+      if (kind != Kind::mnt && work.kinds.contains(kind) && here(kind) != target[index_of(kind)].id) batch |= kind;
     }
     if (batch.size() >= 2 && set_ns(work.pidfd, batch.clone_flags()) == 0) joined |= batch;
   }
-  join_kinds(*work.target, work.kinds, here, joined, joined_mnt_);
+  join_kinds(target, work.kinds, here, joined, joined_mnt_);
 }
 
 inline bool worker::go_home(Kinds joined) noexcept {
