@@ -186,6 +186,8 @@ class run_job final : public job {
   throw detail::system_error(EINVAL, "fd {} is a namespace of unknown type {:#x}", fd, type);
 }
 
+class Executor;
+
 /// A value type holding one namespace per kind, each as an owned,
 /// close-on-exec fd. Holding the fd keeps the namespace alive. Copying
 /// duplicates the fds; moving is noexcept and leaves the source empty.
@@ -864,6 +866,8 @@ class Set {
     }
     return current(kinds);
   }
+
+  friend class Executor;  // joins ns_ once, for good
 
   Kinds kinds_;
   detail::ns_handles ns_{};
