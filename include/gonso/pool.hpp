@@ -66,8 +66,10 @@ struct PoolOptions {
 /// options.after_create inside it: fresh namespaces of `kinds`, the base's
 /// namespaces of every other kind it holds.
 ///
-/// All member functions may be called from many threads at once. A Pool is
-/// not usable in a child of fork(): its refill thread does not exist there.
+/// All member functions but the destructor may be called from many threads
+/// at once. The refill thread makes Sets through Set::unshare and Set::run,
+/// so it uses gonso's worker threads too (workers.hpp). A Pool is not usable
+/// in a child of fork(): its refill thread does not exist there.
 class Pool {
  public:
   /// Makes the first Set on the calling thread, then starts the refill thread,
