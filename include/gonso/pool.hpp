@@ -1,0 +1,280 @@
+// gonso: a pool of ready, pre-created Sets that hides namespace creation cost.
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <stop_token>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include <gonso/kind.hpp>
+#include <gonso/set.hpp>
+
+namespace gonso {
+
+namespace detail {
+
+/// Longer delays and waits are cut to this, so that a deadline computed from
+/// them cannot overflow the clock.
+inline constexpr std::chrono::milliseconds longest_pool_wait{std::chrono::hours(24 * 365)};
+
+}  // namespace detail
+
+/// Options of a Pool.
+struct PoolOptions {
+  /// How many Sets the pool keeps ready. 0 is refused (std::invalid_argument):
+  /// a pool that keeps nothing is a plain Set::unshare.
+  std::size_t size = 4;
+  /// Passed to Set::unshare for every Set the pool makes.
+  UnshareOptions unshare{};
+  /// Runs inside each new Set before it becomes ready, e.g. to bring `lo` up
+  /// or set a hostname, so that get() hands out Sets that need no more work.
+  /// It runs through Set::run(true, ...) when the unshared kinds are ones a
+  /// thread can join (cgroup, ipc, mnt, net, uts), and through
+  /// Set::run_in_process otherwise (user, pid, time). It is called from the
+  /// pool's refill thread and from threads calling get() on an empty pool,
+  /// possibly at once, so it must be thread-safe; it must not use the pool.
+  /// Empty: none.
+  std::function<void()> after_create{};
+  /// After a failed refill, the pool waits this long before the next try,
+  /// doubling the wait after every further failure up to max_retry_delay, so
+  /// that a lasting error (EPERM, a broken hook) costs a try now and then
+  /// rather than a spinning thread. Must be positive.
+  std::chrono::milliseconds retry_delay{10};
+  /// The longest wait between tries; at least retry_delay. Longer than a year
+  /// counts as a year.
+  std::chrono::milliseconds max_retry_delay{1000};
+};
+
+/// Keeps `size` Sets with fresh namespaces ready, so that taking one costs a
+/// lock and a move instead of a namespace creation (~190 us for a network
+/// namespace, milliseconds when a child process has to make user, pid or
+/// time namespaces). A background thread makes new ones as Sets are taken.
+///
+/// Every Set is base.unshare(kinds, options.unshare), followed by
+/// options.after_create inside it: fresh namespaces of `kinds`, the base's
+/// namespaces of every other kind it holds.
+///
+/// All member functions but the destructor may be called from many threads
+/// at once. The refill thread makes Sets through Set::unshare and Set::run,
+/// so it uses gonso's worker threads too (workers.hpp). A Pool is not usable
+/// in a child of fork(): its refill thread does not exist there.
+class Pool {
+ public:
+  /// Makes the first Set on the calling thread, then starts the refill thread,
+  /// which makes the rest. Making the first one here means that a pool that
+  /// can never work (no privilege, options that do not fit `kinds`, a hook
+  /// that always throws) fails now, in the caller, instead of in every get().
+  ///
+  /// Throws std::invalid_argument for empty `kinds`, options.size 0, or a
+  /// retry delay that is not positive or exceeds max_retry_delay;
+  /// std::logic_error for an empty `base`; and whatever making the first Set
+  /// throws: Set::unshare's std::system_error (e.g. EPERM without
+  /// CAP_SYS_ADMIN) or std::invalid_argument, or the hook's exception
+  /// (gonso::ProcessError when it ran in a child process). Nothing is left
+  /// behind then: no thread, fd or namespace.
+  Pool(Set base, Kinds kinds, PoolOptions options = {})
+      : base_(std::move(base)), kinds_(kinds), options_(std::move(options)) {
+    if (kinds_.empty()) throw std::invalid_argument("cannot make a Pool: no namespace kinds given");
+    if (options_.size == 0) throw std::invalid_argument("cannot make a Pool of size 0: it would keep no Set ready");
+    if (options_.retry_delay <= std::chrono::milliseconds::zero() || options_.max_retry_delay < options_.retry_delay) {
+      throw std::invalid_argument(
+          fmt::format("cannot make a Pool: retry_delay ({} ms) must be positive and at most max_retry_delay ({} ms)",
+                      options_.retry_delay.count(), options_.max_retry_delay.count()));
+    }
+    if (base_.empty()) throw std::logic_error("cannot make a Pool from an empty Set (moved-from, or with no kinds)");
+    options_.max_retry_delay = std::min(options_.max_retry_delay, detail::longest_pool_wait);
+    options_.retry_delay = std::min(options_.retry_delay, options_.max_retry_delay);
+    in_process_ = !(kinds_ & (Kind::user | Kind::pid | Kind::time)).empty();
+    ready_.reserve(options_.size);  // push_back never allocates, so never throws, under the lock
+    ready_.push_back(create());
+    refill_ = std::jthread([this](const std::stop_token& stop) { refill(stop); });
+  }
+
+  /// Stops the refill thread and joins it, then closes the ready Sets. When
+  /// the thread is making a Set, this waits until it is made (a namespace
+  /// creation cannot be interrupted), and that Set is dropped; a thread
+  /// waiting out a retry delay stops at once.
+  ~Pool() {
+    refill_.request_stop();
+    if (refill_.joinable()) refill_.join();
+  }
+
+  Pool(const Pool&) = delete;
+  Pool& operator=(const Pool&) = delete;
+  Pool(Pool&&) = delete;  // the refill thread points at this object
+  Pool& operator=(Pool&&) = delete;
+
+  /// A ready Set, at once; the refill thread is woken to replace it. When none
+  /// is ready, makes one on the calling thread (hook included), which costs
+  /// what Set::unshare costs: the pool never makes a caller wait for another
+  /// thread.
+  ///
+  /// When making a Set in the background failed since the last get(), this
+  /// get() rethrows that failure (std::system_error, or what the hook threw),
+  /// once, and takes no Set; the next get() works as usual. Errors of the
+  /// refill thread have nowhere else to go, and a pool that silently stops
+  /// refilling would only show as slow get()s. The refill keeps trying, with
+  /// growing delays. When making a Set on the calling thread fails, that
+  /// exception propagates as is.
+  [[nodiscard]] Set get() {
+    std::unique_lock lock(mutex_);
+    if (error_) {
+      const std::exception_ptr error = std::exchange(error_, nullptr);
+      lock.unlock();
+      std::rethrow_exception(error);
+    }
+    if (ready_.empty()) {
+      lock.unlock();
+      return create();
+    }
+    Set set = std::move(ready_.back());
+    ready_.pop_back();
+    // Waking a thread that is busy anyway would cost a system call for nothing.
+    const bool wake = refill_waiting_;
+    lock.unlock();
+    if (wake) refill_wanted_.notify_one();
+    return set;
+  }
+
+  /// Hands a Set back for a later get(), which gets it as it is: put back only
+  /// Sets left as fresh (e.g. taken and not used), since the hook does not
+  /// run again. Returns true when the Set is kept: when fewer than `size` are
+  /// ready and it is one this pool could have made (the same kinds, the
+  /// base's namespaces of the kinds not unshared, and namespaces other than
+  /// the base's of those unshared), so that a Set of the caller's own
+  /// namespaces is never handed out as a fresh one. Otherwise it is dropped
+  /// (closed) and false is returned.
+  ///
+  /// Throws std::invalid_argument for an empty Set: it is a caller's bug.
+  bool put(Set set) {
+    if (set.empty()) throw std::invalid_argument("cannot put an empty Set (moved-from?) into a Pool");
+    if (!fits(set)) return false;
+    bool full = false;
+    {
+      std::lock_guard lock(mutex_);
+      if (ready_.size() >= options_.size) return false;  // `set` is closed after the lock is released
+      ready_.push_back(std::move(set));
+      full = ready_.size() == options_.size;
+    }
+    if (full) full_.notify_all();
+    return true;
+  }
+
+  /// How many Sets are ready now. Other threads may change it at any moment.
+  [[nodiscard]] std::size_t size() const {
+    std::lock_guard lock(mutex_);
+    return ready_.size();
+  }
+
+  /// The kinds every Set from this pool has fresh namespaces of.
+  [[nodiscard]] Kinds kinds() const noexcept { return kinds_; }
+
+  /// Waits until options.size Sets are ready, e.g. before a burst of get()s
+  /// or in tests, without polling. Returns true when they are, false when
+  /// `timeout` passed first (longer than a year counts as a year). A refill
+  /// that keeps failing does not end the wait early; get() reports it.
+  [[nodiscard]] bool wait_ready(std::chrono::milliseconds timeout) const {
+    std::unique_lock lock(mutex_);
+    return full_.wait_for(lock, std::min(timeout, detail::longest_pool_wait),
+                          [this] { return ready_.size() >= options_.size; });
+  }
+
+ private:
+  // One new Set: the namespaces, then the hook inside them.
+  [[nodiscard]] Set create() const {
+    Set set = base_.unshare(kinds_, options_.unshare);
+    if (options_.after_create) {
+      // A thread can be in none of user, time or (for what it starts) pid.
+      if (in_process_) {
+        set.run_in_process(options_.after_create);
+      } else {
+        set.run(true, options_.after_create);
+      }
+    }
+    return set;
+  }
+
+  // Whether `set` could have come from create().
+  [[nodiscard]] bool fits(const Set& set) const {
+    if (set.kinds() != (base_.kinds() | kinds_)) return false;
+    for (Kind kind : base_.kinds()) {
+      const bool same = set.identity(kind) == base_.identity(kind);
+      if (same == kinds_.contains(kind)) return false;
+    }
+    return true;
+  }
+
+  void refill(const std::stop_token& stop) {
+    std::chrono::milliseconds delay{0};
+    for (;;) {
+      {
+        std::unique_lock lock(mutex_);
+        refill_waiting_ = true;
+        (void)refill_wanted_.wait(lock, stop, [this] { return ready_.size() < options_.size; });
+        refill_waiting_ = false;
+        // wait() returns the predicate, not whether stop was asked: a pool
+        // being destroyed while not full would otherwise go on making Sets.
+        if (stop.stop_requested()) return;
+      }
+      // Made without the lock, so that get() and put() never wait for it.
+      std::optional<Set> made;
+      std::exception_ptr failure;
+      try {
+        made.emplace(create());
+      } catch (...) {
+        failure = std::current_exception();
+      }
+      if (made) {
+        delay = std::chrono::milliseconds::zero();
+        bool full = false;
+        {
+          std::lock_guard lock(mutex_);
+          // Full already when put() or a caller got there first; then, as
+          // when stopping, `made` is dropped below, outside the lock.
+          if (!stop.stop_requested() && ready_.size() < options_.size) {
+            ready_.push_back(std::move(*made));
+            full = ready_.size() == options_.size;
+          }
+        }
+        if (full) full_.notify_all();
+        continue;
+      }
+      delay = delay == std::chrono::milliseconds::zero() ? options_.retry_delay
+              : delay >= options_.max_retry_delay / 2    ? options_.max_retry_delay
+                                                         : delay * 2;
+      std::unique_lock lock(mutex_);
+      error_ = failure;  // the latest failure: the one that says what is wrong now
+      // Only a stop ends this wait early; get() does not shorten it.
+      (void)refill_wanted_.wait_until(lock, stop, std::chrono::steady_clock::now() + delay, [] { return false; });
+      if (stop.stop_requested()) return;
+    }
+  }
+
+  const Set base_;
+  const Kinds kinds_;
+  PoolOptions options_;
+  bool in_process_ = false;  // the hook runs in a child process
+
+  mutable std::mutex mutex_;
+  std::condition_variable_any refill_wanted_;  // a Set was taken, or stop was asked
+  mutable std::condition_variable full_;       // the pool became full
+  std::vector<Set> ready_;                     // taken from the back: the warmest first
+  std::exception_ptr error_;                   // the refill's latest failure, not yet reported
+  bool refill_waiting_ = false;                // the refill thread sleeps on refill_wanted_
+
+  std::jthread refill_;  // last: started after, and joined (by ~Pool) before, the rest is destroyed
+};
+
+}  // namespace gonso
