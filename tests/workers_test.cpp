@@ -3,6 +3,7 @@
 // other than the process's own. Namespaces are read from /proc, never through
 // gonso; threads and fds are counted in /proc/self.
 #include <sys/types.h>
+#include <time.h>
 
 #include <atomic>
 #include <chrono>
@@ -136,6 +137,7 @@ TEST_CASE("workers: a default WorkerPolicy holds the documented defaults", "[wor
   PoolGuard guard;
   const gonso::WorkerPolicy defaults;
   CHECK(defaults.idle_timeout == 10s);
+  CHECK(defaults.spin == 50us);
   CHECK(defaults.max_idle >= 4);
   CHECK(defaults.max_idle >= std::thread::hardware_concurrency());
   // Designated initializers leave the other field at its default.
@@ -512,5 +514,90 @@ TEST_CASE("workers: many mixed runs leak no fd and no thread", "[workers][leak][
   CHECK(test::count_fds() == fds_before);
   CHECK(threads_settled_at(threads_before) == threads_before);
   CHECK(threads_outside_settled(caller) == std::vector<std::string>{});
+  CHECK(text(test::snapshot()) == text(caller));
+}
+
+namespace {
+
+/// CPU time a clock has used: CLOCK_THREAD_CPUTIME_ID for the calling thread,
+/// CLOCK_PROCESS_CPUTIME_ID for every thread of the process.
+std::chrono::nanoseconds cpu_time(clockid_t clock) {
+  timespec ts{};
+  if (::clock_gettime(clock, &ts) != 0) throw std::system_error(errno, std::generic_category(), "clock_gettime");
+  return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+}
+
+}  // namespace
+
+TEST_CASE("workers: the spin budget round-trips, is clamped, and a negative one is refused", "[workers]") {
+  PoolGuard guard;
+  gonso::set_worker_policy({.max_idle = 2, .idle_timeout = 1s, .spin = 123us});
+  CHECK(gonso::worker_policy().spin == 123us);
+  gonso::set_worker_policy({.max_idle = 2, .idle_timeout = 1s, .spin = 1h});
+  CHECK(gonso::worker_policy().spin == 10ms);
+  CHECK_THROWS_WITH(gonso::set_worker_policy({.max_idle = 2, .idle_timeout = 1s, .spin = -1us}),
+                    Contains("spin") && Contains("negative"));
+  CHECK(gonso::worker_policy().spin == 10ms);
+}
+
+TEST_CASE("workers: a caller waiting for a long callable sleeps instead of spinning", "[workers][privileged]") {
+  test::require_privilege();
+  PoolGuard guard;
+  gonso::set_worker_policy({.max_idle = 2, .idle_timeout = long_timeout, .spin = 10ms});  // the longest budget
+  const gonso::Set uts = gonso::Set::current().unshare(Kind::uts);
+  constexpr auto callable_sleeps = 400ms;
+  for (const bool restore : {true, false}) {
+    INFO("restore " << restore);
+    const auto before = cpu_time(CLOCK_THREAD_CPUTIME_ID);
+    const gonso::Identity seen = uts.run(restore, [&] {
+      std::this_thread::sleep_for(callable_sleeps);
+      return test::thread_ns(Kind::uts);
+    });
+    const auto used = cpu_time(CLOCK_THREAD_CPUTIME_ID) - before;
+    CHECK(seen == uts.identity(Kind::uts));
+    // At most one spin budget, plus the work of a run; far from the 400 ms
+    // that spinning through the callable would burn.
+    CHECK(used < callable_sleeps / 4);
+  }
+}
+
+TEST_CASE("workers: idle workers and their anchor use no CPU", "[workers][privileged]") {
+  test::require_privilege();
+  PoolGuard guard;
+  gonso::set_worker_policy({.max_idle = 4, .idle_timeout = long_timeout, .spin = 10ms});
+  const gonso::Set net = gonso::Set::current().unshare(Kind::net);
+  // Several workers idle at once, each past its spin budget.
+  {
+    std::latch all_inside(3);
+    std::vector<std::jthread> callers;
+    for (int i = 0; i < 3; ++i) {
+      callers.emplace_back([&] { (void)net.run(true, [&] { all_inside.arrive_and_wait(); }); });
+    }
+  }
+  REQUIRE(gonso::idle_workers() == 3);
+  std::this_thread::sleep_for(50ms);
+  const auto before = cpu_time(CLOCK_PROCESS_CPUTIME_ID);
+  std::this_thread::sleep_for(500ms);
+  const auto used = cpu_time(CLOCK_PROCESS_CPUTIME_ID) - before;
+  // Three spinning workers would burn up to 1.5 s of CPU in 500 ms.
+  CHECK(used < 50ms);
+  CHECK(gonso::idle_workers() == 3);
+  // And they still answer at once.
+  CHECK(net.run(true, [] { return test::thread_ns(Kind::net); }) == net.identity(Kind::net));
+}
+
+TEST_CASE("workers: with no spin at all, hand-offs sleep and wake and runs stay correct", "[workers][privileged]") {
+  test::require_privilege();
+  PoolGuard guard;
+  gonso::set_worker_policy({.max_idle = 2, .idle_timeout = long_timeout, .spin = 0us});
+  const gonso::Set net = gonso::Set::current().unshare(Kind::net);
+  const test::Snapshot caller = test::snapshot();
+  std::set<pid_t> tids;
+  for (int i = 0; i < 20; ++i) {
+    const Seen seen = seen_in(net, Kind::net);
+    tids.insert(seen.tid);
+    CHECK(text(seen.id) == text(net.identity(Kind::net)));
+  }
+  CHECK(tids.size() == 1);
   CHECK(text(test::snapshot()) == text(caller));
 }
