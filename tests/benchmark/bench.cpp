@@ -828,10 +828,11 @@ bool clean_up(const Context& ctx) {
 struct Options {
   bool quick = false;
   bool json = false;
+  bool help = false;
 };
 
 constexpr std::string_view usage =
-    "usage: gonso-bench [--quick] [--json]\n"
+    "usage: gonso-bench [--quick] [--json] [--help]\n"
     "  Measures gonso against the system calls and tools it stands for. Run as root.\n"
     "  --quick  tiny counts: runs every figure once or so, measures nothing\n"
     "  --json   print only one JSON object: figure name -> median ns per op (or count)\n";
@@ -840,7 +841,9 @@ std::optional<Options> parse(int argc, char** argv) {
   Options options;
   for (int i = 1; i < argc; ++i) {
     const std::string_view arg = argv[i];
-    if (arg == "--quick") {
+    if (arg == "--help" || arg == "-h") {
+      options.help = true;
+    } else if (arg == "--quick") {
       options.quick = true;
     } else if (arg == "--json") {
       options.json = true;
@@ -858,6 +861,10 @@ int main(int argc, char** argv) {
   if (!options) {
     fmt::print(stderr, "{}", usage);
     return 2;
+  }
+  if (options->help) {
+    fmt::print("{}", usage);
+    return 0;
   }
   install_signal_handlers();
 
