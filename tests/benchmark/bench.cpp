@@ -616,7 +616,8 @@ Result idle_cpu_ticks([[maybe_unused]] Context& ctx) {
 // ---------------------------------------------------------------------------
 // The registry
 
-enum class Unit { ns, count };
+/// ns: a median per operation. The others are single readings, not medians.
+enum class Unit { ns, fds, threads, ticks };
 
 struct Figure {
   std::string_view name;
@@ -650,10 +651,11 @@ constexpr std::array figures{
     Figure{"run_restore_net_10sets", Unit::ns, "run(true, []{}) round-robin over 10 net Sets", run_restore_net_10sets},
     Figure{"run_restore_net_1000sets", Unit::ns, "run(true, []{}) round-robin over 1000 net Sets",
            run_restore_net_1000sets},
-    Figure{"fds_at_1000_sets", Unit::count, "open fds, 1000 net Sets alive (a Set holds an fd per kind)",
+    Figure{"fds_at_1000_sets", Unit::fds, "open fds, 1000 net Sets alive (a Set holds an fd per kind)",
            fds_at_1000_sets},
-    Figure{"threads_at_1000_sets", Unit::count, "threads, 1000 net Sets alive, after their runs", threads_at_1000_sets},
-    Figure{"idle_cpu_ticks", Unit::count, "CPU ticks used in 1 s, 1 s after the last run", idle_cpu_ticks},
+    Figure{"threads_at_1000_sets", Unit::threads, "threads, 1000 net Sets alive, after their runs",
+           threads_at_1000_sets},
+    Figure{"idle_cpu_ticks", Unit::ticks, "CPU time of this process in 1 s, 1 s after the last run", idle_cpu_ticks},
 };
 
 constexpr std::size_t figure_index(std::string_view name) {
@@ -694,7 +696,16 @@ constexpr std::array targets{
 std::string human(const Figure& figure, const Result& result) {
   if (!result) return "n/a";
   const double v = result->number;
-  if (figure.unit == Unit::count) return fmt::format("{:.0f}", v);
+  switch (figure.unit) {
+    case Unit::fds:
+      return fmt::format("{:.0f} fds", v);
+    case Unit::threads:
+      return fmt::format("{:.0f} threads", v);
+    case Unit::ticks:
+      return fmt::format("{:.0f} ticks", v);
+    case Unit::ns:
+      break;
+  }
   if (v < 1e3) return fmt::format("{:.0f} ns", v);
   if (v < 1e6) return fmt::format("{:.1f} µs", v / 1e3);
   return fmt::format("{:.2f} ms", v / 1e6);
@@ -738,6 +749,8 @@ void print_header(const Plan& plan, bool quick) {
     fmt::print("method   median over K batches of M ops (shape K×M), M such that a batch lasts ≥ {} ms\n",
                std::chrono::duration_cast<std::chrono::milliseconds>(plan.min_batch).count());
   }
+  fmt::print("counts   fds, threads and ticks (1/{} s of CPU) are single readings, not medians\n",
+             ::sysconf(_SC_CLK_TCK));
   fmt::print("\n{:<26} {:>10}  {:<10}  {}\n", "figure", "median", "shape", "one op");
 }
 
