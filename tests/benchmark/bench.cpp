@@ -264,7 +264,10 @@ std::int64_t batch_size(const Plan& plan, Op& op) {
   std::int64_t ops = 1;
   for (;;) {
     check_interrupted();
-    const Clock::duration took = time_batch(op, ops);
+    // The shortest of three: one batch slowed down by a neighbour on this
+    // shared machine must not settle M at a value far too small.
+    Clock::duration took = Clock::duration::max();
+    for (int i = 0; i < 3 && ops < plan.max_ops; ++i) took = std::min(took, time_batch(op, ops));
     if (took >= plan.min_batch || ops >= plan.max_ops) return ops;
     // Aim a little past the target; grow at most tenfold at a time, as the
     // first ops may have been slow ones.
