@@ -1,0 +1,924 @@
+// gonso-bench: what gonso's operations cost next to the system calls and
+// tools they stand for, measured in one run on one machine, and whether the
+// targets set as ratios between them are met. Run it as root: it creates
+// namespaces. `--json` prints one object of median nanoseconds per operation.
+//
+// Not a test: nothing here fails on a slow figure. The numbers come from a
+// small harness of its own so that the output is exactly what is specified.
+// SPDX-License-Identifier: MIT
+#include <dirent.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/mount.h>
+#include <sys/resource.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <barrier>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <optional>
+#include <span>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include <gonso/persist.hpp>
+#include <gonso/set.hpp>
+#include <gonso/spawn.hpp>
+#include <gonso/workers.hpp>
+
+// Two figures measure APIs that are being written on other branches; until
+// they are merged the program reports them as n/a and leaves them out of
+// the JSON.
+#if __has_include(<gonso/executor.hpp>)
+#include <gonso/executor.hpp>
+#endif
+#if __has_include(<gonso/pool.hpp>)
+#include <gonso/pool.hpp>
+#endif
+
+#ifndef GONSO_BENCH_BUILD_TYPE
+#define GONSO_BENCH_BUILD_TYPE "unknown"
+#endif
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+
+// ---------------------------------------------------------------------------
+// Small system helpers
+
+[[noreturn]] void throw_errno(const std::string& what) {
+  throw std::system_error(errno, std::generic_category(), what);
+}
+
+/// An owned file descriptor.
+class Fd {
+ public:
+  explicit Fd(int fd) noexcept : fd_(fd) {}
+  Fd(Fd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  Fd& operator=(Fd&&) = delete;
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  [[nodiscard]] int get() const noexcept { return fd_; }
+
+ private:
+  int fd_;
+};
+
+/// The calling thread's net namespace, as an fd to setns(2) back into.
+Fd own_net_namespace() {
+  Fd fd(::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) throw_errno("cannot open /proc/thread-self/ns/net");
+  return fd;
+}
+
+std::string read_text(const char* path) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error(fmt::format("cannot read {}", path));
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+/// Waits for child `pid` and throws unless it exited with 0.
+void expect_success(pid_t pid, std::string_view what) {
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) throw_errno(fmt::format("cannot wait for {}", what));
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    throw std::runtime_error(fmt::format("{} failed (wait status {:#x})", what, status));
+  }
+}
+
+/// fork + execv + waitpid, as a shell or a CNI plugin starts a tool.
+void fork_exec_wait(std::vector<std::string>& argv) {
+  std::vector<char*> args;
+  args.reserve(argv.size() + 1);
+  for (std::string& arg : argv) args.push_back(arg.data());
+  args.push_back(nullptr);
+  const pid_t pid = ::fork();
+  if (pid < 0) throw_errno(fmt::format("cannot fork to run {}", argv[0]));
+  if (pid == 0) {
+    ::execv(args[0], args.data());
+    ::_exit(127);
+  }
+  expect_success(pid, argv[0]);
+}
+
+/// Open fds of this process, not counting the one that lists them.
+long count_open_fds() {
+  DIR* dir = ::opendir("/proc/self/fd");
+  if (dir == nullptr) throw_errno("cannot list /proc/self/fd");
+  const std::string own = std::to_string(::dirfd(dir));
+  long count = 0;
+  while (const dirent* entry = ::readdir(dir)) {
+    const std::string_view name = entry->d_name;
+    if (name != "." && name != ".." && name != own) ++count;
+  }
+  ::closedir(dir);
+  return count;
+}
+
+long count_threads() {
+  long count = 0;
+  for ([[maybe_unused]] const auto& entry : fs::directory_iterator("/proc/self/task")) ++count;
+  return count;
+}
+
+/// utime + stime of the whole process, every thread that ever ran included,
+/// in clock ticks (sysconf(_SC_CLK_TCK) per second).
+long long process_cpu_ticks() {
+  const std::string stat = read_text("/proc/self/stat");
+  // The command name (field 2) may hold spaces and ')': count from the last ')'.
+  std::istringstream fields(stat.substr(stat.rfind(')') + 2));
+  std::vector<std::string> field{std::istream_iterator<std::string>(fields), std::istream_iterator<std::string>()};
+  constexpr std::size_t utime = 14 - 3;  // fields 14 and 15, counted from field 3 (state)
+  if (field.size() <= utime + 1) throw std::runtime_error("cannot parse /proc/self/stat");
+  return std::stoll(field[utime]) + std::stoll(field[utime + 1]);
+}
+
+/// Busy and total jiffies of the whole machine, from /proc/stat.
+struct MachineTime {
+  long long busy = 0;
+  long long total = 0;
+};
+
+MachineTime machine_time() {
+  std::istringstream line(read_text("/proc/stat"));
+  std::string cpu;
+  long long user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0;
+  line >> cpu >> user >> nice >> system >> idle >> iowait >> irq >> softirq >> steal;
+  const long long busy = user + nice + system + irq + softirq;
+  return {busy, busy + idle + iowait + steal};
+}
+
+// ---------------------------------------------------------------------------
+// Interruption
+
+// A signal only sets this flag; the harness turns it into an exception
+// between batches, so that destructors run and the nsenter figure's bind
+// mount is undone after a Ctrl-C as after any error.
+std::atomic<int> pending_signal{0};
+static_assert(std::atomic<int>::is_always_lock_free, "used from a signal handler");
+
+void on_signal(int sig) { pending_signal.store(sig); }
+
+void install_signal_handlers() {
+  struct sigaction action {};
+  action.sa_handler = on_signal;
+  // SA_RESTART: gonso's and our own blocking calls carry on; the flag is
+  // looked at between batches.
+  action.sa_flags = SA_RESTART;
+  sigemptyset(&action.sa_mask);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) ::sigaction(sig, &action, nullptr);
+}
+
+struct Interrupted : std::runtime_error {
+  explicit Interrupted(int sig) : std::runtime_error(fmt::format("interrupted by signal {}", sig)), signal(sig) {}
+  int signal;
+};
+
+void check_interrupted() {
+  if (const int sig = pending_signal.load(); sig != 0) throw Interrupted(sig);
+}
+
+// ---------------------------------------------------------------------------
+// Harness
+
+/// How much to measure.
+struct Plan {
+  int warmup_ops = 3;                            // untimed, before the batch size is found
+  int batches = 31;                              // K: the median is taken over this many batches
+  std::int64_t max_ops = std::int64_t{1} << 20;  // cap on M, the ops per batch
+  Clock::duration min_batch = 2ms;               // M grows until one batch lasts this long
+  int single_samples = 201;                      // for figures timed one op at a time
+
+  [[nodiscard]] Plan with_warmup(int ops) const {
+    Plan plan = *this;
+    plan.warmup_ops = std::max(warmup_ops, ops);
+    return plan;
+  }
+};
+
+// Shorter batches would be dominated by the clock and by this VM's noise.
+constexpr Plan full_plan{};
+// Enough to run every code path once; the numbers mean nothing.
+constexpr Plan quick_plan{.warmup_ops = 1, .batches = 3, .max_ops = 1, .min_batch = 0ms, .single_samples = 3};
+
+/// One reported figure: a median in ns per op, or a count.
+struct Value {
+  double number = 0;
+  std::string shape;  // "K×M" of the batches behind a median; empty for counts
+};
+using Result = std::optional<Value>;  // nullopt: not available in this build
+
+double nanoseconds(Clock::duration d) { return std::chrono::duration<double, std::nano>(d).count(); }
+
+double median(std::vector<double> samples) {
+  if (samples.empty()) throw std::logic_error("median of no samples");
+  const auto mid = samples.begin() + static_cast<std::ptrdiff_t>(samples.size() / 2);
+  std::nth_element(samples.begin(), mid, samples.end());
+  if (samples.size() % 2 == 1) return *mid;
+  return (*mid + *std::max_element(samples.begin(), mid)) / 2;
+}
+
+template <typename Op>
+Clock::duration time_batch(Op& op, std::int64_t ops) {
+  const auto start = Clock::now();
+  for (std::int64_t i = 0; i < ops; ++i) op();
+  return Clock::now() - start;
+}
+
+/// Warms up, then finds M: the ops per batch that make a batch last
+/// plan.min_batch. The batches timed on the way are warmup too.
+template <typename Op>
+std::int64_t batch_size(const Plan& plan, Op& op) {
+  for (int i = 0; i < plan.warmup_ops; ++i) op();
+  std::int64_t ops = 1;
+  for (;;) {
+    check_interrupted();
+    // The shortest of three: one batch slowed down by a neighbour on this
+    // shared machine must not settle M at a value far too small.
+    Clock::duration took = Clock::duration::max();
+    for (int i = 0; i < 3 && ops < plan.max_ops; ++i) took = std::min(took, time_batch(op, ops));
+    if (took >= plan.min_batch || ops >= plan.max_ops) return ops;
+    // Aim a little past the target; grow at most tenfold at a time, as the
+    // first ops may have been slow ones.
+    const double scale = took.count() > 0 ? 1.1 * nanoseconds(plan.min_batch) / nanoseconds(took) : 10.0;
+    const auto wanted = static_cast<std::int64_t>(std::ceil(static_cast<double>(ops) * scale));
+    ops = std::clamp(wanted, ops + 1, std::max(ops + 1, std::min(ops * 10, plan.max_ops)));
+  }
+}
+
+/// ns per op of each of plan.batches batches of `ops` ops.
+template <typename Op>
+std::vector<double> per_op_samples(const Plan& plan, std::int64_t ops, Op& op) {
+  std::vector<double> samples;
+  for (int b = 0; b < plan.batches; ++b) {
+    check_interrupted();
+    samples.push_back(nanoseconds(time_batch(op, ops)) / static_cast<double>(ops));
+  }
+  return samples;
+}
+
+/// The median ns per call of `op`, from K batches of M calls.
+template <typename Op>
+Value measure(const Plan& plan, Op&& op) {
+  const std::int64_t ops = batch_size(plan, op);
+  return {median(per_op_samples(plan, ops, op)), fmt::format("{}×{}", plan.batches, ops)};
+}
+
+/// Runs `fn` on a new thread of its own and hands back its value or exception.
+template <typename F>
+auto on_helper_thread(F&& fn) {
+  std::optional<std::invoke_result_t<F&>> result;
+  std::exception_ptr error;
+  std::thread helper([&] {
+    try {
+      result.emplace(fn());
+    } catch (...) {
+      error = std::current_exception();
+    }
+  });
+  helper.join();
+  if (error) std::rethrow_exception(error);
+  return std::move(*result);
+}
+
+// Net namespaces die in kernel workers after their last fd is closed, at
+// ~250 µs of CPU each (kernel-rules.md), and a figure may have dropped
+// hundreds: on 2 vCPUs that work would be billed to the next figure. Waits
+// until the machine is quiet (under 10% busy for 100 ms), but not for long on
+// one busy for other reasons. Returns whether it got quiet.
+bool settle() {
+  const auto deadline = Clock::now() + 1s;
+  MachineTime last = machine_time();
+  while (Clock::now() < deadline) {
+    std::this_thread::sleep_for(100ms);
+    const MachineTime now = machine_time();
+    if (const long long total = now.total - last.total; total > 0 && (now.busy - last.busy) * 10 <= total) return true;
+    last = now;
+  }
+  return false;
+}
+
+// ---------------------------------------------------------------------------
+// What the figures share
+
+/// A namespace bound onto a file in a fresh folder under /tmp, as
+/// `unshare --net=FILE` makes one for nsenter; unbound and removed on
+/// destruction, whatever happened in between.
+class BoundNamespace {
+ public:
+  BoundNamespace(const gonso::Set& set, gonso::Kind kind, std::vector<fs::path>& made) {
+    std::string dir = "/tmp/gonso-bench-XXXXXX";
+    if (::mkdtemp(dir.data()) == nullptr) throw_errno("cannot create a folder under /tmp");
+    dir_ = dir;
+    file_ = dir_ / std::string(gonso::name(kind));
+    made.push_back(file_);  // checked at exit even if persist() fails half-way
+    try {
+      gonso::persist(set, kind, file_);
+    } catch (...) {
+      ::rmdir(dir_.c_str());
+      throw;
+    }
+  }
+  BoundNamespace(const BoundNamespace&) = delete;
+  BoundNamespace& operator=(const BoundNamespace&) = delete;
+  ~BoundNamespace() {
+    try {
+      gonso::unpersist(file_);
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "gonso-bench: {}\n", e.what());  // and the exit check fails
+    }
+    ::rmdir(dir_.c_str());
+  }
+  [[nodiscard]] const fs::path& file() const noexcept { return file_; }
+
+ private:
+  fs::path dir_;
+  fs::path file_;
+};
+
+struct Context {
+  Plan plan = full_plan;
+  gonso::Set base;                    // this thread's namespaces
+  gonso::Set net;                     // base with a fresh net namespace: what most figures run in
+  std::vector<gonso::Set> net_sets;   // distinct net Sets for the round-robin figures
+  std::vector<fs::path> bound_files;  // every namespace file this program bound, for the exit check
+
+  void open() {
+    base = gonso::Set::current();
+    net = base.unshare(gonso::Kind::net);
+  }
+
+  /// The first n of the distinct net Sets, made as `net` is.
+  std::span<const gonso::Set> distinct_net_sets(std::size_t n) {
+    net_sets.reserve(n);
+    while (net_sets.size() < n) net_sets.push_back(base.unshare(gonso::Kind::net));
+    return {net_sets.data(), n};
+  }
+};
+
+// ---------------------------------------------------------------------------
+// The figures, one function each, in the order they run and are printed.
+// A gonso figure follows the floor it is compared with, so that both see
+// the same moment of a noisy machine.
+
+constexpr auto noop = [] {};
+
+// The kernel's price for what run(true) adds around the callable: joining
+// and going back. On this thread, since that is all a thread can do faster.
+Result floor_setns_net(Context& ctx) {
+  const Fd here = own_net_namespace();
+  const int there = ctx.net.fd(gonso::Kind::net);
+  return measure(ctx.plan, [&] {
+    if (::setns(there, CLONE_NEWNET) != 0) throw_errno("cannot join the net Set");
+    // Failing here would strand the main thread: the exception ends the program.
+    if (::setns(here.get(), CLONE_NEWNET) != 0) throw_errno("cannot go back to this thread's net namespace");
+  });
+}
+
+Result run_restore_net(Context& ctx) {
+  return measure(ctx.plan, [&] { ctx.net.run(true, noop); });
+}
+
+Result executor_net([[maybe_unused]] Context& ctx) {
+#if __has_include(<gonso/executor.hpp>)
+  gonso::Executor executor(ctx.net);
+  return measure(ctx.plan, [&] { executor.run(noop); });
+#else
+  return std::nullopt;
+#endif
+}
+
+Result run_restore_net_uts_ipc(Context& ctx) {
+  const gonso::Set set = ctx.base.unshare(gonso::Kind::net | gonso::Kind::uts | gonso::Kind::ipc);
+  return measure(ctx.plan, [&] { set.run(true, noop); });
+}
+
+// Concurrent callers of one Set: the latency each sees when workers are
+// contended for. Every batch starts with all four callers at once.
+Result run_restore_net_4callers(Context& ctx) {
+  constexpr std::size_t callers = 4;
+  const auto op = [&] { ctx.net.run(true, noop); };
+  // One M for all, found with one caller: contended batches only last longer.
+  const std::int64_t ops = batch_size(ctx.plan, op);
+  std::barrier start(static_cast<std::ptrdiff_t>(callers));
+  std::array<std::vector<double>, callers> samples;
+  std::array<std::exception_ptr, callers> errors;
+  const auto caller = [&](std::size_t c) {
+    try {
+      for (int i = 0; i < ctx.plan.warmup_ops; ++i) op();
+      for (int b = 0; b < ctx.plan.batches; ++b) {
+        start.arrive_and_wait();
+        check_interrupted();
+        samples[c].push_back(nanoseconds(time_batch(op, ops)) / static_cast<double>(ops));
+      }
+    } catch (...) {
+      errors[c] = std::current_exception();
+      start.arrive_and_drop();  // the others must not wait for this one
+    }
+  };
+  {
+    std::vector<std::jthread> threads;
+    try {
+      for (std::size_t c = 0; c < callers; ++c) threads.emplace_back(caller, c);
+    } catch (...) {
+      // Nor for a caller that could not start.
+      for (std::size_t missing = callers - threads.size(); missing > 0; --missing) start.arrive_and_drop();
+      throw;
+    }
+  }
+  std::vector<double> all;
+  for (std::size_t c = 0; c < callers; ++c) {
+    if (errors[c]) std::rethrow_exception(errors[c]);
+    all.insert(all.end(), samples[c].begin(), samples[c].end());
+  }
+  return Value{median(std::move(all)), fmt::format("{}×{}×{}", callers, ctx.plan.batches, ops)};
+}
+
+Result floor_thread(Context& ctx) {
+  return measure(ctx.plan, [] {
+    std::jthread thread(noop);
+    thread.join();
+  });
+}
+
+Result run_norestore_net(Context& ctx) {
+  return measure(ctx.plan, [&] { ctx.net.run(false, noop); });
+}
+
+// What run_in_process must at least do: a child that joins, and its reaping.
+Result floor_fork_net(Context& ctx) {
+  const int fd = ctx.net.fd(gonso::Kind::net);
+  return measure(ctx.plan, [&] {
+    const pid_t pid = ::fork();
+    if (pid < 0) throw_errno("cannot fork");
+    if (pid == 0) ::_exit(::setns(fd, CLONE_NEWNET) == 0 ? 0 : 1);
+    expect_success(pid, "a forked child joining the net Set");
+  });
+}
+
+Result process_run_net(Context& ctx) {
+  return measure(ctx.plan, [&] { ctx.net.run_in_process(noop); });
+}
+
+// Starting a program, no namespace involved: what spawn must at least cost.
+Result floor_spawn_true(Context& ctx) {
+  std::string path = "/usr/bin/true";
+  std::array<char*, 2> argv{path.data(), nullptr};
+  return measure(ctx.plan, [&] {
+    pid_t pid = 0;
+    if (const int err = ::posix_spawn(&pid, argv[0], nullptr, nullptr, argv.data(), environ); err != 0) {
+      throw std::system_error(err, std::generic_category(), "cannot posix_spawn /usr/bin/true");
+    }
+    expect_success(pid, "/usr/bin/true");
+  });
+}
+
+Result spawn_true_net(Context& ctx) {
+  const std::vector<std::string> argv{"/usr/bin/true"};
+  return measure(ctx.plan, [&] {
+    if (const gonso::ExitStatus status = gonso::spawn(ctx.net, argv).wait(); !status.success()) {
+      throw std::runtime_error(fmt::format("/usr/bin/true in the net Set {}", status));
+    }
+  });
+}
+
+// The classic way: nsenter forks and executes itself before the program.
+Result nsenter_true_net(Context& ctx) {
+  const BoundNamespace bound(ctx.net, gonso::Kind::net, ctx.bound_files);
+  std::vector<std::string> argv{"/usr/bin/nsenter", fmt::format("--net={}", bound.file().native()), "/usr/bin/true"};
+  return measure(ctx.plan, [&] { fork_exec_wait(argv); });
+}
+
+// What Set::unshare does on its worker, done inline; on a thread of its own
+// so that the main thread never leaves its namespace, as gonso's caller
+// never does.
+Result floor_unshare_net(Context& ctx) {
+  return on_helper_thread([&] {
+    const Fd here = own_net_namespace();
+    return measure(ctx.plan, [&] {
+      if (::unshare(CLONE_NEWNET) != 0) throw_errno("cannot unshare(CLONE_NEWNET)");
+      const Fd fresh = own_net_namespace();
+      if (::setns(here.get(), CLONE_NEWNET) != 0) throw_errno("cannot go back to the helper's net namespace");
+    });
+  });
+}
+
+Result unshare_net(Context& ctx) {
+  // The new Set is destroyed at once, and its namespace with it.
+  return measure(ctx.plan, [&] { (void)ctx.base.unshare(gonso::Kind::net); });
+}
+
+Result pool_get_net([[maybe_unused]] Context& ctx) {
+#if __has_include(<gonso/pool.hpp>)
+  constexpr std::size_t pool_size = 4;
+  gonso::Pool pool(ctx.base, gonso::Kind::net, gonso::PoolOptions{.size = pool_size});
+  const auto wait_full = [&] {
+    if (!pool.wait_ready(std::chrono::milliseconds(10s))) {
+      throw std::runtime_error(fmt::format("the pool did not reach {} Sets in 10 s", pool_size));
+    }
+  };
+  // Only get() is timed, one at a time on a full pool: the latency a caller
+  // sees while the pool keeps up. Refilling is the pool's background work,
+  // whose cost unshare_net shows.
+  for (int i = 0; i < ctx.plan.warmup_ops; ++i) {
+    wait_full();
+    (void)pool.get();
+  }
+  std::vector<double> samples;
+  for (int i = 0; i < ctx.plan.single_samples; ++i) {
+    check_interrupted();
+    wait_full();
+    const auto start = Clock::now();
+    const gonso::Set taken = pool.get();
+    samples.push_back(nanoseconds(Clock::now() - start));
+  }  // each Set is destroyed untimed
+  return Value{median(std::move(samples)), fmt::format("{}×1", ctx.plan.single_samples)};
+#else
+  return std::nullopt;
+#endif
+}
+
+// run(true) over n distinct Sets in turn, as a CNI plugin or a monitoring
+// agent serving many containers does: each run joins another namespace than
+// the last, so any per-Set state gonso might keep is exercised.
+Value run_round_robin(Context& ctx, std::size_t n) {
+  const std::span<const gonso::Set> sets = ctx.distinct_net_sets(n);
+  std::size_t next = 0;
+  // One full round first: the batches time the steady state.
+  return measure(ctx.plan.with_warmup(static_cast<int>(n)), [&] {
+    sets[next].run(true, noop);
+    next = (next + 1) % n;
+  });
+}
+
+Result run_restore_net_1set(Context& ctx) { return run_round_robin(ctx, 1); }
+Result run_restore_net_10sets(Context& ctx) { return run_round_robin(ctx, 10); }
+
+Result run_restore_net_1000sets(Context& ctx) {
+  // Each Set holds one fd per kind: 1000 of them need more than the usual 1024.
+  rlimit files{};
+  if (::getrlimit(RLIMIT_NOFILE, &files) != 0) throw_errno("cannot read RLIMIT_NOFILE");
+  files.rlim_cur = files.rlim_max;
+  if (::setrlimit(RLIMIT_NOFILE, &files) != 0) throw_errno("cannot raise RLIMIT_NOFILE");
+  // So that threads_at_1000_sets counts what these runs keep, not what the
+  // figures before left idle.
+  gonso::retire_idle_workers();
+  return run_round_robin(ctx, 1000);
+}
+
+Result fds_at_1000_sets(Context& ctx) {
+  (void)ctx.distinct_net_sets(1000);
+  return Value{static_cast<double>(count_open_fds()), {}};
+}
+
+Result threads_at_1000_sets(Context& ctx) {
+  (void)ctx.distinct_net_sets(1000);
+  return Value{static_cast<double>(count_threads()), {}};
+}
+
+// Idle workers must cost nothing. The first second lets any spinning after
+// the last run stop; the second must then show no CPU time at all.
+Result idle_cpu_ticks([[maybe_unused]] Context& ctx) {
+  std::this_thread::sleep_for(1s);
+  const long long before = process_cpu_ticks();
+  std::this_thread::sleep_for(1s);
+  return Value{static_cast<double>(process_cpu_ticks() - before), {}};
+}
+
+// ---------------------------------------------------------------------------
+// The registry
+
+/// ns: a median per operation. The others are single readings, not medians.
+enum class Unit { ns, fds, threads, ticks };
+
+struct Figure {
+  std::string_view name;
+  Unit unit;
+  std::string_view about;
+  Result (*measure)(Context&);
+  std::string_view needs = {};  // the header of an API not merged everywhere yet
+};
+
+constexpr std::array figures{
+    Figure{"floor_setns_net", Unit::ns, "setns(2) into a net namespace and back, inline", floor_setns_net},
+    Figure{"run_restore_net", Unit::ns, "net.run(true, []{}): a kept worker joins and goes back", run_restore_net},
+    Figure{"executor_net", Unit::ns, "Executor(net).run([]{}): a thread that stays in the Set", executor_net,
+           "<gonso/executor.hpp>"},
+    Figure{"run_restore_net_uts_ipc", Unit::ns, "run(true, []{}) in fresh net+uts+ipc", run_restore_net_uts_ipc},
+    Figure{"run_restore_net_4callers", Unit::ns, "run(true, []{}) from 4 threads at once on one Set, per call",
+           run_restore_net_4callers},
+    Figure{"floor_thread", Unit::ns, "std::jthread create + join, empty body", floor_thread},
+    Figure{"run_norestore_net", Unit::ns, "net.run(false, []{}): a new worker, ended after", run_norestore_net},
+    Figure{"floor_fork_net", Unit::ns, "fork, the child setns(2) into the net Set, _exit, waitpid", floor_fork_net},
+    Figure{"process_run_net", Unit::ns, "net.run_in_process([]{})", process_run_net},
+    Figure{"floor_spawn_true", Unit::ns, "posix_spawn /usr/bin/true + waitpid, no namespace", floor_spawn_true},
+    Figure{"spawn_true_net", Unit::ns, "gonso::spawn(net, {\"/usr/bin/true\"}).wait()", spawn_true_net},
+    Figure{"nsenter_true_net", Unit::ns, "fork + exec nsenter --net=FILE /usr/bin/true + waitpid", nsenter_true_net},
+    Figure{"floor_unshare_net", Unit::ns, "unshare(CLONE_NEWNET) + open, setns(2) back + close, inline",
+           floor_unshare_net},
+    Figure{"unshare_net", Unit::ns, "Set::unshare(Kind::net), the new Set destroyed", unshare_net},
+    Figure{"pool_get_net", Unit::ns, "Pool::get() from a full pool of 4 fresh net Sets", pool_get_net,
+           "<gonso/pool.hpp>"},
+    Figure{"run_restore_net_1set", Unit::ns, "run(true, []{}) round-robin over 1 net Set", run_restore_net_1set},
+    Figure{"run_restore_net_10sets", Unit::ns, "run(true, []{}) round-robin over 10 net Sets", run_restore_net_10sets},
+    Figure{"run_restore_net_1000sets", Unit::ns, "run(true, []{}) round-robin over 1000 net Sets",
+           run_restore_net_1000sets},
+    Figure{"fds_at_1000_sets", Unit::fds, "open fds, 1000 net Sets alive (a Set holds an fd per kind)",
+           fds_at_1000_sets},
+    Figure{"threads_at_1000_sets", Unit::threads, "threads, 1000 net Sets alive, after their runs",
+           threads_at_1000_sets},
+    Figure{"idle_cpu_ticks", Unit::ticks, "CPU time of this process in 1 s, 1 s after the last run", idle_cpu_ticks},
+};
+
+constexpr std::size_t figure_index(std::string_view name) {
+  for (std::size_t i = 0; i < figures.size(); ++i) {
+    if (figures[i].name == name) return i;
+  }
+  throw std::logic_error("no such figure");
+}
+
+/// A target, as the ratio of two figures of the same run (or one figure as is).
+struct Target {
+  enum class Bound { at_most, at_least, equal };
+  std::size_t measured;
+  std::optional<std::size_t> against;
+  Bound bound;
+  double limit;
+};
+
+constexpr Target ratio(std::string_view measured, std::string_view against, Target::Bound bound, double limit) {
+  return {figure_index(measured), figure_index(against), bound, limit};
+}
+
+constexpr std::array targets{
+    ratio("run_restore_net", "floor_setns_net", Target::Bound::at_most, 2),
+    ratio("executor_net", "floor_setns_net", Target::Bound::at_most, 1),
+    ratio("run_norestore_net", "floor_thread", Target::Bound::at_most, 1.2),
+    ratio("nsenter_true_net", "process_run_net", Target::Bound::at_least, 10),
+    ratio("nsenter_true_net", "spawn_true_net", Target::Bound::at_least, 10),
+    ratio("unshare_net", "floor_unshare_net", Target::Bound::at_most, 1.3),
+    ratio("pool_get_net", "unshare_net", Target::Bound::at_most, 0.01),
+    ratio("run_restore_net_1000sets", "run_restore_net_1set", Target::Bound::at_most, 1.5),
+    Target{figure_index("idle_cpu_ticks"), std::nullopt, Target::Bound::equal, 0},
+};
+
+// ---------------------------------------------------------------------------
+// Output
+
+std::string human(const Figure& figure, const Result& result) {
+  if (!result) return "n/a";
+  const double v = result->number;
+  switch (figure.unit) {
+    case Unit::fds:
+      return fmt::format("{:.0f} fds", v);
+    case Unit::threads:
+      return fmt::format("{:.0f} threads", v);
+    case Unit::ticks:
+      return fmt::format("{:.0f} ticks", v);
+    case Unit::ns:
+      break;
+  }
+  if (v < 1e3) return fmt::format("{:.0f} ns", v);
+  if (v < 1e6) return fmt::format("{:.1f} µs", v / 1e3);
+  return fmt::format("{:.2f} ms", v / 1e6);
+}
+
+std::string machine() {
+  cpu_set_t cpus;
+  CPU_ZERO(&cpus);
+  const int nproc = ::sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? CPU_COUNT(&cpus) : 0;
+  std::string model = "unknown CPU";
+  std::istringstream cpuinfo(read_text("/proc/cpuinfo"));
+  for (std::string line; std::getline(cpuinfo, line);) {
+    if (line.starts_with("model name")) {
+      model = line.substr(line.find(':') + 2);
+      break;
+    }
+  }
+  utsname uts{};
+  ::uname(&uts);
+  return fmt::format("{} CPUs, {}, {} {} {}", nproc, model, uts.sysname, uts.release, uts.machine);
+}
+
+std::string build() {
+  std::string text = fmt::format("{}, g++ {}", GONSO_BENCH_BUILD_TYPE, __VERSION__);
+#ifdef __SANITIZE_ADDRESS__
+  text += ", AddressSanitizer";
+#endif
+#ifdef __SANITIZE_THREAD__
+  text += ", ThreadSanitizer";
+#endif
+  return text;
+}
+
+void print_header(const Plan& plan, bool quick) {
+  fmt::print("gonso-bench\n");
+  fmt::print("machine  {}\n", machine());
+  fmt::print("build    {}\n", build());
+  if (quick) {
+    fmt::print("method   --quick: {} batches of 1 op; checks that every figure runs, measures nothing\n", plan.batches);
+  } else {
+    fmt::print("method   median over K batches of M ops (shape K×M), M such that a batch lasts ≥ {} ms\n",
+               std::chrono::duration_cast<std::chrono::milliseconds>(plan.min_batch).count());
+  }
+  fmt::print("counts   fds, threads and ticks (1/{} s of CPU) are single readings, not medians\n",
+             ::sysconf(_SC_CLK_TCK));
+  fmt::print("\n{:<26} {:>10}  {:<10}  {}\n", "figure", "median", "shape", "one op");
+}
+
+void print_row(const Figure& figure, const Result& result) {
+  const std::string about =
+      result ? std::string(figure.about) : fmt::format("{}: needs {}, not in this build", figure.about, figure.needs);
+  fmt::print("{:<26} {:>10}  {:<10}  {}\n", figure.name, human(figure, result), result ? result->shape : "", about);
+  std::fflush(stdout);  // rows show up as they are measured, also through a pipe
+}
+
+void print_ratios(const std::vector<Result>& results) {
+  fmt::print("\nratios (targets, from this run)\n");
+  for (const Target& t : targets) {
+    const Result& measured = results[t.measured];
+    const Result* against = t.against ? &results[*t.against] : nullptr;
+    std::string label(figures[t.measured].name);
+    if (t.against) label += fmt::format(" / {}", figures[*t.against].name);
+    const char* op = t.bound == Target::Bound::at_most ? "≤" : t.bound == Target::Bound::at_least ? "≥" : "=";
+    const std::string goal = fmt::format("{} {:g}", op, t.limit);
+    if (!measured || (against && !*against)) {
+      fmt::print("{:<52} {:>8}  {:<7} {}\n", label, "n/a", goal, "n/a");
+      continue;
+    }
+    const double value = against ? measured->number / (*against)->number : measured->number;
+    const bool ok = t.bound == Target::Bound::at_most    ? value <= t.limit
+                    : t.bound == Target::Bound::at_least ? value >= t.limit
+                                                         : value == t.limit;
+    const std::string shown = value >= 100 ? fmt::format("{:.0f}", value) : fmt::format("{:.3g}", value);
+    fmt::print("{:<52} {:>8}  {:<7} {}\n", label, shown, goal, ok ? "OK" : "MISS");
+  }
+}
+
+void print_json(const std::vector<Result>& results) {
+  std::string text = "{";
+  const char* separator = "\n";
+  for (std::size_t i = 0; i < figures.size(); ++i) {
+    if (!results[i]) continue;  // an API not in this build
+    const double v = results[i]->number;
+    const std::string number = figures[i].unit == Unit::ns ? fmt::format("{:.1f}", v) : fmt::format("{:.0f}", v);
+    text += fmt::format("{}  \"{}\": {}", separator, figures[i].name, number);
+    separator = ",\n";
+  }
+  text += "\n}\n";
+  fmt::print("{}", text);
+}
+
+// ---------------------------------------------------------------------------
+// Leaving nothing behind
+
+/// Nsfs mounts among `files` that are still mounted.
+std::vector<std::string> still_bound(const std::vector<fs::path>& files) {
+  std::vector<std::string> left;
+  std::istringstream mountinfo(read_text("/proc/self/mountinfo"));
+  for (std::string line; std::getline(mountinfo, line);) {
+    // "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER"
+    std::istringstream fields(line);
+    std::string skip, mount_point;
+    fields >> skip >> skip >> skip >> skip >> mount_point;
+    const auto dash = line.find(" - ");
+    if (dash == std::string::npos || !line.substr(dash + 3).starts_with("nsfs ")) continue;
+    for (const fs::path& file : files) {
+      if (mount_point == file.native()) left.push_back(mount_point);
+    }
+  }
+  return left;
+}
+
+/// Ends what gonso keeps and checks that the run left no mount and no
+/// process behind. Returns false, having said why, when it did.
+bool clean_up(const Context& ctx) {
+  gonso::retire_idle_workers();
+  bool clean = true;
+  for (const std::string& file : still_bound(ctx.bound_files)) {
+    fmt::print(stderr, "gonso-bench: left a namespace mounted on {}; unmounting it\n", file);
+    ::umount2(file.c_str(), MNT_DETACH);
+    clean = false;
+  }
+  siginfo_t info{};
+  if (::waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) == 0) {
+    fmt::print(stderr, "gonso-bench: left child processes behind (pid {})\n", info.si_pid);
+    clean = false;
+  }
+  return clean;
+}
+
+// ---------------------------------------------------------------------------
+
+struct Options {
+  bool quick = false;
+  bool json = false;
+  bool help = false;
+};
+
+constexpr std::string_view usage =
+    "usage: gonso-bench [--quick] [--json] [--help]\n"
+    "  Measures gonso against the system calls and tools it stands for. Run as root.\n"
+    "  --quick  tiny counts: runs every figure once or so, measures nothing\n"
+    "  --json   print only one JSON object: figure name -> median ns per op (or count)\n";
+
+std::optional<Options> parse(int argc, char** argv) {
+  Options options;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      options.help = true;
+    } else if (arg == "--quick") {
+      options.quick = true;
+    } else if (arg == "--json") {
+      options.json = true;
+    } else {
+      return std::nullopt;
+    }
+  }
+  return options;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::optional<Options> options = parse(argc, argv);
+  if (!options) {
+    fmt::print(stderr, "{}", usage);
+    return 2;
+  }
+  if (options->help) {
+    fmt::print("{}", usage);
+    return 0;
+  }
+  install_signal_handlers();
+
+  Context ctx;
+  ctx.plan = options->quick ? quick_plan : full_plan;
+  std::vector<Result> results(figures.size());
+  int status = 0;
+  int busy_starts = 0;  // figures that began while the machine was busy with other work
+  std::string_view current = "setup";
+  try {
+    ctx.open();
+    if (!options->json) print_header(ctx.plan, options->quick);
+    for (std::size_t i = 0; i < figures.size(); ++i) {
+      current = figures[i].name;
+      if (!options->quick && !settle()) ++busy_starts;
+      results[i] = figures[i].measure(ctx);
+      if (!options->json) print_row(figures[i], results[i]);
+    }
+    if (options->json) {
+      print_json(results);
+    } else {
+      print_ratios(results);
+      if (busy_starts > 0) {
+        fmt::print("\nnote: {} of {} figures began while the machine was busy with other work; expect noise\n",
+                   busy_starts, figures.size());
+      }
+    }
+  } catch (const Interrupted& e) {
+    fmt::print(stderr, "gonso-bench: {}\n", e.what());
+    status = 128 + e.signal;
+  } catch (const std::system_error& e) {
+    const bool not_root = e.code() == std::errc::operation_not_permitted;
+    fmt::print(stderr, "gonso-bench: {}: {}{}\n", current, e.what(), not_root ? " (run it as root)" : "");
+    status = 1;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "gonso-bench: {}: {}\n", current, e.what());
+    status = 1;
+  }
+  if (!clean_up(ctx) && status == 0) status = 1;
+  return status;
+}

@@ -1,0 +1,39 @@
+# bench-smoke: `gonso-bench --quick --json` must exit 0 and print one JSON
+# object, and nothing else, holding every figure as a number. No timing is
+# checked. Usage: cmake -DBENCH=path/to/gonso-bench -DINCLUDE_DIR=include -P smoke.cmake
+execute_process(COMMAND "${BENCH}" --quick --json
+  OUTPUT_VARIABLE out
+  ERROR_VARIABLE err
+  RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "gonso-bench --quick --json failed (${rc}):\n${err}${out}")
+endif()
+if(NOT out MATCHES "^{.*}\n$")
+  message(FATAL_ERROR "gonso-bench --json printed more than one JSON object:\n${out}")
+endif()
+
+set(keys
+  floor_setns_net floor_thread floor_fork_net floor_spawn_true floor_unshare_net
+  run_restore_net run_norestore_net run_restore_net_uts_ipc run_restore_net_4callers
+  process_run_net spawn_true_net nsenter_true_net unshare_net
+  run_restore_net_1set run_restore_net_10sets run_restore_net_1000sets
+  fds_at_1000_sets threads_at_1000_sets idle_cpu_ticks)
+# These measure APIs that gonso-bench uses only when their header exists.
+if(EXISTS "${INCLUDE_DIR}/gonso/executor.hpp")
+  list(APPEND keys executor_net)
+endif()
+if(EXISTS "${INCLUDE_DIR}/gonso/pool.hpp")
+  list(APPEND keys pool_get_net)
+endif()
+
+foreach(key IN LISTS keys)
+  string(JSON type ERROR_VARIABLE error TYPE "${out}" "${key}")
+  if(error)
+    message(FATAL_ERROR "gonso-bench --json: ${error}\n${out}")
+  endif()
+  if(NOT type STREQUAL "NUMBER")
+    message(FATAL_ERROR "gonso-bench --json: ${key} is a ${type}, not a number\n${out}")
+  endif()
+endforeach()
+list(LENGTH keys count)
+message(STATUS "gonso-bench reported all ${count} figures")
