@@ -44,20 +44,13 @@
 
 #include <fmt/format.h>
 
+#include <gonso/executor.hpp>
 #include <gonso/persist.hpp>
+#include <gonso/pool.hpp>
 #include <gonso/set.hpp>
 #include <gonso/spawn.hpp>
 #include <gonso/workers.hpp>
 
-// Two figures measure APIs that are being written on other branches; until
-// they are merged the program reports them as n/a and leaves them out of
-// the JSON.
-#if __has_include(<gonso/executor.hpp>)
-#include <gonso/executor.hpp>
-#endif
-#if __has_include(<gonso/pool.hpp>)
-#include <gonso/pool.hpp>
-#endif
 
 #ifndef GONSO_BENCH_BUILD_TYPE
 #define GONSO_BENCH_BUILD_TYPE "unknown"
@@ -237,7 +230,7 @@ struct Value {
   double number = 0;
   std::string shape;  // "K×M" of the batches behind a median; empty for counts
 };
-using Result = std::optional<Value>;  // nullopt: not available in this build
+using Result = std::optional<Value>;  // nullopt: not measured
 
 double nanoseconds(Clock::duration d) { return std::chrono::duration<double, std::nano>(d).count(); }
 
@@ -410,13 +403,9 @@ Result run_restore_net(Context& ctx) {
   return measure(ctx.plan, [&] { ctx.net.run(true, noop); });
 }
 
-Result executor_net([[maybe_unused]] Context& ctx) {
-#if __has_include(<gonso/executor.hpp>)
-  gonso::Executor executor(ctx.net);
+Result executor_net(Context& ctx) {
+  const gonso::Executor executor(ctx.net);
   return measure(ctx.plan, [&] { executor.run(noop); });
-#else
-  return std::nullopt;
-#endif
 }
 
 Result run_restore_net_uts_ipc(Context& ctx) {
@@ -539,8 +528,7 @@ Result unshare_net(Context& ctx) {
   return measure(ctx.plan, [&] { (void)ctx.base.unshare(gonso::Kind::net); });
 }
 
-Result pool_get_net([[maybe_unused]] Context& ctx) {
-#if __has_include(<gonso/pool.hpp>)
+Result pool_get_net(Context& ctx) {
   constexpr std::size_t pool_size = 4;
   gonso::Pool pool(ctx.base, gonso::Kind::net, gonso::PoolOptions{.size = pool_size});
   const auto wait_full = [&] {
@@ -564,9 +552,6 @@ Result pool_get_net([[maybe_unused]] Context& ctx) {
     samples.push_back(nanoseconds(Clock::now() - start));
   }  // each Set is destroyed untimed
   return Value{median(std::move(samples)), fmt::format("{}×1", ctx.plan.single_samples)};
-#else
-  return std::nullopt;
-#endif
 }
 
 // run(true) over n distinct Sets in turn, as a CNI plugin or a monitoring
@@ -627,14 +612,12 @@ struct Figure {
   Unit unit;
   std::string_view about;
   Result (*measure)(Context&);
-  std::string_view needs = {};  // the header of an API not merged everywhere yet
 };
 
 constexpr std::array figures{
     Figure{"floor_setns_net", Unit::ns, "setns(2) into a net namespace and back, inline", floor_setns_net},
     Figure{"run_restore_net", Unit::ns, "net.run(true, []{}): a kept worker joins and goes back", run_restore_net},
-    Figure{"executor_net", Unit::ns, "Executor(net).run([]{}): a thread that stays in the Set", executor_net,
-           "<gonso/executor.hpp>"},
+    Figure{"executor_net", Unit::ns, "Executor(net).run([]{}): a thread that stays in the Set", executor_net},
     Figure{"run_restore_net_uts_ipc", Unit::ns, "run(true, []{}) in fresh net+uts+ipc", run_restore_net_uts_ipc},
     Figure{"run_restore_net_4callers", Unit::ns, "run(true, []{}) from 4 threads at once on one Set, per call",
            run_restore_net_4callers},
@@ -648,8 +631,7 @@ constexpr std::array figures{
     Figure{"floor_unshare_net", Unit::ns, "unshare(CLONE_NEWNET) + open, setns(2) back + close, inline",
            floor_unshare_net},
     Figure{"unshare_net", Unit::ns, "Set::unshare(Kind::net), the new Set destroyed", unshare_net},
-    Figure{"pool_get_net", Unit::ns, "Pool::get() from a full pool of 4 fresh net Sets", pool_get_net,
-           "<gonso/pool.hpp>"},
+    Figure{"pool_get_net", Unit::ns, "Pool::get() from a full pool of 4 fresh net Sets", pool_get_net},
     Figure{"run_restore_net_1set", Unit::ns, "run(true, []{}) round-robin over 1 net Set", run_restore_net_1set},
     Figure{"run_restore_net_10sets", Unit::ns, "run(true, []{}) round-robin over 10 net Sets", run_restore_net_10sets},
     Figure{"run_restore_net_1000sets", Unit::ns, "run(true, []{}) round-robin over 1000 net Sets",
@@ -759,7 +741,7 @@ void print_header(const Plan& plan, bool quick) {
 
 void print_row(const Figure& figure, const Result& result) {
   const std::string about =
-      result ? std::string(figure.about) : fmt::format("{}: needs {}, not in this build", figure.about, figure.needs);
+      result ? std::string(figure.about) : fmt::format("{}: not measured", figure.about);
   fmt::print("{:<26} {:>10}  {:<10}  {}\n", figure.name, human(figure, result), result ? result->shape : "", about);
   std::fflush(stdout);  // rows show up as they are measured, also through a pipe
 }

@@ -1,6 +1,6 @@
 # bench-smoke: `gonso-bench --quick --json` must exit 0 and print one JSON
 # object, and nothing else, holding every figure as a number. No timing is
-# checked. Usage: cmake -DBENCH=path/to/gonso-bench -DINCLUDE_DIR=include -P smoke.cmake
+# checked. Usage: cmake -DBENCH=path/to/gonso-bench -P smoke.cmake
 execute_process(COMMAND "${BENCH}" --quick --json
   OUTPUT_VARIABLE out
   ERROR_VARIABLE err
@@ -17,14 +17,7 @@ set(keys
   run_restore_net run_norestore_net run_restore_net_uts_ipc run_restore_net_4callers
   process_run_net spawn_true_net nsenter_true_net unshare_net
   run_restore_net_1set run_restore_net_10sets run_restore_net_1000sets
-  fds_at_1000_sets threads_at_1000_sets idle_cpu_ticks)
-# These measure APIs that gonso-bench uses only when their header exists.
-if(EXISTS "${INCLUDE_DIR}/gonso/executor.hpp")
-  list(APPEND keys executor_net)
-endif()
-if(EXISTS "${INCLUDE_DIR}/gonso/pool.hpp")
-  list(APPEND keys pool_get_net)
-endif()
+  fds_at_1000_sets threads_at_1000_sets idle_cpu_ticks executor_net pool_get_net)
 
 foreach(key IN LISTS keys)
   string(JSON type ERROR_VARIABLE error TYPE "${out}" "${key}")
