@@ -247,3 +247,25 @@ TEST_CASE("executor: a foreign user namespace is refused before any thread start
   }
   CHECK(test::count_threads() == threads);
 }
+
+TEST_CASE("executor: without verify_each_run, runs stay in the Set and discard_thread still ends the thread",
+          "[executor][privileged]") {
+  test::require_privilege();
+  const test::Snapshot caller = test::snapshot();
+  const Set set = Set::current().unshare(Kind::net | Kind::uts);
+  const Executor ex(set, gonso::ExecutorOptions{.verify_each_run = false});
+  std::set<pid_t> tids;
+  for (int i = 0; i < 20; ++i) {
+    const Inside in = ex.run(look);
+    tids.insert(in.tid);
+    CHECK(in.ns.at(Kind::net) == set.identity(Kind::net));
+    CHECK(in.ns.at(Kind::uts) == set.identity(Kind::uts));
+  }
+  CHECK(tids.size() == 1);
+  ex.run([](gonso::RunContext& ctx) { ctx.discard_thread(); });
+  const Inside fresh = ex.run(look);
+  CHECK(tids.count(fresh.tid) == 0);
+  CHECK(fresh.ns.at(Kind::net) == set.identity(Kind::net));
+  CHECK(fresh.ns.at(Kind::uts) == set.identity(Kind::uts));
+  CHECK(test::snapshot() == caller);
+}

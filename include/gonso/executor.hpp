@@ -15,6 +15,16 @@
 
 namespace gonso {
 
+/// Options of an Executor.
+struct ExecutorOptions {
+  /// After each callable, rejoin the Set through the anchor's pidfd and check
+  /// root, cwd and time_for_children (below): about 2-3 us a run on a small
+  /// VM. false skips both, for callables that never call unshare(2),
+  /// setns(2) or chdir(2) on their thread: a callable that does moves every
+  /// later one. RunContext::discard_thread() works either way.
+  bool verify_each_run = true;
+};
+
 /// A dedicated thread that joins a Set once and stays inside it, for code
 /// that works in one container's namespaces again and again (an agent
 /// polling a container's network, a CNI plugin configuring interfaces).
@@ -41,7 +51,7 @@ class Executor {
   /// other than the process's own (a thread cannot join one: use
   /// Set::run_in_process); std::system_error naming the kind when joining
   /// fails, e.g. EPERM without CAP_SYS_ADMIN.
-  explicit Executor(const Set& set) : state_(std::make_unique<state>(set)) {
+  explicit Executor(const Set& set, ExecutorOptions options = {}) : state_(std::make_unique<state>(set, options)) {
     std::lock_guard lock(state_->mutex);
     state_->start();
   }
@@ -64,6 +74,7 @@ class Executor {
     std::lock_guard lock(state_->mutex);
     if (!state_->worker) state_->start();
     detail::run_job<F, R> job(nullptr, {}, /*restoring=*/true, std::forward<F>(fn));
+    job.verify = state_->options.verify_each_run;
     if (!state_->worker->execute(job)) state_->worker.reset();  // left the Set: join it now
     return job.take();
   }
@@ -77,7 +88,7 @@ class Executor {
  private:
   // Behind a pointer: the threads point at it, and the Executor moves.
   struct state {
-    explicit state(const Set& s) : set(s) {
+    state(const Set& s, ExecutorOptions o) : set(s), options(o) {
       if (set.empty()) throw std::logic_error("cannot run an executor in an empty Set (moved-from, or no kinds)");
       detail::require_own(Kind::user, set.kinds_, set.ns_, nullptr);
       detail::require_own(Kind::time, set.kinds_, set.ns_, nullptr);
@@ -114,6 +125,7 @@ class Executor {
     };
 
     const Set set;
+    const ExecutorOptions options;
     std::shared_ptr<const detail::anchor> anchor;
     std::mutex mutex;                        // one run at a time
     std::unique_ptr<detail::worker> worker;  // null after its thread ended

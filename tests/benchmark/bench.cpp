@@ -51,7 +51,6 @@
 #include <gonso/spawn.hpp>
 #include <gonso/workers.hpp>
 
-
 #ifndef GONSO_BENCH_BUILD_TYPE
 #define GONSO_BENCH_BUILD_TYPE "unknown"
 #endif
@@ -408,6 +407,11 @@ Result executor_net(Context& ctx) {
   return measure(ctx.plan, [&] { executor.run(noop); });
 }
 
+Result executor_net_unverified(Context& ctx) {
+  const gonso::Executor executor(ctx.net, gonso::ExecutorOptions{.verify_each_run = false});
+  return measure(ctx.plan, [&] { executor.run(noop); });
+}
+
 Result run_restore_net_uts_ipc(Context& ctx) {
   const gonso::Set set = ctx.base.unshare(gonso::Kind::net | gonso::Kind::uts | gonso::Kind::ipc);
   return measure(ctx.plan, [&] { set.run(true, noop); });
@@ -618,6 +622,8 @@ constexpr std::array figures{
     Figure{"floor_setns_net", Unit::ns, "setns(2) into a net namespace and back, inline", floor_setns_net},
     Figure{"run_restore_net", Unit::ns, "net.run(true, []{}): a kept worker joins and goes back", run_restore_net},
     Figure{"executor_net", Unit::ns, "Executor(net).run([]{}): a thread that stays in the Set", executor_net},
+    Figure{"executor_net_unverified", Unit::ns, "the same with verify_each_run = false: no setns at all",
+           executor_net_unverified},
     Figure{"run_restore_net_uts_ipc", Unit::ns, "run(true, []{}) in fresh net+uts+ipc", run_restore_net_uts_ipc},
     Figure{"run_restore_net_4callers", Unit::ns, "run(true, []{}) from 4 threads at once on one Set, per call",
            run_restore_net_4callers},
@@ -666,9 +672,14 @@ constexpr Target ratio(std::string_view measured, std::string_view against, Targ
 constexpr std::array targets{
     ratio("run_restore_net", "floor_setns_net", Target::Bound::at_most, 2),
     ratio("executor_net", "floor_setns_net", Target::Bound::at_most, 1),
+    ratio("executor_net_unverified", "floor_setns_net", Target::Bound::at_most, 1),
     ratio("run_norestore_net", "floor_thread", Target::Bound::at_most, 1.2),
     ratio("nsenter_true_net", "process_run_net", Target::Bound::at_least, 10),
     ratio("nsenter_true_net", "spawn_true_net", Target::Bound::at_least, 10),
+    // Where the kernel's own cost makes the two above unreachable, what
+    // gonso adds to a bare fork or posix_spawn.
+    ratio("process_run_net", "floor_fork_net", Target::Bound::at_most, 1.1),
+    ratio("spawn_true_net", "floor_spawn_true", Target::Bound::at_most, 1.1),
     ratio("unshare_net", "floor_unshare_net", Target::Bound::at_most, 1.3),
     ratio("pool_get_net", "unshare_net", Target::Bound::at_most, 0.01),
     ratio("run_restore_net_1000sets", "run_restore_net_1set", Target::Bound::at_most, 1.5),
@@ -740,8 +751,7 @@ void print_header(const Plan& plan, bool quick) {
 }
 
 void print_row(const Figure& figure, const Result& result) {
-  const std::string about =
-      result ? std::string(figure.about) : fmt::format("{}: not measured", figure.about);
+  const std::string about = result ? std::string(figure.about) : fmt::format("{}: not measured", figure.about);
   fmt::print("{:<26} {:>10}  {:<10}  {}\n", figure.name, human(figure, result), result ? result->shape : "", about);
   std::fflush(stdout);  // rows show up as they are measured, also through a pipe
 }

@@ -108,6 +108,9 @@ class job {
   const bool restore;
   /// A pidfd of a process in `target`'s namespaces (Set::from_pidfd), or -1.
   int pidfd = -1;
+  /// False only for an Executor whose caller vouches that callables leave
+  /// the thread's namespaces alone: no setns back home, no checks.
+  bool verify = true;
   /// The callable's exception, or the join's; invoke() is not called when
   /// joining failed.
   std::exception_ptr error;
@@ -164,7 +167,7 @@ class worker {
     (void)done_.wait(spin_budget());
     if (!work.restore) return false;
     // The worker is on its way home; check what that does not undo meanwhile.
-    const bool checked = !fast_ || still_in_place();
+    const bool checked = !work.verify || !fast_ || still_in_place();
     (void)home_reached_.wait(spin_budget());
     return reusable_ && checked;
   }
@@ -499,6 +502,7 @@ inline bool worker::perform(job& work) noexcept {
     ::_exit(EXIT_FAILURE);
   }
   const bool restore = work.restore;
+  const bool verify = work.verify;
   const bool wanted = ctx.will_restore() && !away_from_home_;
   if (!restore) {
     // Nobody looks at this thread again: let go of its fds before the caller
@@ -510,7 +514,7 @@ inline bool worker::perform(job& work) noexcept {
   // posted, unless it waits for home_reached_ too.
   done_.post();
   if (!restore) return false;
-  reusable_ = wanted && go_home(joined);
+  reusable_ = wanted && (!verify || go_home(joined));
   home_reached_.post();
   return reusable_;
 }
