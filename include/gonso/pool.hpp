@@ -60,7 +60,9 @@ struct PoolOptions {
 /// Keeps `size` Sets with fresh namespaces ready, so that taking one costs a
 /// lock and a move instead of a namespace creation (~190 us for a network
 /// namespace, milliseconds when a child process has to make user, pid or
-/// time namespaces). A background thread makes new ones as Sets are taken.
+/// time namespaces). A background thread makes new ones as Sets are taken:
+/// it sleeps while more than half of `size` are ready, and once woken tops
+/// the pool up to `size` again, so that most get()s pay no wake-up.
 ///
 /// Every Set is base.unshare(kinds, options.unshare), followed by
 /// options.after_create inside it: fresh namespaces of `kinds`, the base's
@@ -116,7 +118,8 @@ class Pool {
   Pool(Pool&&) = delete;  // the refill thread points at this object
   Pool& operator=(Pool&&) = delete;
 
-  /// A ready Set, at once; the refill thread is woken to replace it. When none
+  /// A ready Set, at once; the refill thread is woken when half the pool or
+  /// less is left. When none
   /// is ready, makes one on the calling thread (hook included), which costs
   /// what Set::unshare costs: the pool never makes a caller wait for another
   /// thread.
@@ -141,8 +144,12 @@ class Pool {
     }
     Set set = std::move(ready_.back());
     ready_.pop_back();
-    // Waking a thread that is busy anyway would cost a system call for nothing.
-    const bool wake = refill_waiting_;
+    // Waking a thread that is busy anyway would cost a system call for nothing,
+    // and waking a sleeping one costs more than the rest of get() (a futex
+    // wake that crosses CPUs, 2-9 us on a small VM): only the get() that
+    // leaves half the pool or less pays it, and the refill then tops the pool
+    // up to full.
+    const bool wake = refill_waiting_ && ready_.size() <= options_.size / 2;
     lock.unlock();
     if (wake) refill_wanted_.notify_one();
     return set;
@@ -187,6 +194,8 @@ class Pool {
   /// that keeps failing does not end the wait early; get() reports it.
   [[nodiscard]] bool wait_ready(std::chrono::milliseconds timeout) const {
     std::unique_lock lock(mutex_);
+    // A pool above half full has a sleeping refill (see get()): wake it.
+    if (refill_waiting_ && ready_.size() < options_.size) refill_wanted_.notify_one();
     return full_.wait_for(lock, std::min(timeout, detail::longest_pool_wait),
                           [this] { return ready_.size() >= options_.size; });
   }
@@ -268,11 +277,11 @@ class Pool {
   bool in_process_ = false;  // the hook runs in a child process
 
   mutable std::mutex mutex_;
-  std::condition_variable_any refill_wanted_;  // a Set was taken, or stop was asked
-  mutable std::condition_variable full_;       // the pool became full
-  std::vector<Set> ready_;                     // taken from the back: the warmest first
-  std::exception_ptr error_;                   // the refill's latest failure, not yet reported
-  bool refill_waiting_ = false;                // the refill thread sleeps on refill_wanted_
+  mutable std::condition_variable_any refill_wanted_;  // the pool needs topping up, or stop was asked
+  mutable std::condition_variable full_;               // the pool became full
+  std::vector<Set> ready_;                             // taken from the back: the warmest first
+  std::exception_ptr error_;                           // the refill's latest failure, not yet reported
+  bool refill_waiting_ = false;                        // the refill thread sleeps on refill_wanted_
 
   std::jthread refill_;  // last: started after, and joined (by ~Pool) before, the rest is destroyed
 };
