@@ -333,10 +333,12 @@ class worker_pool {
  private:
   friend class worker;
 
-  /// Workers that ended are joined in batches once this many wait: a thread
-  /// that just ended may still be exiting, and joining it would make the
-  /// caller sleep until it has.
-  static constexpr std::size_t unjoined_limit = 8;
+  /// The newest ended workers, which may still be on their way out, are not
+  /// joined yet: joining one would make the caller sleep until it has exited.
+  /// The older ones have had a whole run's time to exit; joining them returns
+  /// their stacks to libc's cache at once, for the next thread to reuse
+  /// instead of mapping (and later unmapping, across CPUs) a new one.
+  static constexpr std::size_t newest_unjoined = 1;
 
   worker_pool() {
     // The pool lives until the process ends; these hooks are registered once.
@@ -386,13 +388,12 @@ class worker_pool {
     }
   }
 
-  // Hands the oldest ended workers to the caller to join, keeping the newest
-  // few: those may still be on their way out.
+  // Hands the ended workers to the caller to join, but for the newest.
   void take_ended(std::vector<std::unique_ptr<worker>>& ended) {
-    if (retired_.size() <= unjoined_limit) return;
-    const auto excess = static_cast<std::ptrdiff_t>(retired_.size() - unjoined_limit / 2);
-    std::move(retired_.begin(), retired_.begin() + excess, std::back_inserter(ended));
-    retired_.erase(retired_.begin(), retired_.begin() + excess);
+    if (retired_.size() <= newest_unjoined) return;
+    const auto older = static_cast<std::ptrdiff_t>(retired_.size() - newest_unjoined);
+    std::move(retired_.begin(), retired_.begin() + older, std::back_inserter(ended));
+    retired_.erase(retired_.begin(), retired_.begin() + older);
   }
 
   // Idle workers must not outlive main(): end them while the rest of the
@@ -451,7 +452,7 @@ class worker_pool {
 
   std::mutex mutex_;
   std::vector<std::unique_ptr<worker>> idle_;     // back() is the most recently used
-  std::vector<std::unique_ptr<worker>> retired_;  // ended; joined in batches, or by retire_idle
+  std::vector<std::unique_ptr<worker>> retired_;  // ended; joined by the next acquire or spawn, or retire_idle
   // Kept while workers are idle or run once, and by each worker while it
   // lives: the anchor ends with the last of them.
   std::shared_ptr<const anchor> home_;
