@@ -124,24 +124,50 @@ struct ns_ref {
 };
 using ns_refs = std::array<ns_ref, all_kinds.size()>;
 
+/// The inode number a namespace link reads as, "net:[4026531840]", or 0
+/// when `text` is not of that form.
+[[nodiscard]] inline ino_t link_inode(const char* text, std::size_t size) noexcept {
+  std::size_t i = 0;
+  while (i < size && text[i] != '[') ++i;
+  if (++i >= size) return 0;
+  ino_t inode = 0;
+  for (; i < size && text[i] >= '0' && text[i] <= '9'; ++i) inode = inode * 10 + static_cast<ino_t>(text[i] - '0');
+  return i + 1 == size && text[i] == ']' ? inode : 0;
+}
+
+/// The inode of the namespace link `path` (relative to `dirfd`), from
+/// readlink(2): unlike stat(2) it does not make the namespace's nsfs inode,
+/// which halves the cost of a look here (kernel-rules.md). 0 on any failure.
+[[nodiscard]] inline ino_t read_ns_link(int dirfd, const char* path) noexcept {
+  char text[64];
+  const ssize_t n = ::readlinkat(dirfd, path, text, sizeof text);
+  return n > 0 && static_cast<std::size_t>(n) < sizeof text ? link_inode(text, static_cast<std::size_t>(n)) : 0;
+}
+
 /// Plans the join of `kinds` of `target` from the calling thread's point of
 /// view: kinds it is in already are skipped (setns into one's own user
 /// namespace fails). Order: cgroup, ipc, uts, net, pid, mnt, time, then user,
 /// which join_in_child moves first when the child lacks privilege.
+///
+/// The thread's own namespaces are read as link text under one open of
+/// /proc/thread-self/ns (a worker's own fd of it when there is one). A link
+/// names its namespace by inode only; nsfs has one device, and `target` keeps
+/// its namespaces alive, so an equal inode is the same namespace. A link that
+/// cannot be read counts as another namespace: that kind is joined.
 [[nodiscard]] inline join_plan plan_join(const ns_refs& target, Kinds kinds) {
   static constexpr std::array<Kind, 8> order{Kind::cgroup, Kind::ipc, Kind::uts,  Kind::net,
                                              Kind::pid,    Kind::mnt, Kind::time, Kind::user};
+  unique_fd own_dir;
+  int dir = worker_ns_dir;
+  if (dir < 0) {
+    own_dir.reset(::open("/proc/thread-self/ns", O_PATH | O_DIRECTORY | O_CLOEXEC));
+    dir = own_dir.get();
+  }
   join_plan plan;
   for (Kind kind : order) {
     if (!kinds.contains(kind)) continue;
     const ns_ref& ns = target[index_of(kind)];
-    Identity here{};
-    const std::string link = std::string("/proc/thread-self/ns/") + thread_link(kind);
-    if (stat_ns(worker_ns_dir >= 0 ? worker_ns_dir : AT_FDCWD, worker_ns_dir >= 0 ? thread_link(kind) : link.c_str(),
-                kind, here) == 0 &&
-        here == ns.id) {
-      continue;
-    }
+    if (dir >= 0 && read_ns_link(dir, thread_link(kind)) == ns.id.inode) continue;
     plan.steps[plan.count++] = {ns.fd, kind};
     if (kind == Kind::pid || kind == Kind::time) plan.fork_after = true;
   }
@@ -206,13 +232,12 @@ using ns_refs = std::array<ns_ref, all_kinds.size()>;
 [[nodiscard]] inline bool children_share_pid_ns() noexcept {
   const bool worker = worker_ns_dir >= 0;
   const int dir = worker ? worker_ns_dir : AT_FDCWD;
-  Identity own{};
-  Identity children{};
-  if (stat_ns(dir, worker ? "pid" : "/proc/thread-self/ns/pid", Kind::pid, own) != 0) return true;
-  const int err =
-      stat_ns(dir, worker ? "pid_for_children" : "/proc/thread-self/ns/pid_for_children", Kind::pid, children);
+  const ino_t own = read_ns_link(dir, worker ? "pid" : "/proc/thread-self/ns/pid");
+  if (own == 0) return true;
+  errno = 0;
+  const ino_t children = read_ns_link(dir, worker ? "pid_for_children" : "/proc/thread-self/ns/pid_for_children");
   // ENOENT: the thread unshared a pid namespace that has no process yet.
-  if (err != 0) return err != ENOENT;
+  if (children == 0) return errno != ENOENT;
   return own == children;
 }
 
