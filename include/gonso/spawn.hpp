@@ -106,11 +106,6 @@ struct spawn_plan {
 // system calls: no libc wrapper that a sanitizer intercepts, and no state
 // that other threads of the caller may have left locked, is touched.
 
-[[noreturn]] inline void child_exit(int code) noexcept {
-  ::syscall(SYS_exit_group, code);
-  __builtin_unreachable();
-}
-
 inline void send_record(int fd, spawn_step what, std::int32_t value, int err) noexcept {
   const spawn_record record{what, value, err};
   // One write: far below PIPE_BUF, it is atomic and never partial.

@@ -29,11 +29,41 @@
 
 namespace gonso::detail {
 
+// Forked children make their system calls through syscall(2) alone, which
+// the parent calls before it forks (see bind_syscall). A libc function that a
+// child calls for the first time is bound lazily in that child, again in
+// every child (the binding lands in the child's copy of the GOT), unless the
+// program was linked with -z now: here that cost ~30 µs for a handful of
+// functions, plus a copy of the GOT page. A child that shares the caller's
+// memory (spawn) must not run the dynamic linker at all.
+
+/// Calls syscall(2) once, so that it is bound before a child is made; returns
+/// the caller's pid.
+[[nodiscard]] inline pid_t bind_syscall() noexcept { return static_cast<pid_t>(::syscall(SYS_getpid)); }
+
+/// exit_group(2): ends the calling process at once, running no exit handler.
+[[noreturn]] inline void child_exit(int code) noexcept {
+  ::syscall(SYS_exit_group, code);
+  __builtin_unreachable();
+}
+
+/// Sets the disposition of `sig` to SIG_DFL with a raw rt_sigaction(2), which
+/// also resets what glibc's sigaction() refuses to touch (its own signals).
+inline int default_signal(int sig) noexcept {
+  struct {
+    void (*handler)(int);
+    unsigned long flags;
+    void (*restorer)();
+    std::uint64_t mask;  // the kernel's sigset_t: 64 bits
+  } action{SIG_DFL, 0, nullptr, 0};
+  return static_cast<int>(::syscall(SYS_rt_sigaction, sig, &action, nullptr, sizeof action.mask));
+}
+
 /// write(2) until everything is written; false on error (errno set).
 inline bool write_all(int fd, const void* data, std::size_t size) noexcept {
   const auto* p = static_cast<const char*>(data);
   while (size > 0) {
-    const ssize_t n = ::write(fd, p, size);
+    const ssize_t n = ::syscall(SYS_write, fd, p, size);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return false;
     p += n;
@@ -86,7 +116,7 @@ struct pipe_fds {
 inline int reap(pid_t pid) noexcept {
   int status = 0;
   for (;;) {
-    const pid_t r = ::waitpid(pid, &status, __WALL);
+    const auto r = static_cast<pid_t>(::syscall(SYS_wait4, pid, &status, __WALL, nullptr));
     if (r == pid) return status;
     if (r < 0 && errno == EINTR) continue;
     return -1;
@@ -195,7 +225,7 @@ using ns_refs = std::array<ns_ref, all_kinds.size()>;
   std::array<bool, all_kinds.size()> deferred{};
   for (std::size_t i = 0; i < plan.count; ++i) {
     if (i == user_step) continue;
-    if (::setns(plan.steps[i].fd, clone_flag(plan.steps[i].kind)) == 0) continue;
+    if (::syscall(SYS_setns, plan.steps[i].fd, clone_flag(plan.steps[i].kind)) == 0) continue;
     if (errno == EPERM && user_step < plan.count) {
       deferred[i] = true;
       continue;
@@ -204,7 +234,7 @@ using ns_refs = std::array<ns_ref, all_kinds.size()>;
     return errno;
   }
   if (user_step < plan.count) {
-    if (::setns(plan.steps[user_step].fd, CLONE_NEWUSER) != 0) {
+    if (::syscall(SYS_setns, plan.steps[user_step].fd, CLONE_NEWUSER) != 0) {
       failed = user_step;
       return errno;
     }
@@ -217,7 +247,7 @@ using ns_refs = std::array<ns_ref, all_kinds.size()>;
     (void)::syscall(SYS_setresuid, 0, 0, 0);
   }
   for (std::size_t i = 0; i < plan.count; ++i) {
-    if (deferred[i] && ::setns(plan.steps[i].fd, clone_flag(plan.steps[i].kind)) != 0) {
+    if (deferred[i] && ::syscall(SYS_setns, plan.steps[i].fd, clone_flag(plan.steps[i].kind)) != 0) {
       failed = i;
       return errno;
     }
@@ -254,9 +284,9 @@ inline pid_t raw_fork() noexcept { return static_cast<pid_t>(::syscall(SYS_clone
 /// elsewhere) sees its parent as 0: it cannot check, only arm. Pass 0 for
 /// `parent` to arm without checking. Async-signal-safe.
 inline void die_with_parent(pid_t parent) noexcept {
-  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-  const pid_t now = ::getppid();
-  if (parent != 0 && now != 0 && now != parent) ::_exit(127);
+  ::syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+  const auto now = static_cast<pid_t>(::syscall(SYS_getppid));
+  if (parent != 0 && now != 0 && now != parent) child_exit(127);
 }
 
 /// Ends the calling process the way a child's wait status says its own child
@@ -264,12 +294,12 @@ inline void die_with_parent(pid_t parent) noexcept {
 [[noreturn]] inline void exit_like(int status) noexcept {
   if (WIFSIGNALED(status)) {
     const int sig = WTERMSIG(status);
-    ::signal(sig, SIG_DFL);
-    ::prctl(PR_SET_DUMPABLE, 0);  // no core file for a relayed crash
-    ::kill(::getpid(), sig);
-    ::_exit(128 + sig);
+    (void)default_signal(sig);
+    ::syscall(SYS_prctl, PR_SET_DUMPABLE, 0, 0, 0, 0);  // no core file for a relayed crash
+    ::syscall(SYS_kill, ::syscall(SYS_getpid), sig);
+    child_exit(128 + sig);
   }
-  ::_exit(WIFEXITED(status) ? WEXITSTATUS(status) : 127);
+  child_exit(WIFEXITED(status) ? WEXITSTATUS(status) : 127);
 }
 
 }  // namespace gonso::detail
