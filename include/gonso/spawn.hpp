@@ -87,47 +87,82 @@ struct spawn_record {
   std::int32_t err;    // errno
 };
 
-/// Everything the child needs, built before fork so that the child only
-/// makes system calls.
+/// Everything the child needs, built before it is made so that the child
+/// only makes system calls and reads plain arrays.
 struct spawn_plan {
   join_plan join;
   std::vector<std::string> paths;  // execve candidates, in order
   std::vector<const char*> path_ptrs;
   std::vector<const char*> argv;
-  std::vector<const char*> envp_storage;
-  char* const* envp = nullptr;
-  const char* cwd = nullptr;
+  std::vector<const char*> envp;       // the program's environment, null-terminated
   std::vector<std::string> etc_files;  // pairs: /etc/netns/NAME/x, /etc/x
-  int stdio[3] = {-1, -1, -1};         // what becomes fd 0, 1, 2; -1 keeps the caller's
-  int report = -1;
+  std::vector<const char*> etc_ptrs;
+  const char* cwd = nullptr;
+  int stdio[3] = {-1, -1, -1};  // what becomes fd 0, 1, 2; -1 keeps the caller's
+
+  /// The vectors above as plain arrays, set by seal() once they are
+  /// complete: the child reads these alone and calls no member function.
+  struct arrays {
+    const char* const* paths = nullptr;
+    std::size_t path_count = 0;
+    char* const* argv = nullptr;
+    char* const* envp = nullptr;
+    const char* const* etc = nullptr;
+    std::size_t etc_count = 0;
+  } raw;
+
+  void seal() noexcept {
+    raw.paths = path_ptrs.data();
+    raw.path_count = path_ptrs.size();
+    raw.argv = const_cast<char* const*>(argv.data());  // NOLINT: execve's signature
+    raw.envp = const_cast<char* const*>(envp.data());  // NOLINT: execve's signature
+    raw.etc = etc_ptrs.data();
+    raw.etc_count = etc_ptrs.size();
+  }
 };
 
-// The child of spawn() is made with a raw clone (see raw_fork) and makes raw
-// system calls: no libc wrapper that a sanitizer intercepts, and no state
-// that other threads of the caller may have left locked, is touched.
+// The child of spawn() is made with a raw clone and makes raw system calls
+// only: no libc wrapper that a sanitizer intercepts or that is bound lazily
+// (see bind_syscall), and no state that other threads of the caller may
+// have left locked, is touched.
 
-inline void send_record(int fd, spawn_step what, std::int32_t value, int err) noexcept {
+/// Where a child of spawn() says which step failed: a close-on-exec pipe
+/// (`fd`), or, for a child that shares the caller's memory and blocks it
+/// until it has exec'd or ended, the caller's `shared` record itself.
+struct spawn_reporter {
+  int fd = -1;
+  spawn_record* shared = nullptr;
+};
+
+GONSO_CHILD_CODE inline void send_record(const spawn_reporter& to, spawn_step what, std::int32_t value,
+                                         int err) noexcept {
+  if (to.shared != nullptr) {
+    to.shared->what = what;
+    to.shared->value = value;
+    to.shared->err = err;
+    return;
+  }
   const spawn_record record{what, value, err};
   // One write: far below PIPE_BUF, it is atomic and never partial.
-  while (::syscall(SYS_write, fd, &record, sizeof record) < 0 && errno == EINTR) {
+  while (::syscall(SYS_write, to.fd, &record, sizeof record) < 0 && errno == EINTR) {
   }
 }
 
 /// Sets the signal mask of the calling thread to nothing or everything.
-inline void mask_signals(bool all) noexcept {
+GONSO_CHILD_CODE inline void mask_signals(bool all) noexcept {
   std::uint64_t set = all ? ~std::uint64_t{0} : 0;  // the kernel's sigset_t: 64 bits
   ::syscall(SYS_rt_sigprocmask, SIG_SETMASK, &set, nullptr, sizeof set);
 }
 
 /// Returns `fd` if it is above 2, else a close-on-exec copy above 2, so that
 /// moving the standard streams into place cannot overwrite it. -1 on failure.
-inline int above_stdio(int fd) noexcept {
+GONSO_CHILD_CODE inline int above_stdio(int fd) noexcept {
   return fd < 0 || fd > 2 ? fd : static_cast<int>(::syscall(SYS_fcntl, fd, F_DUPFD_CLOEXEC, 3));
 }
 
 /// Marks every fd from 3 up close-on-exec. close_range(2) needs Linux 5.11;
 /// older kernels get a loop up to the fd limit. Returns 0 or the errno.
-inline int cloexec_from_3() noexcept {
+GONSO_CHILD_CODE inline int cloexec_from_3() noexcept {
   if (::syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC) == 0) return 0;
   if (errno != ENOSYS && errno != EINVAL) return errno;
   struct {
@@ -141,10 +176,15 @@ inline int cloexec_from_3() noexcept {
   return 0;
 }
 
+/// Errors after which execvp(3) tries the next PATH entry.
+GONSO_CHILD_CODE inline bool not_here(int err) noexcept {
+  return err == ENOENT || err == ENOTDIR || err == ESTALE || err == ENODEV || err == ETIMEDOUT;
+}
+
 /// The process that becomes the program: standard streams, working
 /// directory, fds, death signal, signal mask, then execve over the
 /// candidates. Async-signal-safe. Never returns.
-[[noreturn]] inline void exec_program(const spawn_plan& plan, int report) noexcept {
+[[noreturn]] GONSO_CHILD_CODE inline void exec_program(const spawn_plan& plan, const spawn_reporter& report) noexcept {
   int from[3];
   for (int i = 0; i < 3; ++i) {
     from[i] = above_stdio(plan.stdio[i]);
@@ -161,7 +201,7 @@ inline int cloexec_from_3() noexcept {
     }
   }
   std::size_t failed = 0;
-  if (const int err = bind_etc_overlay(plan.etc_files, failed); err != 0) {
+  if (const int err = bind_etc_overlay(plan.raw.etc, plan.raw.etc_count, failed); err != 0) {
     send_record(report, spawn_step::etc, failed == SIZE_MAX ? -1 : static_cast<std::int32_t>(failed), err);
     child_exit(127);
   }
@@ -180,15 +220,12 @@ inline int cloexec_from_3() noexcept {
   // program that the Child handle (movable to any thread) may outlive.
   ::syscall(SYS_prctl, PR_SET_PDEATHSIG, 0, 0, 0, 0);
   mask_signals(false);
-  // execvp's search, over candidates made before fork: ENOENT and the like
-  // move on, EACCES is remembered, anything else stops.
+  // execvp's search, over candidates made before the child: ENOENT and the
+  // like move on, EACCES is remembered, anything else stops.
   int err = ENOENT;
   bool denied = false;
-  const auto not_here = [](int e) {
-    return e == ENOENT || e == ENOTDIR || e == ESTALE || e == ENODEV || e == ETIMEDOUT;
-  };
-  for (const char* path : plan.path_ptrs) {
-    ::syscall(SYS_execve, path, plan.argv.data(), plan.envp);
+  for (std::size_t i = 0; i < plan.raw.path_count; ++i) {
+    ::syscall(SYS_execve, plan.raw.paths[i], plan.raw.argv, plan.raw.envp);
     err = errno;
     if (err == EACCES) {
       denied = true;
@@ -202,19 +239,23 @@ inline int cloexec_from_3() noexcept {
   child_exit(127);
 }
 
-/// The child of spawn(). Starts with every signal blocked (the parent
+/// Resets every signal disposition to the default, so that none of the
+/// caller's handlers can run in the child once its mask is opened.
+GONSO_CHILD_CODE inline void default_all_signals() noexcept {
+  for (int sig = 1; sig < NSIG; ++sig) {
+    if (sig != SIGKILL && sig != SIGSTOP) (void)default_signal(sig);
+  }
+}
+
+/// The forked child of spawn(). Starts with every signal blocked (the parent
 /// blocked them around the clone), so that none of the caller's handlers
 /// runs here; resets every disposition, joins, clones once more for pid and
 /// time, and becomes the program. Never returns.
-[[noreturn]] inline void spawn_child(const spawn_plan& plan, pid_t parent) noexcept {
-  struct sigaction dfl {};
-  dfl.sa_handler = SIG_DFL;
-  for (int sig = 1; sig < NSIG; ++sig) {
-    if (sig != SIGKILL && sig != SIGSTOP) (void)::sigaction(sig, &dfl, nullptr);  // EINVAL for libc's own: fine
-  }
+[[noreturn]] GONSO_CHILD_CODE inline void spawn_child(const spawn_plan& plan, int report_fd, pid_t parent) noexcept {
+  default_all_signals();
   die_with_parent(parent);
-  const int report = above_stdio(plan.report);
-  if (report < 0) child_exit(127);  // no way to say why; the parent sees exit status 127
+  const spawn_reporter report{above_stdio(report_fd), nullptr};
+  if (report.fd < 0) child_exit(127);  // no way to say why; the parent sees exit status 127
   std::size_t failed = 0;
   if (const int err = join_in_child(plan.join, failed); err != 0) {
     send_record(report, spawn_step::join, static_cast<std::int32_t>(failed), err);
@@ -237,6 +278,68 @@ inline int cloexec_from_3() noexcept {
     }
   }
   exec_program(plan, report);
+}
+
+/// What a child that shares the caller's memory reads, and where it writes
+/// a failure: on the caller's stack, which is the caller's alone while it
+/// waits (CLONE_VFORK).
+struct shared_spawn {
+  const spawn_plan* plan;
+  pid_t parent;
+  spawn_record failure;  // what == 0: none
+};
+
+/// The child of spawn() that shares the caller's memory, on a stack of its
+/// own: as spawn_child, without the fork of pid and time (a process sharing
+/// memory cannot join a time namespace), reporting into the caller's record.
+GONSO_CHILD_CODE inline int shared_spawn_child(void* arg) noexcept {
+  auto& job = *static_cast<shared_spawn*>(arg);
+  const spawn_reporter report{-1, &job.failure};
+  default_all_signals();
+  die_with_parent(job.parent);
+  std::size_t failed = 0;
+  if (const int err = join_in_child(job.plan->join, failed); err != 0) {
+    send_record(report, spawn_step::join, static_cast<std::int32_t>(failed), err);
+    child_exit(127);
+  }
+  exec_program(*job.plan, report);
+}
+
+/// Whether spawn() may make its child share the caller's memory
+/// (CLONE_VM | CLONE_VFORK, as posix_spawn(3) does) instead of forking: no
+/// copy of the caller's page tables, no copy-on-write faults after it, and
+/// the caller wakes once, when the program has been exec'd. Not when a pid
+/// or time namespace is joined (the child forks the program, and setns into
+/// a time namespace needs a process that shares its memory with none), and
+/// not under ThreadSanitizer, whose runtime cannot follow such a child.
+[[nodiscard]] inline bool may_share_memory(const spawn_plan& plan) noexcept {
+#if defined(__SANITIZE_THREAD__)
+  return false;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+  return false;
+#endif
+#endif
+  return !plan.join.fork_after;
+}
+
+/// The stack of a child that shares the caller's memory, in the caller's
+/// frame: the child makes only system calls from a few small frames (under
+/// 1 KiB at -O0 with AddressSanitizer, by -fstack-usage), so 16 KiB leaves
+/// room for compilers' stack checks without asking much of a small thread
+/// stack. (glibc's posix_spawn maps 32 KiB per call.)
+inline constexpr std::size_t shared_child_stack = std::size_t{16} * 1024;
+
+/// Runs shared_spawn_child on a stack in this frame. Returns the child's pid
+/// and sets `pidfd`, or -1 with errno from clone(2). When it returns, the
+/// child has exec'd (its stack and our memory are ours again) or ended.
+[[nodiscard]] inline pid_t clone_sharing_memory(shared_spawn& job, unique_fd& pidfd) noexcept {
+  alignas(64) unsigned char stack[shared_child_stack];
+  int fd = -1;
+  const int pid =
+      ::clone(shared_spawn_child, stack + sizeof stack, CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &job, &fd);
+  if (pid > 0) pidfd.reset(fd);
+  return pid;
 }
 
 /// Reads every record until all writers are gone: exec closed the pipe, or
@@ -308,9 +411,12 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
 /// caller being close-on-exec for it; default signal dispositions and an
 /// empty signal mask; and no death signal: like posix_spawn(3)'s, it outlives
 /// the caller unless the Child is destroyed first. The child is a raw clone
-/// (no pthread_atfork handlers run) that makes only async-signal-safe calls
-/// until exec; everything that allocates is done before. May be called from
-/// many threads at once, and from inside Set::run.
+/// (no pthread_atfork handlers run) that makes only system calls until exec;
+/// everything that allocates is done before. Unless a pid or time namespace
+/// is joined, it shares the caller's memory and the calling thread waits
+/// until it has exec'd, as with posix_spawn(3) (CLONE_VM | CLONE_VFORK): no
+/// copy of the caller's page tables. May be called from many threads at
+/// once, and from inside Set::run.
 ///
 /// Throws std::invalid_argument for an empty argv, an empty argv[0] or a
 /// NUL inside an argument or env entry; std::logic_error for an empty Set;
@@ -337,8 +443,7 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
 
   detail::spawn_plan plan;
   plan.join = detail::plan_join(set);
-  const bool same_pid_ns = detail::children_share_pid_ns();
-  if (plan.join.fork_after && !same_pid_ns) {
+  if (plan.join.fork_after && !detail::children_share_pid_ns()) {
     throw detail::system_error(EINVAL,
                                "cannot spawn {} into the pid or time namespace of {} from a thread whose children go "
                                "to another pid namespace (as inside Set::run of a Set holding one): the program's "
@@ -352,15 +457,16 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
     for (const std::string& entry : *options.env) {
       if (has_nul(entry))
         throw std::invalid_argument(fmt::format("cannot spawn {}: an env entry holds a NUL", argv[0]));
-      plan.envp_storage.push_back(entry.c_str());
+      plan.envp.push_back(entry.c_str());
       if (entry.starts_with("PATH=")) path_var = entry.c_str() + 5;
     }
-    plan.envp_storage.push_back(nullptr);
-    plan.envp = const_cast<char* const*>(plan.envp_storage.data());  // NOLINT: execve's signature
   } else {
-    plan.envp = environ;
+    // A copy of environ's array: a child sharing our memory must not read
+    // an array that setenv() in another thread may free meanwhile.
+    for (char** entry = environ; *entry != nullptr; ++entry) plan.envp.push_back(*entry);
     path_var = std::getenv("PATH");  // NOLINT(concurrency-mt-unsafe): as execvp itself reads it
   }
+  plan.envp.push_back(nullptr);
   std::string search;  // the PATH searched, for messages; empty when argv[0] has a '/'
   if (argv[0].find('/') != std::string::npos) {
     plan.paths.push_back(argv[0]);
@@ -383,7 +489,9 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
   if (options.etc_of_netns) {
     // Listed here, in the caller's mount namespace, as ip netns exec does.
     plan.etc_files = detail::etc_overlay(*options.etc_of_netns);
+    plan.etc_ptrs = detail::c_strings(plan.etc_files);
   }
+  plan.seal();
 
   // Every fd made here is close-on-exec: a program another thread spawns
   // meanwhile must not hold our pipes open.
@@ -405,19 +513,50 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
       plan.stdio[i] = devnull.get();
     }
   }
-  detail::pipe_fds report = detail::make_pipe();
-  plan.report = report.write.get();
-
-  // With every signal blocked across fork, none of the caller's handlers can
-  // run in the child before it has reset them.
+  const auto close_childs_ends = [&] {
+    for (auto& p : pipes) {
+      p.read.reset();
+      p.write.reset();
+    }
+    devnull.reset();
+  };
+  // With every signal blocked across the clone, none of the caller's
+  // handlers can run in the child before it has reset them.
   sigset_t all;
   sigset_t old;
   ::sigfillset(&all);
+  // Through syscall(2), bound here before the child, which calls nothing
+  // else. A child born in another pid namespace sees its parent as pid 0 and
+  // skips the check.
+  const pid_t parent = detail::bind_syscall();
+
+  if (detail::may_share_memory(plan)) {
+    detail::shared_spawn job{&plan, parent, {}};
+    detail::unique_fd pidfd;
+    ::pthread_sigmask(SIG_SETMASK, &all, &old);
+    const pid_t pid = detail::clone_sharing_memory(job, pidfd);
+    const int clone_errno = errno;  // meaningful only on failure: the child shares our errno
+    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    if (pid < 0)
+      throw detail::system_error(clone_errno, "cannot start a child process to spawn {} in {}", argv[0], set);
+    close_childs_ends();
+    if (job.failure.what != detail::spawn_step{}) {
+      // The child has ended, or is ending: reap it.
+      siginfo_t info{};
+      while (::waitid(P_PIDFD, static_cast<id_t>(pidfd.get()), &info, WEXITED | __WALL) != 0 && errno == EINTR) {
+      }
+      throw detail::spawn_error(job.failure, plan, set, argv, search);
+    }
+    return detail::child_access::make(std::move(pidfd), pid, std::move(mine[0]), std::move(mine[1]),
+                                      std::move(mine[2]));
+  }
+
+  // Forked: the child reports on a close-on-exec pipe, whose end of file
+  // means exec or exit.
+  detail::pipe_fds report = detail::make_pipe();
   ::pthread_sigmask(SIG_SETMASK, &all, &old);
-  // A child born in another pid namespace sees its parent as pid 0.
-  const pid_t parent = same_pid_ns ? ::getpid() : 0;
   const pid_t pid = detail::raw_fork();
-  if (pid == 0) detail::spawn_child(plan, parent);
+  if (pid == 0) detail::spawn_child(plan, report.write.get(), parent);
   const int fork_errno = errno;
   ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
   if (pid < 0) throw detail::system_error(fork_errno, "cannot fork a child process to spawn {} in {}", argv[0], set);
@@ -433,13 +572,8 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
       throw detail::system_error(err, "cannot open a pidfd for pid {} ({})", pid, argv[0]);
     }
   }
-  // The child's ends go, so that end of file means exec or exit.
   report.write.reset();
-  for (auto& p : pipes) {
-    p.read.reset();
-    p.write.reset();
-  }
-  devnull.reset();
+  close_childs_ends();
   const std::vector<detail::spawn_record> records = detail::read_records(report.read.get());
 
   pid_t program = plan.join.fork_after ? -1 : pid;

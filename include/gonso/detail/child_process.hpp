@@ -37,19 +37,37 @@ namespace gonso::detail {
 // functions, plus a copy of the GOT page. A child that shares the caller's
 // memory (spawn) must not run the dynamic linker at all.
 
-/// Calls syscall(2) once, so that it is bound before a child is made; returns
-/// the caller's pid.
-[[nodiscard]] inline pid_t bind_syscall() noexcept { return static_cast<pid_t>(::syscall(SYS_getpid)); }
+// Code that runs in a child sharing the caller's memory (spawn's) is kept out
+// of sanitizer instrumentation: AddressSanitizer would poison shadow memory
+// for frames on the child's stack that never return (the child execs), and
+// the sanitizers' runtimes keep per-thread state that the child would use
+// as if it were the suspended calling thread. Every function such a child
+// runs carries this, and calls nothing but these and syscall(2).
+#if defined(__clang__)
+#define GONSO_CHILD_CODE __attribute__((no_sanitize("address", "undefined")))  // NOLINT(cppcoreguidelines-macro-usage)
+#else
+#define GONSO_CHILD_CODE \
+  __attribute__((no_sanitize_address, no_sanitize_undefined))  // NOLINT(cppcoreguidelines-macro-usage)
+#endif
+
+/// Calls syscall(2) once, and reads errno (__errno_location), so that both
+/// are bound before a child is made; returns the caller's pid.
+[[nodiscard]] inline pid_t bind_syscall() noexcept {
+  const auto pid = static_cast<pid_t>(::syscall(SYS_getpid));
+  volatile int& err = errno;
+  err = err;
+  return pid;
+}
 
 /// exit_group(2): ends the calling process at once, running no exit handler.
-[[noreturn]] inline void child_exit(int code) noexcept {
+[[noreturn]] GONSO_CHILD_CODE inline void child_exit(int code) noexcept {
   ::syscall(SYS_exit_group, code);
   __builtin_unreachable();
 }
 
 /// Sets the disposition of `sig` to SIG_DFL with a raw rt_sigaction(2), which
 /// also resets what glibc's sigaction() refuses to touch (its own signals).
-inline int default_signal(int sig) noexcept {
+GONSO_CHILD_CODE inline int default_signal(int sig) noexcept {
   struct {
     void (*handler)(int);
     unsigned long flags;
@@ -217,7 +235,7 @@ using ns_refs = std::array<ns_ref, all_kinds.size()>;
 /// the user namespace first would shed it. So: everything but user, then
 /// user, then what was refused with EPERM (util-linux nsenter also does two
 /// passes). Returns 0, or the errno with `failed` naming the step.
-[[nodiscard]] inline int join_in_child(const join_plan& plan, std::size_t& failed) noexcept {
+[[nodiscard]] GONSO_CHILD_CODE inline int join_in_child(const join_plan& plan, std::size_t& failed) noexcept {
   std::size_t user_step = plan.count;
   for (std::size_t i = 0; i < plan.count; ++i) {
     if (plan.steps[i].kind == Kind::user) user_step = i;
@@ -283,7 +301,7 @@ inline pid_t raw_fork() noexcept { return static_cast<pid_t>(::syscall(SYS_clone
 /// namespace its parent is not in (forked by a thread whose children go
 /// elsewhere) sees its parent as 0: it cannot check, only arm. Pass 0 for
 /// `parent` to arm without checking. Async-signal-safe.
-inline void die_with_parent(pid_t parent) noexcept {
+GONSO_CHILD_CODE inline void die_with_parent(pid_t parent) noexcept {
   ::syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
   const auto now = static_cast<pid_t>(::syscall(SYS_getppid));
   if (parent != 0 && now != 0 && now != parent) child_exit(127);
