@@ -700,3 +700,74 @@ TEST_CASE("spawn: /etc/netns/NAME files are bound over /etc as ip netns exec doe
   bad.etc_of_netns = "../etc";
   CHECK_THROWS_AS(gonso::spawn(net, {"true"}, bad), std::invalid_argument);
 }
+
+TEST_CASE("spawn() without pid or time: a child sharing our memory, seen in the Set while it runs",
+          "[privileged][spawn]") {
+  test::require_privilege();
+  const std::size_t fds = settled_fds();
+  {
+    test::ForeignNamespaces holder(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNS);
+    const Set fresh = Set::current().unshare(Kind::net | Kind::uts | Kind::ipc | Kind::mnt | Kind::cgroup);
+    const Set foreign = Set::from_pid(holder.pid(), Kind::user | Kind::net | Kind::uts | Kind::ipc | Kind::mnt);
+    for (const Set* set : {&fresh, &foreign}) {
+      // What spawn() picks: no fork, unless ThreadSanitizer is watching.
+      const gonso::detail::join_plan plan = gonso::detail::plan_join(*set);
+      gonso::detail::spawn_plan sp;
+      sp.join = plan;
+#if defined(__SANITIZE_THREAD__)
+      CHECK_FALSE(gonso::detail::may_share_memory(sp));
+#else
+      CHECK(gonso::detail::may_share_memory(sp));
+#endif
+      Child sleeper = gonso::spawn(*set, {"sleep", "100"});
+      // The kernel's view of the running program, not gonso's.
+      for (Kind kind : set->kinds()) {
+        INFO(gonso::name(kind));
+        CHECK(test::identity_at(kind, fmt::format("/proc/{}/ns/{}", sleeper.pid(), gonso::name(kind))) ==
+              set->identity(kind));
+      }
+      std::ifstream status(fmt::format("/proc/{}/status", sleeper.pid()));
+      std::string line;
+      while (std::getline(status, line) && !line.starts_with("PPid:")) {
+      }
+      CHECK(line == fmt::format("PPid:\t{}", ::getpid()));  // our own child, no helper between
+      sleeper.kill();
+      CHECK(sleeper.wait() == ExitStatus::killed_by(SIGKILL));
+    }
+    CHECK(child_pids() == std::vector<pid_t>{holder.pid()});  // no zombie
+  }
+  CHECK(settled_fds() == fds);
+}
+
+TEST_CASE("spawn() into pid and time namespaces forks, and the program is inside", "[privileged][spawn]") {
+  test::require_privilege();
+  const std::size_t fds = settled_fds();
+  {
+    // The process path makes them, with an init for the pid namespace.
+    const Set set = Set::current().unshare(Kind::pid | Kind::time | Kind::net);
+    gonso::detail::spawn_plan sp;
+    sp.join = gonso::detail::plan_join(set);
+    CHECK_FALSE(gonso::detail::may_share_memory(sp));
+    Child sleeper = gonso::spawn(set, {"sleep", "100"});
+    for (Kind kind : {Kind::net, Kind::pid, Kind::time}) {
+      INFO(gonso::name(kind));
+      CHECK(test::identity_at(kind, fmt::format("/proc/{}/ns/{}", sleeper.pid(), gonso::name(kind))) ==
+            set.identity(kind));
+    }
+    sleeper.kill();
+    CHECK(sleeper.wait() == ExitStatus::killed_by(SIGKILL));
+    CHECK(child_pids().size() == 1);  // the namespace's init, and no zombie
+  }
+  CHECK(settled_fds() == fds);
+  CHECK(children().empty());
+}
+
+TEST_CASE("spawn(): the program gets the caller's environment as it is now", "[spawn]") {
+  const Set own = Set::current(Kind::uts);
+  REQUIRE(::setenv("GONSO_SPAWN_TEST", "now", 1) == 0);
+  const Ran ran = run(own, {"sh", "-c", "echo $GONSO_SPAWN_TEST"});
+  ::unsetenv("GONSO_SPAWN_TEST");
+  CHECK(ran.status.success());
+  CHECK(ran.out == "now\n");
+  CHECK(run(own, {"sh", "-c", "echo ${GONSO_SPAWN_TEST-unset}"}).out == "unset\n");
+}
