@@ -281,17 +281,32 @@ GONSO_CHILD_CODE inline void default_all_signals() noexcept {
 }
 
 /// What a child that shares the caller's memory reads, and where it writes
-/// a failure: on the caller's stack, which is the caller's alone while it
-/// waits (CLONE_VFORK).
+/// what the caller must learn: on the caller's stack, which is the caller's
+/// alone while it waits (CLONE_VFORK).
 struct shared_spawn {
   const spawn_plan* plan;
   pid_t parent;
-  spawn_record failure;  // what == 0: none
+  spawn_record failure{};  // what == 0: none
+  // Joining a pid namespace: the stack of the program's process, and what
+  // the middle process learns when it clones it.
+  unsigned char* program_stack = nullptr;
+  pid_t program = -1;
+  int program_pidfd = -1;
 };
 
+/// The program's process in a joined pid namespace: cloned by the middle
+/// process with CLONE_PARENT, so a child of the caller. Never returns.
+GONSO_CHILD_CODE inline int shared_program_child(void* arg) noexcept {
+  auto& job = *static_cast<shared_spawn*>(arg);
+  die_with_parent(0);  // the caller is in another pid namespace: arm, cannot check
+  exec_program(*job.plan, spawn_reporter{-1, &job.failure});
+}
+
 /// The child of spawn() that shares the caller's memory, on a stack of its
-/// own: as spawn_child, without the fork of pid and time (a process sharing
-/// memory cannot join a time namespace), reporting into the caller's record.
+/// own: as spawn_child, reporting into the caller's record. When it joined a
+/// pid namespace it shares the caller's fd table too (CLONE_FILES) and only
+/// joins, then clones the program (CLONE_VM | CLONE_VFORK | CLONE_PARENT |
+/// CLONE_PIDFD): the program's pidfd lands straight in the caller's table.
 GONSO_CHILD_CODE inline int shared_spawn_child(void* arg) noexcept {
   auto& job = *static_cast<shared_spawn*>(arg);
   const spawn_reporter report{-1, &job.failure};
@@ -302,25 +317,50 @@ GONSO_CHILD_CODE inline int shared_spawn_child(void* arg) noexcept {
     send_record(report, spawn_step::join, static_cast<std::int32_t>(failed), err);
     child_exit(127);
   }
+  if (job.plan->join.fork_after) {
+    // Joining pid changed only where children go. CLONE_PARENT gives the
+    // program this process's exit signal, SIGCHLD.
+    int pidfd = -1;
+    const int inner = ::clone(shared_program_child, job.program_stack,
+                              CLONE_VM | CLONE_VFORK | CLONE_PARENT | CLONE_PIDFD, &job, &pidfd);
+    if (inner < 0) {
+      send_record(report, spawn_step::fork, 0, errno);
+      child_exit(127);
+    }
+    // Our own pid namespace is still the caller's: `inner` is its pid there.
+    job.program = inner;
+    job.program_pidfd = pidfd;
+    child_exit(0);
+  }
   exec_program(*job.plan, report);
 }
 
 /// Whether spawn() may make its child share the caller's memory
 /// (CLONE_VM | CLONE_VFORK, as posix_spawn(3) does) instead of forking: no
 /// copy of the caller's page tables, no copy-on-write faults after it, and
-/// the caller wakes once, when the program has been exec'd. Not when a pid
-/// or time namespace is joined (the child forks the program, and setns into
-/// a time namespace needs a process that shares its memory with none), and
-/// not under ThreadSanitizer, whose runtime cannot follow such a child.
+/// the caller wakes once, when the program has been exec'd. Not when a time
+/// namespace is joined (clone refuses CLONE_VM while time_for_children is
+/// another namespace, and setns into one needs a process that shares its
+/// memory with none), and not under ThreadSanitizer, whose runtime cannot
+/// follow such a child.
 [[nodiscard]] inline bool may_share_memory(const spawn_plan& plan) noexcept {
+  constexpr bool thread_sanitizer =
 #if defined(__SANITIZE_THREAD__)
-  return false;
+      true;
 #elif defined(__has_feature)
 #if __has_feature(thread_sanitizer)
-  return false;
+      true;
+#else
+      false;
 #endif
+#else
+      false;
 #endif
-  return !plan.join.fork_after;
+  if (thread_sanitizer) return false;
+  for (std::size_t i = 0; i < plan.join.count; ++i) {
+    if (plan.join.steps[i].kind == Kind::time) return false;
+  }
+  return true;
 }
 
 /// The stack of a child that shares the caller's memory, in the caller's
@@ -330,14 +370,18 @@ GONSO_CHILD_CODE inline int shared_spawn_child(void* arg) noexcept {
 /// stack. (glibc's posix_spawn maps 32 KiB per call.)
 inline constexpr std::size_t shared_child_stack = std::size_t{16} * 1024;
 
-/// Runs shared_spawn_child on a stack in this frame. Returns the child's pid
-/// and sets `pidfd`, or -1 with errno from clone(2). When it returns, the
-/// child has exec'd (its stack and our memory are ours again) or ended.
+/// Runs shared_spawn_child on a stack in this frame (and its program, for a
+/// pid namespace, on another). Returns the child's pid and sets `pidfd`, or
+/// -1 with errno from clone(2). When it returns, the child has exec'd or
+/// ended (and so has the program's clone, if any, or it exec'd): the stacks
+/// and our memory are ours again.
 [[nodiscard]] inline pid_t clone_sharing_memory(shared_spawn& job, unique_fd& pidfd) noexcept {
-  alignas(64) unsigned char stack[shared_child_stack];
+  alignas(64) unsigned char stacks[2][shared_child_stack];
+  job.program_stack = stacks[1] + shared_child_stack;
+  const int files = job.plan->join.fork_after ? CLONE_FILES : 0;
   int fd = -1;
-  const int pid =
-      ::clone(shared_spawn_child, stack + sizeof stack, CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &job, &fd);
+  const int pid = ::clone(shared_spawn_child, stacks[0] + shared_child_stack,
+                          CLONE_VM | CLONE_VFORK | CLONE_PIDFD | files | SIGCHLD, &job, &fd);
   if (pid > 0) pidfd.reset(fd);
   return pid;
 }
@@ -405,18 +449,19 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
 /// user and time included. Returns the Child that owns it.
 ///
 /// The program is a direct child of the caller, also in a pid or time
-/// namespace: there the forked child joins and clones the program with
+/// namespace: there the child joins and clones the program with
 /// CLONE_PARENT, so that it is inside the namespace (kernel-rules.md, "pid").
 /// It gets fds 0, 1 and 2 only (as `options` says), every other fd of the
 /// caller being close-on-exec for it; default signal dispositions and an
 /// empty signal mask; and no death signal: like posix_spawn(3)'s, it outlives
 /// the caller unless the Child is destroyed first. The child is a raw clone
 /// (no pthread_atfork handlers run) that makes only system calls until exec;
-/// everything that allocates is done before. Unless a pid or time namespace
-/// is joined, it shares the caller's memory and the calling thread waits
-/// until it has exec'd, as with posix_spawn(3) (CLONE_VM | CLONE_VFORK): no
-/// copy of the caller's page tables. May be called from many threads at
-/// once, and from inside Set::run.
+/// everything that allocates is done before. Unless a time namespace is
+/// joined, it shares the caller's memory and the calling thread waits until
+/// the program has been exec'd, as with posix_spawn(3) (CLONE_VM |
+/// CLONE_VFORK): no copy of the caller's page tables; in a pid namespace the
+/// program's pidfd comes from its clone. Joining a time namespace forks. May
+/// be called from many threads at once, and from inside Set::run.
 ///
 /// Throws std::invalid_argument for an empty argv, an empty argv[0] or a
 /// NUL inside an argument or env entry; std::logic_error for an empty Set;
@@ -530,8 +575,14 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
   // skips the check.
   const pid_t parent = detail::bind_syscall();
 
+  const auto reap_by = [](const detail::unique_fd& process) {
+    siginfo_t info{};
+    while (::waitid(P_PIDFD, static_cast<id_t>(process.get()), &info, WEXITED | __WALL) != 0 && errno == EINTR) {
+    }
+  };
+
   if (detail::may_share_memory(plan)) {
-    detail::shared_spawn job{&plan, parent, {}};
+    detail::shared_spawn job{&plan, parent};
     detail::unique_fd pidfd;
     ::pthread_sigmask(SIG_SETMASK, &all, &old);
     const pid_t pid = detail::clone_sharing_memory(job, pidfd);
@@ -540,14 +591,29 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
     if (pid < 0)
       throw detail::system_error(clone_errno, "cannot start a child process to spawn {} in {}", argv[0], set);
     close_childs_ends();
-    if (job.failure.what != detail::spawn_step{}) {
-      // The child has ended, or is ending: reap it.
-      siginfo_t info{};
-      while (::waitid(P_PIDFD, static_cast<id_t>(pidfd.get()), &info, WEXITED | __WALL) != 0 && errno == EINTR) {
+    const bool failed = job.failure.what != detail::spawn_step{};
+    if (!plan.join.fork_after) {
+      if (failed) {
+        reap_by(pidfd);  // it has ended, or is ending
+        throw detail::spawn_error(job.failure, plan, set, argv, search);
       }
+      return detail::child_access::make(std::move(pidfd), pid, std::move(mine[0]), std::move(mine[1]),
+                                        std::move(mine[2]));
+    }
+    // The middle process has ended, once the program's process exec'd or
+    // ended; its pidfd is ours (it shared our fd table), so the program is
+    // held even if it ended and was reaped already.
+    reap_by(pidfd);
+    detail::unique_fd program(job.program_pidfd);
+    if (failed) {
+      if (program) reap_by(program);
       throw detail::spawn_error(job.failure, plan, set, argv, search);
     }
-    return detail::child_access::make(std::move(pidfd), pid, std::move(mine[0]), std::move(mine[1]),
+    if (!program) {
+      // Killed (say by another's SIGKILL) before it could clone the program.
+      throw detail::system_error(ECHILD, "cannot spawn {}: the child setting it up ended with no report", argv[0]);
+    }
+    return detail::child_access::make(std::move(program), job.program, std::move(mine[0]), std::move(mine[1]),
                                       std::move(mine[2]));
   }
 
