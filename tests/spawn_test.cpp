@@ -701,15 +701,16 @@ TEST_CASE("spawn: /etc/netns/NAME files are bound over /etc as ip netns exec doe
   CHECK_THROWS_AS(gonso::spawn(net, {"true"}, bad), std::invalid_argument);
 }
 
-TEST_CASE("spawn() without pid or time: a child sharing our memory, seen in the Set while it runs",
-          "[privileged][spawn]") {
+TEST_CASE("spawn() without time: a child sharing our memory, seen in the Set while it runs", "[privileged][spawn]") {
   test::require_privilege();
   const std::size_t fds = settled_fds();
   {
     test::ForeignNamespaces holder(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNS);
+    test::ForeignNamespaces pid_holder(CLONE_NEWPID);
     const Set fresh = Set::current().unshare(Kind::net | Kind::uts | Kind::ipc | Kind::mnt | Kind::cgroup);
     const Set foreign = Set::from_pid(holder.pid(), Kind::user | Kind::net | Kind::uts | Kind::ipc | Kind::mnt);
-    for (const Set* set : {&fresh, &foreign}) {
+    const Set pidns = Set::from_pid(pid_holder.pid(), Kind::pid | Kind::net);
+    for (const Set* set : {&fresh, &foreign, &pidns}) {
       // What spawn() picks: no fork, unless ThreadSanitizer is watching.
       const gonso::detail::join_plan plan = gonso::detail::plan_join(*set);
       gonso::detail::spawn_plan sp;
@@ -734,9 +735,43 @@ TEST_CASE("spawn() without pid or time: a child sharing our memory, seen in the 
       sleeper.kill();
       CHECK(sleeper.wait() == ExitStatus::killed_by(SIGKILL));
     }
-    CHECK(child_pids() == std::vector<pid_t>{holder.pid()});  // no zombie
+    std::vector<pid_t> helpers{holder.pid(), pid_holder.pid()};
+    std::sort(helpers.begin(), helpers.end());
+    CHECK(child_pids() == helpers);  // no middle process, no zombie
   }
   CHECK(settled_fds() == fds);
+}
+
+TEST_CASE("spawn() into a pid namespace holds the program even when SIGCHLD is ignored", "[privileged][spawn]") {
+  test::require_privilege();
+  const std::size_t fds = settled_fds();
+  {
+    test::ForeignNamespaces holder(CLONE_NEWPID);
+    const Set pidns = Set::from_file(Kind::pid, holder.path(Kind::pid));
+    gonso::detail::spawn_plan sp;
+    sp.join = gonso::detail::plan_join(pidns);
+    // The pidfd comes from the program's clone only when the child shares
+    // our memory; a forked child opens it afterwards, and may be too late.
+    if (gonso::detail::may_share_memory(sp)) {
+      struct sigaction ignore {};
+      struct sigaction old {};
+      ignore.sa_handler = SIG_IGN;
+      REQUIRE(::sigaction(SIGCHLD, &ignore, &old) == 0);
+      int held = 0;
+      for (int i = 0; i < 20; ++i) {
+        try {
+          Child quick = gonso::spawn(pidns, {"true"});
+          if (ended(quick)) ++held;  // the kernel reaps it, the pidfd still says so
+        } catch (const std::exception& e) {
+          UNSCOPED_INFO(e.what());
+        }
+      }
+      ::sigaction(SIGCHLD, &old, nullptr);
+      CHECK(held == 20);
+    }
+  }
+  CHECK(settled_fds() == fds);
+  CHECK(children().empty());
 }
 
 TEST_CASE("spawn() into pid and time namespaces forks, and the program is inside", "[privileged][spawn]") {
