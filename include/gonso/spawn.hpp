@@ -507,8 +507,9 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
     }
   } else {
     // A copy of environ's array: a child sharing our memory must not read
-    // an array that setenv() in another thread may free meanwhile.
-    for (char** entry = environ; *entry != nullptr; ++entry) plan.envp.push_back(*entry);
+    // an array that setenv() in another thread may free meanwhile. After
+    // clearenv() environ is null: no variables.
+    for (char** entry = environ; entry != nullptr && *entry != nullptr; ++entry) plan.envp.push_back(*entry);
     path_var = std::getenv("PATH");  // NOLINT(concurrency-mt-unsafe): as execvp itself reads it
   }
   plan.envp.push_back(nullptr);
@@ -588,33 +589,38 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
     const pid_t pid = detail::clone_sharing_memory(job, pidfd);
     const int clone_errno = errno;  // meaningful only on failure: the child shares our errno
     ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
-    if (pid < 0)
-      throw detail::system_error(clone_errno, "cannot start a child process to spawn {} in {}", argv[0], set);
-    close_childs_ends();
-    const bool failed = job.failure.what != detail::spawn_step{};
-    if (!plan.join.fork_after) {
+    if (pid > 0) {
+      close_childs_ends();
+      const bool failed = job.failure.what != detail::spawn_step{};
+      if (!plan.join.fork_after) {
+        if (failed) {
+          reap_by(pidfd);  // it has ended, or is ending
+          throw detail::spawn_error(job.failure, plan, set, argv, search);
+        }
+        return detail::child_access::make(std::move(pidfd), pid, std::move(mine[0]), std::move(mine[1]),
+                                          std::move(mine[2]));
+      }
+      // The middle process has ended, once the program's process exec'd or
+      // ended; its pidfd is ours (it shared our fd table), so the program is
+      // held even if it ended and was reaped already.
+      reap_by(pidfd);
+      detail::unique_fd program(job.program_pidfd);
       if (failed) {
-        reap_by(pidfd);  // it has ended, or is ending
+        if (program) reap_by(program);
         throw detail::spawn_error(job.failure, plan, set, argv, search);
       }
-      return detail::child_access::make(std::move(pidfd), pid, std::move(mine[0]), std::move(mine[1]),
+      if (!program) {
+        // Killed (say by another's SIGKILL) before it could clone the program.
+        throw detail::system_error(ECHILD, "cannot spawn {}: the child setting it up ended with no report", argv[0]);
+      }
+      return detail::child_access::make(std::move(program), job.program, std::move(mine[0]), std::move(mine[1]),
                                         std::move(mine[2]));
     }
-    // The middle process has ended, once the program's process exec'd or
-    // ended; its pidfd is ours (it shared our fd table), so the program is
-    // held even if it ended and was reaped already.
-    reap_by(pidfd);
-    detail::unique_fd program(job.program_pidfd);
-    if (failed) {
-      if (program) reap_by(program);
-      throw detail::spawn_error(job.failure, plan, set, argv, search);
+    // A sandbox may refuse the shared-memory clone (a seccomp filter's EPERM
+    // or ENOSYS, an emulated kernel's EINVAL): fork then.
+    if (clone_errno != EPERM && clone_errno != ENOSYS && clone_errno != EINVAL) {
+      throw detail::system_error(clone_errno, "cannot start a child process to spawn {} in {}", argv[0], set);
     }
-    if (!program) {
-      // Killed (say by another's SIGKILL) before it could clone the program.
-      throw detail::system_error(ECHILD, "cannot spawn {}: the child setting it up ended with no report", argv[0]);
-    }
-    return detail::child_access::make(std::move(program), job.program, std::move(mine[0]), std::move(mine[1]),
-                                      std::move(mine[2]));
   }
 
   // Forked: the child reports on a close-on-exec pipe, whose end of file
