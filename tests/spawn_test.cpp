@@ -1,15 +1,20 @@
 // gonso::spawn and gonso::Child: the program runs inside exactly the Set's
 // namespaces (as the kernel's links read), is the caller's own child, gets
 // what the options say and nothing else, and nothing is left behind.
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -805,4 +810,54 @@ TEST_CASE("spawn(): the program gets the caller's environment as it is now", "[s
   CHECK(ran.status.success());
   CHECK(ran.out == "now\n");
   CHECK(run(own, {"sh", "-c", "echo ${GONSO_SPAWN_TEST-unset}"}).out == "unset\n");
+
+  // After clearenv() environ is null: the program gets no variables.
+  std::vector<std::string> saved;
+  for (char** entry = environ; entry != nullptr && *entry != nullptr; ++entry) saved.emplace_back(*entry);
+  REQUIRE(::clearenv() == 0);
+  std::optional<Ran> empty;
+  try {
+    empty = run(own, {"/usr/bin/env"});
+  } catch (...) {
+  }
+  for (const std::string& entry : saved) {
+    const std::size_t eq = entry.find('=');
+    ::setenv(entry.substr(0, eq).c_str(), entry.substr(eq + 1).c_str(), 1);
+  }
+  REQUIRE(empty.has_value());
+  CHECK(empty->status.success());
+  CHECK(empty->out.empty());
+}
+
+TEST_CASE("spawn() forks when a sandbox refuses a child sharing memory", "[spawn][fork]") {
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    // A seccomp filter that answers EPERM to clone with CLONE_VM, as a
+    // container runtime's might. Plain fork (clone without it) still works.
+    sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone, 0, 3),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, args[0])),  // low half, little-endian
+        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, CLONE_VM, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    const sock_fprog program{static_cast<unsigned short>(std::size(filter)), filter};
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || ::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program) != 0) {
+      ::_exit(2);
+    }
+    int code = 3;
+    try {
+      Child child = gonso::spawn(Set::current(Kind::uts), {"sh", "-c", "exit 7"});
+      code = child.wait() == ExitStatus::exited_with(7) ? 0 : 4;
+    } catch (...) {
+      code = 5;
+    }
+    ::_exit(code);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
 }
