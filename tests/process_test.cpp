@@ -4,6 +4,7 @@
 #include <grp.h>
 #include <linux/nsfs.h>
 #include <net/if.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -14,6 +15,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -464,4 +467,88 @@ TEST_CASE("run_in_process binds /etc/netns/NAME over /etc when asked", "[privile
   CHECK(slurp("/etc/hosts") == host_hosts);
   options.etc_of_netns = "..";
   CHECK_THROWS_AS(net.run_in_process([] {}, options), std::invalid_argument);
+}
+
+TEST_CASE("run_in_process returns when the child ends, not when its forks let go", "[privileged][process]") {
+  test::require_privilege();
+  const Set net = Set::current().unshare(Kind::net);
+  const std::size_t fds = test::count_fds();
+  int hold[2];
+  REQUIRE(::pipe2(hold, O_CLOEXEC) == 0);
+  const auto started = std::chrono::steady_clock::now();
+  // The grandchild keeps every fd of the child, the report's included, and
+  // lives until this test closes its end of `hold` (at most 5 s).
+  const pid_t grandchild = net.run_in_process([&] {
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      ::close(hold[1]);
+      pollfd wait{hold[0], POLLIN, 0};
+      (void)::poll(&wait, 1, 5000);
+      ::_exit(0);
+    }
+    return pid;
+  });
+  const auto took = std::chrono::steady_clock::now() - started;
+  const bool alive = std::filesystem::exists(fmt::format("/proc/{}", grandchild));
+  ::close(hold[1]);
+  ::close(hold[0]);
+  CHECK(grandchild > 0);
+  CHECK(alive);
+  CHECK(took < std::chrono::seconds(2));
+  CHECK(test::count_fds() == fds);
+  // Orphaned, it is reaped by the caller's init once it read end of file.
+  CHECK(within(std::chrono::seconds(3), [&] { return !std::filesystem::exists(fmt::format("/proc/{}", grandchild)); }));
+  CHECK(within(std::chrono::seconds(2), no_children_left));
+}
+
+TEST_CASE("run_in_process carries reports larger than a pipe holds", "[privileged][process]") {
+  test::require_privilege();
+  const Set net = Set::current().unshare(Kind::net);
+  const std::size_t fds = test::count_fds();
+  std::optional<Set> pidns = Set::current().unshare(Kind::pid);
+  for (const Set* set : {&net, static_cast<const Set*>(&*pidns)}) {
+    std::string big(std::size_t{3} << 20, '\0');
+    for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>('a' + i % 23);
+    CHECK(set->run_in_process([&] { return big; }) == big);
+    struct Large {
+      std::array<std::uint64_t, 40000> words;  // 320 KB, past the pipe's 64 KB
+    };
+    const auto large = std::make_unique<Large>(set->run_in_process([] {
+      Large l{};
+      for (std::size_t i = 0; i < l.words.size(); ++i) l.words[i] = i * 7;
+      return l;
+    }));
+    CHECK(large->words[39999] == std::uint64_t{39999} * 7);
+    try {
+      set->run_in_process([&] { throw std::runtime_error(big); });
+      FAIL("nothing thrown");
+    } catch (const gonso::ProcessError& e) {
+      CHECK(e.exception_type() == "std::runtime_error");
+      CHECK(e.message() == big);
+    }
+  }
+  pidns.reset();  // its init, a child of ours, goes with it
+  CHECK(within(std::chrono::seconds(2), no_children_left));
+  CHECK(test::count_fds() == fds);
+}
+
+TEST_CASE("run_in_process returns its value when SIGCHLD is ignored", "[privileged][process]") {
+  test::require_privilege();
+  const Set net = Set::current().unshare(Kind::net);
+  struct sigaction ignore {};
+  struct sigaction old {};
+  ignore.sa_handler = SIG_IGN;
+  REQUIRE(::sigaction(SIGCHLD, &ignore, &old) == 0);
+  // The kernel reaps the child by itself, maybe before its pidfd is opened.
+  int values = 0;
+  for (int i = 0; i < 20; ++i) values += net.run_in_process([] { return 1; });
+  std::error_code error;
+  try {
+    net.run_in_process([] { ::_exit(0); });  // no report: only the lost exit status could tell
+  } catch (const std::system_error& e) {
+    error = e.code();
+  }
+  ::sigaction(SIGCHLD, &old, nullptr);
+  CHECK(values == 20);
+  CHECK(error == std::errc::no_child_process);
 }

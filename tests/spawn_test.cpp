@@ -1,15 +1,20 @@
 // gonso::spawn and gonso::Child: the program runs inside exactly the Set's
 // namespaces (as the kernel's links read), is the caller's own child, gets
 // what the options say and nothing else, and nothing is left behind.
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -699,4 +704,160 @@ TEST_CASE("spawn: /etc/netns/NAME files are bound over /etc as ip netns exec doe
   SpawnOptions bad;
   bad.etc_of_netns = "../etc";
   CHECK_THROWS_AS(gonso::spawn(net, {"true"}, bad), std::invalid_argument);
+}
+
+TEST_CASE("spawn() without time: a child sharing our memory, seen in the Set while it runs", "[privileged][spawn]") {
+  test::require_privilege();
+  const std::size_t fds = settled_fds();
+  {
+    test::ForeignNamespaces holder(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNS);
+    test::ForeignNamespaces pid_holder(CLONE_NEWPID);
+    const Set fresh = Set::current().unshare(Kind::net | Kind::uts | Kind::ipc | Kind::mnt | Kind::cgroup);
+    const Set foreign = Set::from_pid(holder.pid(), Kind::user | Kind::net | Kind::uts | Kind::ipc | Kind::mnt);
+    const Set pidns = Set::from_pid(pid_holder.pid(), Kind::pid | Kind::net);
+    for (const Set* set : {&fresh, &foreign, &pidns}) {
+      // What spawn() picks: no fork, unless ThreadSanitizer is watching.
+      const gonso::detail::join_plan plan = gonso::detail::plan_join(*set);
+      gonso::detail::spawn_plan sp;
+      sp.join = plan;
+#if defined(__SANITIZE_THREAD__)
+      CHECK_FALSE(gonso::detail::may_share_memory(sp));
+#else
+      CHECK(gonso::detail::may_share_memory(sp));
+#endif
+      Child sleeper = gonso::spawn(*set, {"sleep", "100"});
+      // The kernel's view of the running program, not gonso's.
+      for (Kind kind : set->kinds()) {
+        INFO(gonso::name(kind));
+        CHECK(test::identity_at(kind, fmt::format("/proc/{}/ns/{}", sleeper.pid(), gonso::name(kind))) ==
+              set->identity(kind));
+      }
+      std::ifstream status(fmt::format("/proc/{}/status", sleeper.pid()));
+      std::string line;
+      while (std::getline(status, line) && !line.starts_with("PPid:")) {
+      }
+      CHECK(line == fmt::format("PPid:\t{}", ::getpid()));  // our own child, no helper between
+      sleeper.kill();
+      CHECK(sleeper.wait() == ExitStatus::killed_by(SIGKILL));
+    }
+    std::vector<pid_t> helpers{holder.pid(), pid_holder.pid()};
+    std::sort(helpers.begin(), helpers.end());
+    CHECK(child_pids() == helpers);  // no middle process, no zombie
+  }
+  CHECK(settled_fds() == fds);
+}
+
+TEST_CASE("spawn() into a pid namespace holds the program even when SIGCHLD is ignored", "[privileged][spawn]") {
+  test::require_privilege();
+  const std::size_t fds = settled_fds();
+  {
+    test::ForeignNamespaces holder(CLONE_NEWPID);
+    const Set pidns = Set::from_file(Kind::pid, holder.path(Kind::pid));
+    gonso::detail::spawn_plan sp;
+    sp.join = gonso::detail::plan_join(pidns);
+    // The pidfd comes from the program's clone only when the child shares
+    // our memory; a forked child opens it afterwards, and may be too late.
+    if (gonso::detail::may_share_memory(sp)) {
+      struct sigaction ignore {};
+      struct sigaction old {};
+      ignore.sa_handler = SIG_IGN;
+      REQUIRE(::sigaction(SIGCHLD, &ignore, &old) == 0);
+      int held = 0;
+      for (int i = 0; i < 20; ++i) {
+        try {
+          Child quick = gonso::spawn(pidns, {"true"});
+          if (ended(quick)) ++held;  // the kernel reaps it, the pidfd still says so
+        } catch (const std::exception& e) {
+          UNSCOPED_INFO(e.what());
+        }
+      }
+      ::sigaction(SIGCHLD, &old, nullptr);
+      CHECK(held == 20);
+    }
+  }
+  CHECK(settled_fds() == fds);
+  CHECK(children().empty());
+}
+
+TEST_CASE("spawn() into pid and time namespaces forks, and the program is inside", "[privileged][spawn]") {
+  test::require_privilege();
+  const std::size_t fds = settled_fds();
+  {
+    // The process path makes them, with an init for the pid namespace.
+    const Set set = Set::current().unshare(Kind::pid | Kind::time | Kind::net);
+    gonso::detail::spawn_plan sp;
+    sp.join = gonso::detail::plan_join(set);
+    CHECK_FALSE(gonso::detail::may_share_memory(sp));
+    Child sleeper = gonso::spawn(set, {"sleep", "100"});
+    for (Kind kind : {Kind::net, Kind::pid, Kind::time}) {
+      INFO(gonso::name(kind));
+      CHECK(test::identity_at(kind, fmt::format("/proc/{}/ns/{}", sleeper.pid(), gonso::name(kind))) ==
+            set.identity(kind));
+    }
+    sleeper.kill();
+    CHECK(sleeper.wait() == ExitStatus::killed_by(SIGKILL));
+    CHECK(child_pids().size() == 1);  // the namespace's init, and no zombie
+  }
+  CHECK(settled_fds() == fds);
+  CHECK(children().empty());
+}
+
+TEST_CASE("spawn(): the program gets the caller's environment as it is now", "[spawn]") {
+  const Set own = Set::current(Kind::uts);
+  REQUIRE(::setenv("GONSO_SPAWN_TEST", "now", 1) == 0);
+  const Ran ran = run(own, {"sh", "-c", "echo $GONSO_SPAWN_TEST"});
+  ::unsetenv("GONSO_SPAWN_TEST");
+  CHECK(ran.status.success());
+  CHECK(ran.out == "now\n");
+  CHECK(run(own, {"sh", "-c", "echo ${GONSO_SPAWN_TEST-unset}"}).out == "unset\n");
+
+  // After clearenv() environ is null: the program gets no variables.
+  std::vector<std::string> saved;
+  for (char** entry = environ; entry != nullptr && *entry != nullptr; ++entry) saved.emplace_back(*entry);
+  REQUIRE(::clearenv() == 0);
+  std::optional<Ran> empty;
+  try {
+    empty = run(own, {"/usr/bin/env"});
+  } catch (...) {
+  }
+  for (const std::string& entry : saved) {
+    const std::size_t eq = entry.find('=');
+    ::setenv(entry.substr(0, eq).c_str(), entry.substr(eq + 1).c_str(), 1);
+  }
+  REQUIRE(empty.has_value());
+  CHECK(empty->status.success());
+  CHECK(empty->out.empty());
+}
+
+TEST_CASE("spawn() forks when a sandbox refuses a child sharing memory", "[spawn][fork]") {
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    // A seccomp filter that answers EPERM to clone with CLONE_VM, as a
+    // container runtime's might. Plain fork (clone without it) still works.
+    sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone, 0, 3),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, args[0])),  // low half, little-endian
+        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, CLONE_VM, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    const sock_fprog program{static_cast<unsigned short>(std::size(filter)), filter};
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || ::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program) != 0) {
+      ::_exit(2);
+    }
+    int code = 3;
+    try {
+      Child child = gonso::spawn(Set::current(Kind::uts), {"sh", "-c", "exit 7"});
+      code = child.wait() == ExitStatus::exited_with(7) ? 0 : 4;
+    } catch (...) {
+      code = 5;
+    }
+    ::_exit(code);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
 }

@@ -105,22 +105,34 @@ namespace detail {
 }
 
 /// In a child that has its namespaces: a mount namespace of its own that
-/// still sees the host's later mounts (slave), with `pairs` bound on top.
-/// Returns 0, or the errno with `failed` the index of the failing pair (or
-/// SIZE_MAX for the namespace itself). Async-signal-safe.
-[[nodiscard]] inline int bind_etc_overlay(const std::vector<std::string>& pairs, std::size_t& failed) noexcept {
-  if (pairs.empty()) return 0;
-  if (::unshare(CLONE_NEWNS) != 0 || ::mount("", "/", "none", MS_SLAVE | MS_REC, nullptr) != 0) {
+/// still sees the host's later mounts (slave), with the `count` paths of
+/// `pairs` (source, target, source, ...) bound on top. Returns 0, or the
+/// errno with `failed` the index of the failing pair's source (or SIZE_MAX
+/// for the namespace itself). Async-signal-safe.
+[[nodiscard]] GONSO_CHILD_CODE inline int bind_etc_overlay(const char* const* pairs, std::size_t count,
+                                                           std::size_t& failed) noexcept {
+  if (count == 0) return 0;
+  if (::syscall(SYS_unshare, CLONE_NEWNS) != 0 ||
+      ::syscall(SYS_mount, "", "/", "none", MS_SLAVE | MS_REC, nullptr) != 0) {
     failed = SIZE_MAX;
     return errno;
   }
-  for (std::size_t i = 0; i + 1 < pairs.size(); i += 2) {
-    if (::mount(pairs[i].c_str(), pairs[i + 1].c_str(), "none", MS_BIND, nullptr) != 0) {
+  for (std::size_t i = 0; i + 1 < count; i += 2) {
+    if (::syscall(SYS_mount, pairs[i], pairs[i + 1], "none", MS_BIND, nullptr) != 0) {
       failed = i;
       return errno;
     }
   }
   return 0;
+}
+
+/// The C strings of `strings`, for a child that may not call into the
+/// standard library.
+[[nodiscard]] inline std::vector<const char*> c_strings(const std::vector<std::string>& strings) {
+  std::vector<const char*> out;
+  out.reserve(strings.size());
+  for (const std::string& s : strings) out.push_back(s.c_str());
+  return out;
 }
 
 template <typename F>
@@ -494,21 +506,30 @@ class Set {
     const detail::join_plan plan = detail::plan_join(ns_, kinds_);
     const std::vector<std::string> etc =
         options.etc_of_netns ? detail::etc_overlay(*options.etc_of_netns) : std::vector<std::string>{};
-    detail::pipe_fds report = detail::make_pipe();
+    const std::vector<const char*> etc_paths = detail::c_strings(etc);
+    detail::report_channel report = detail::make_report_channel();
     // Unflushed output would be written twice, once by each process.
     std::fflush(stdout);
     std::fflush(stderr);
-    const pid_t parent = ::getpid();
+    const pid_t parent = detail::bind_syscall();
     const pid_t pid = ::fork();
     if (pid < 0) throw detail::system_error(errno, "cannot fork a child process to run in {} namespaces", kinds_);
     if (pid == 0) {
-      report.read.reset();
-      run_child<R>(plan, etc, report.write.get(), parent, fn);
+      report.data.read.reset();
+      detail::report_sink sink(report.data.write.get(), report.bell.get());
+      run_child<R>(plan, etc_paths, sink, parent, fn);
     }
-    report.write.reset();
+    report.data.write.reset();
     std::string data;
     try {
-      data = detail::read_to_end(report.read.get());
+      // Not yet reaped by us, so `pid` is still the child's. ESRCH: it has
+      // ended and was reaped elsewhere (the application ignores SIGCHLD), so
+      // all it wrote is in the pipe.
+      const detail::unique_fd pidfd(detail::pidfd_open(pid));
+      if (!pidfd && errno != ESRCH) {
+        throw detail::system_error(errno, "cannot open a pidfd for the child process {}", pid);
+      }
+      data = detail::read_report(report.data.read.get(), report.bell.get(), pidfd.get());
     } catch (...) {
       ::kill(pid, SIGKILL);
       (void)detail::reap(pid);
@@ -583,40 +604,40 @@ class Set {
   }
 
   // The forked child of run_in_process: join, maybe fork into pid and time
-  // namespaces, run, report, and _exit without running the parent's exit
-  // handlers.
+  // namespaces, run, report, and exit without running the parent's exit
+  // handlers. System calls through syscall(2): see detail::bind_syscall.
   template <typename R, typename F>
-  [[noreturn]] void run_child(const detail::join_plan& plan, const std::vector<std::string>& etc, int report,
-                              pid_t parent, F& fn) const noexcept {
+  [[noreturn]] void run_child(const detail::join_plan& plan, const std::vector<const char*>& etc,
+                              detail::report_sink& report, pid_t parent, F& fn) const noexcept {
     detail::die_with_parent(parent);
     std::size_t failed = 0;
     if (const int err = detail::join_in_child(plan, failed); err != 0) {
       const Kind kind = plan.steps[failed].kind;
       detail::report_join_error(report, err, fmt::format("cannot join {} namespace {}", kind, ns_[index_of(kind)].id));
-      ::_exit(1);
+      detail::child_exit(1);
     }
     if (plan.fork_after) {
       const pid_t inner = ::fork();
       if (inner < 0) {
         detail::report_join_error(report, errno, "cannot fork into the joined pid or time namespace");
-        ::_exit(1);
+        detail::child_exit(1);
       }
       if (inner > 0) {
-        ::close(report);
+        report.close();
         detail::exit_like(detail::reap(inner));
       }
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      ::syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
     }
-    if (const int err = detail::bind_etc_overlay(etc, failed); err != 0) {
+    if (const int err = detail::bind_etc_overlay(etc.data(), etc.size(), failed); err != 0) {
       detail::report_join_error(report, err,
                                 failed == SIZE_MAX
                                     ? std::string("cannot make a mount namespace for /etc/netns")
                                     : fmt::format("cannot bind {} over {}", etc[failed], etc[failed + 1]));
-      ::_exit(1);
+      detail::child_exit(1);
     }
     detail::run_and_report<R>(std::forward<F>(fn), report);
     std::fflush(nullptr);
-    ::_exit(0);
+    detail::child_exit(0);
   }
 
   static void check_map(const std::vector<IdRange>& map, const char* which) {

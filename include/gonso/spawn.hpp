@@ -87,52 +87,82 @@ struct spawn_record {
   std::int32_t err;    // errno
 };
 
-/// Everything the child needs, built before fork so that the child only
-/// makes system calls.
+/// Everything the child needs, built before it is made so that the child
+/// only makes system calls and reads plain arrays.
 struct spawn_plan {
   join_plan join;
   std::vector<std::string> paths;  // execve candidates, in order
   std::vector<const char*> path_ptrs;
   std::vector<const char*> argv;
-  std::vector<const char*> envp_storage;
-  char* const* envp = nullptr;
-  const char* cwd = nullptr;
+  std::vector<const char*> envp;       // the program's environment, null-terminated
   std::vector<std::string> etc_files;  // pairs: /etc/netns/NAME/x, /etc/x
-  int stdio[3] = {-1, -1, -1};         // what becomes fd 0, 1, 2; -1 keeps the caller's
-  int report = -1;
+  std::vector<const char*> etc_ptrs;
+  const char* cwd = nullptr;
+  int stdio[3] = {-1, -1, -1};  // what becomes fd 0, 1, 2; -1 keeps the caller's
+
+  /// The vectors above as plain arrays, set by seal() once they are
+  /// complete: the child reads these alone and calls no member function.
+  struct arrays {
+    const char* const* paths = nullptr;
+    std::size_t path_count = 0;
+    char* const* argv = nullptr;
+    char* const* envp = nullptr;
+    const char* const* etc = nullptr;
+    std::size_t etc_count = 0;
+  } raw;
+
+  void seal() noexcept {
+    raw.paths = path_ptrs.data();
+    raw.path_count = path_ptrs.size();
+    raw.argv = const_cast<char* const*>(argv.data());  // NOLINT: execve's signature
+    raw.envp = const_cast<char* const*>(envp.data());  // NOLINT: execve's signature
+    raw.etc = etc_ptrs.data();
+    raw.etc_count = etc_ptrs.size();
+  }
 };
 
-// The child of spawn() is made with a raw clone (see raw_fork) and makes raw
-// system calls: no libc wrapper that a sanitizer intercepts, and no state
-// that other threads of the caller may have left locked, is touched.
+// The child of spawn() is made with a raw clone and makes raw system calls
+// only: no libc wrapper that a sanitizer intercepts or that is bound lazily
+// (see bind_syscall), and no state that other threads of the caller may
+// have left locked, is touched.
 
-[[noreturn]] inline void child_exit(int code) noexcept {
-  ::syscall(SYS_exit_group, code);
-  __builtin_unreachable();
-}
+/// Where a child of spawn() says which step failed: a close-on-exec pipe
+/// (`fd`), or, for a child that shares the caller's memory and blocks it
+/// until it has exec'd or ended, the caller's `shared` record itself.
+struct spawn_reporter {
+  int fd = -1;
+  spawn_record* shared = nullptr;
+};
 
-inline void send_record(int fd, spawn_step what, std::int32_t value, int err) noexcept {
+GONSO_CHILD_CODE inline void send_record(const spawn_reporter& to, spawn_step what, std::int32_t value,
+                                         int err) noexcept {
+  if (to.shared != nullptr) {
+    to.shared->what = what;
+    to.shared->value = value;
+    to.shared->err = err;
+    return;
+  }
   const spawn_record record{what, value, err};
   // One write: far below PIPE_BUF, it is atomic and never partial.
-  while (::syscall(SYS_write, fd, &record, sizeof record) < 0 && errno == EINTR) {
+  while (::syscall(SYS_write, to.fd, &record, sizeof record) < 0 && errno == EINTR) {
   }
 }
 
 /// Sets the signal mask of the calling thread to nothing or everything.
-inline void mask_signals(bool all) noexcept {
+GONSO_CHILD_CODE inline void mask_signals(bool all) noexcept {
   std::uint64_t set = all ? ~std::uint64_t{0} : 0;  // the kernel's sigset_t: 64 bits
   ::syscall(SYS_rt_sigprocmask, SIG_SETMASK, &set, nullptr, sizeof set);
 }
 
 /// Returns `fd` if it is above 2, else a close-on-exec copy above 2, so that
 /// moving the standard streams into place cannot overwrite it. -1 on failure.
-inline int above_stdio(int fd) noexcept {
+GONSO_CHILD_CODE inline int above_stdio(int fd) noexcept {
   return fd < 0 || fd > 2 ? fd : static_cast<int>(::syscall(SYS_fcntl, fd, F_DUPFD_CLOEXEC, 3));
 }
 
 /// Marks every fd from 3 up close-on-exec. close_range(2) needs Linux 5.11;
 /// older kernels get a loop up to the fd limit. Returns 0 or the errno.
-inline int cloexec_from_3() noexcept {
+GONSO_CHILD_CODE inline int cloexec_from_3() noexcept {
   if (::syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC) == 0) return 0;
   if (errno != ENOSYS && errno != EINVAL) return errno;
   struct {
@@ -146,10 +176,15 @@ inline int cloexec_from_3() noexcept {
   return 0;
 }
 
+/// Errors after which execvp(3) tries the next PATH entry.
+GONSO_CHILD_CODE inline bool not_here(int err) noexcept {
+  return err == ENOENT || err == ENOTDIR || err == ESTALE || err == ENODEV || err == ETIMEDOUT;
+}
+
 /// The process that becomes the program: standard streams, working
 /// directory, fds, death signal, signal mask, then execve over the
 /// candidates. Async-signal-safe. Never returns.
-[[noreturn]] inline void exec_program(const spawn_plan& plan, int report) noexcept {
+[[noreturn]] GONSO_CHILD_CODE inline void exec_program(const spawn_plan& plan, const spawn_reporter& report) noexcept {
   int from[3];
   for (int i = 0; i < 3; ++i) {
     from[i] = above_stdio(plan.stdio[i]);
@@ -166,7 +201,7 @@ inline int cloexec_from_3() noexcept {
     }
   }
   std::size_t failed = 0;
-  if (const int err = bind_etc_overlay(plan.etc_files, failed); err != 0) {
+  if (const int err = bind_etc_overlay(plan.raw.etc, plan.raw.etc_count, failed); err != 0) {
     send_record(report, spawn_step::etc, failed == SIZE_MAX ? -1 : static_cast<std::int32_t>(failed), err);
     child_exit(127);
   }
@@ -185,15 +220,12 @@ inline int cloexec_from_3() noexcept {
   // program that the Child handle (movable to any thread) may outlive.
   ::syscall(SYS_prctl, PR_SET_PDEATHSIG, 0, 0, 0, 0);
   mask_signals(false);
-  // execvp's search, over candidates made before fork: ENOENT and the like
-  // move on, EACCES is remembered, anything else stops.
+  // execvp's search, over candidates made before the child: ENOENT and the
+  // like move on, EACCES is remembered, anything else stops.
   int err = ENOENT;
   bool denied = false;
-  const auto not_here = [](int e) {
-    return e == ENOENT || e == ENOTDIR || e == ESTALE || e == ENODEV || e == ETIMEDOUT;
-  };
-  for (const char* path : plan.path_ptrs) {
-    ::syscall(SYS_execve, path, plan.argv.data(), plan.envp);
+  for (std::size_t i = 0; i < plan.raw.path_count; ++i) {
+    ::syscall(SYS_execve, plan.raw.paths[i], plan.raw.argv, plan.raw.envp);
     err = errno;
     if (err == EACCES) {
       denied = true;
@@ -207,19 +239,23 @@ inline int cloexec_from_3() noexcept {
   child_exit(127);
 }
 
-/// The child of spawn(). Starts with every signal blocked (the parent
+/// Resets every signal disposition to the default, so that none of the
+/// caller's handlers can run in the child once its mask is opened.
+GONSO_CHILD_CODE inline void default_all_signals() noexcept {
+  for (int sig = 1; sig < NSIG; ++sig) {
+    if (sig != SIGKILL && sig != SIGSTOP) (void)default_signal(sig);
+  }
+}
+
+/// The forked child of spawn(). Starts with every signal blocked (the parent
 /// blocked them around the clone), so that none of the caller's handlers
 /// runs here; resets every disposition, joins, clones once more for pid and
 /// time, and becomes the program. Never returns.
-[[noreturn]] inline void spawn_child(const spawn_plan& plan, pid_t parent) noexcept {
-  struct sigaction dfl {};
-  dfl.sa_handler = SIG_DFL;
-  for (int sig = 1; sig < NSIG; ++sig) {
-    if (sig != SIGKILL && sig != SIGSTOP) (void)::sigaction(sig, &dfl, nullptr);  // EINVAL for libc's own: fine
-  }
+[[noreturn]] GONSO_CHILD_CODE inline void spawn_child(const spawn_plan& plan, int report_fd, pid_t parent) noexcept {
+  default_all_signals();
   die_with_parent(parent);
-  const int report = above_stdio(plan.report);
-  if (report < 0) child_exit(127);  // no way to say why; the parent sees exit status 127
+  const spawn_reporter report{above_stdio(report_fd), nullptr};
+  if (report.fd < 0) child_exit(127);  // no way to say why; the parent sees exit status 127
   std::size_t failed = 0;
   if (const int err = join_in_child(plan.join, failed); err != 0) {
     send_record(report, spawn_step::join, static_cast<std::int32_t>(failed), err);
@@ -242,6 +278,112 @@ inline int cloexec_from_3() noexcept {
     }
   }
   exec_program(plan, report);
+}
+
+/// What a child that shares the caller's memory reads, and where it writes
+/// what the caller must learn: on the caller's stack, which is the caller's
+/// alone while it waits (CLONE_VFORK).
+struct shared_spawn {
+  const spawn_plan* plan;
+  pid_t parent;
+  spawn_record failure{};  // what == 0: none
+  // Joining a pid namespace: the stack of the program's process, and what
+  // the middle process learns when it clones it.
+  unsigned char* program_stack = nullptr;
+  pid_t program = -1;
+  int program_pidfd = -1;
+};
+
+/// The program's process in a joined pid namespace: cloned by the middle
+/// process with CLONE_PARENT, so a child of the caller. Never returns.
+GONSO_CHILD_CODE inline int shared_program_child(void* arg) noexcept {
+  auto& job = *static_cast<shared_spawn*>(arg);
+  die_with_parent(0);  // the caller is in another pid namespace: arm, cannot check
+  exec_program(*job.plan, spawn_reporter{-1, &job.failure});
+}
+
+/// The child of spawn() that shares the caller's memory, on a stack of its
+/// own: as spawn_child, reporting into the caller's record. When it joined a
+/// pid namespace it shares the caller's fd table too (CLONE_FILES) and only
+/// joins, then clones the program (CLONE_VM | CLONE_VFORK | CLONE_PARENT |
+/// CLONE_PIDFD): the program's pidfd lands straight in the caller's table.
+GONSO_CHILD_CODE inline int shared_spawn_child(void* arg) noexcept {
+  auto& job = *static_cast<shared_spawn*>(arg);
+  const spawn_reporter report{-1, &job.failure};
+  default_all_signals();
+  die_with_parent(job.parent);
+  std::size_t failed = 0;
+  if (const int err = join_in_child(job.plan->join, failed); err != 0) {
+    send_record(report, spawn_step::join, static_cast<std::int32_t>(failed), err);
+    child_exit(127);
+  }
+  if (job.plan->join.fork_after) {
+    // Joining pid changed only where children go. CLONE_PARENT gives the
+    // program this process's exit signal, SIGCHLD.
+    int pidfd = -1;
+    const int inner = ::clone(shared_program_child, job.program_stack,
+                              CLONE_VM | CLONE_VFORK | CLONE_PARENT | CLONE_PIDFD, &job, &pidfd);
+    if (inner < 0) {
+      send_record(report, spawn_step::fork, 0, errno);
+      child_exit(127);
+    }
+    // Our own pid namespace is still the caller's: `inner` is its pid there.
+    job.program = inner;
+    job.program_pidfd = pidfd;
+    child_exit(0);
+  }
+  exec_program(*job.plan, report);
+}
+
+/// Whether spawn() may make its child share the caller's memory
+/// (CLONE_VM | CLONE_VFORK, as posix_spawn(3) does) instead of forking: no
+/// copy of the caller's page tables, no copy-on-write faults after it, and
+/// the caller wakes once, when the program has been exec'd. Not when a time
+/// namespace is joined (clone refuses CLONE_VM while time_for_children is
+/// another namespace, and setns into one needs a process that shares its
+/// memory with none), and not under ThreadSanitizer, whose runtime cannot
+/// follow such a child.
+[[nodiscard]] inline bool may_share_memory(const spawn_plan& plan) noexcept {
+  constexpr bool thread_sanitizer =
+#if defined(__SANITIZE_THREAD__)
+      true;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+      true;
+#else
+      false;
+#endif
+#else
+      false;
+#endif
+  if (thread_sanitizer) return false;
+  for (std::size_t i = 0; i < plan.join.count; ++i) {
+    if (plan.join.steps[i].kind == Kind::time) return false;
+  }
+  return true;
+}
+
+/// The stack of a child that shares the caller's memory, in the caller's
+/// frame: the child makes only system calls from a few small frames (under
+/// 1 KiB at -O0 with AddressSanitizer, by -fstack-usage), so 16 KiB leaves
+/// room for compilers' stack checks without asking much of a small thread
+/// stack. (glibc's posix_spawn maps 32 KiB per call.)
+inline constexpr std::size_t shared_child_stack = std::size_t{16} * 1024;
+
+/// Runs shared_spawn_child on a stack in this frame (and its program, for a
+/// pid namespace, on another). Returns the child's pid and sets `pidfd`, or
+/// -1 with errno from clone(2). When it returns, the child has exec'd or
+/// ended (and so has the program's clone, if any, or it exec'd): the stacks
+/// and our memory are ours again.
+[[nodiscard]] inline pid_t clone_sharing_memory(shared_spawn& job, unique_fd& pidfd) noexcept {
+  alignas(64) unsigned char stacks[2][shared_child_stack];
+  job.program_stack = stacks[1] + shared_child_stack;
+  const int files = job.plan->join.fork_after ? CLONE_FILES : 0;
+  int fd = -1;
+  const int pid = ::clone(shared_spawn_child, stacks[0] + shared_child_stack,
+                          CLONE_VM | CLONE_VFORK | CLONE_PIDFD | files | SIGCHLD, &job, &fd);
+  if (pid > 0) pidfd.reset(fd);
+  return pid;
 }
 
 /// Reads every record until all writers are gone: exec closed the pipe, or
@@ -307,15 +449,19 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
 /// user and time included. Returns the Child that owns it.
 ///
 /// The program is a direct child of the caller, also in a pid or time
-/// namespace: there the forked child joins and clones the program with
+/// namespace: there the child joins and clones the program with
 /// CLONE_PARENT, so that it is inside the namespace (kernel-rules.md, "pid").
 /// It gets fds 0, 1 and 2 only (as `options` says), every other fd of the
 /// caller being close-on-exec for it; default signal dispositions and an
 /// empty signal mask; and no death signal: like posix_spawn(3)'s, it outlives
 /// the caller unless the Child is destroyed first. The child is a raw clone
-/// (no pthread_atfork handlers run) that makes only async-signal-safe calls
-/// until exec; everything that allocates is done before. May be called from
-/// many threads at once, and from inside Set::run.
+/// (no pthread_atfork handlers run) that makes only system calls until exec;
+/// everything that allocates is done before. Unless a time namespace is
+/// joined, it shares the caller's memory and the calling thread waits until
+/// the program has been exec'd, as with posix_spawn(3) (CLONE_VM |
+/// CLONE_VFORK): no copy of the caller's page tables; in a pid namespace the
+/// program's pidfd comes from its clone. Joining a time namespace forks. May
+/// be called from many threads at once, and from inside Set::run.
 ///
 /// Throws std::invalid_argument for an empty argv, an empty argv[0] or a
 /// NUL inside an argument or env entry; std::logic_error for an empty Set;
@@ -342,8 +488,7 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
 
   detail::spawn_plan plan;
   plan.join = detail::plan_join(set);
-  const bool same_pid_ns = detail::children_share_pid_ns();
-  if (plan.join.fork_after && !same_pid_ns) {
+  if (plan.join.fork_after && !detail::children_share_pid_ns()) {
     throw detail::system_error(EINVAL,
                                "cannot spawn {} into the pid or time namespace of {} from a thread whose children go "
                                "to another pid namespace (as inside Set::run of a Set holding one): the program's "
@@ -357,15 +502,17 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
     for (const std::string& entry : *options.env) {
       if (has_nul(entry))
         throw std::invalid_argument(fmt::format("cannot spawn {}: an env entry holds a NUL", argv[0]));
-      plan.envp_storage.push_back(entry.c_str());
+      plan.envp.push_back(entry.c_str());
       if (entry.starts_with("PATH=")) path_var = entry.c_str() + 5;
     }
-    plan.envp_storage.push_back(nullptr);
-    plan.envp = const_cast<char* const*>(plan.envp_storage.data());  // NOLINT: execve's signature
   } else {
-    plan.envp = environ;
+    // A copy of environ's array: a child sharing our memory must not read
+    // an array that setenv() in another thread may free meanwhile. After
+    // clearenv() environ is null: no variables.
+    for (char** entry = environ; entry != nullptr && *entry != nullptr; ++entry) plan.envp.push_back(*entry);
     path_var = std::getenv("PATH");  // NOLINT(concurrency-mt-unsafe): as execvp itself reads it
   }
+  plan.envp.push_back(nullptr);
   std::string search;  // the PATH searched, for messages; empty when argv[0] has a '/'
   if (argv[0].find('/') != std::string::npos) {
     plan.paths.push_back(argv[0]);
@@ -388,7 +535,9 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
   if (options.etc_of_netns) {
     // Listed here, in the caller's mount namespace, as ip netns exec does.
     plan.etc_files = detail::etc_overlay(*options.etc_of_netns);
+    plan.etc_ptrs = detail::c_strings(plan.etc_files);
   }
+  plan.seal();
 
   // Every fd made here is close-on-exec: a program another thread spawns
   // meanwhile must not hold our pipes open.
@@ -410,19 +559,76 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
       plan.stdio[i] = devnull.get();
     }
   }
-  detail::pipe_fds report = detail::make_pipe();
-  plan.report = report.write.get();
-
-  // With every signal blocked across fork, none of the caller's handlers can
-  // run in the child before it has reset them.
+  const auto close_childs_ends = [&] {
+    for (auto& p : pipes) {
+      p.read.reset();
+      p.write.reset();
+    }
+    devnull.reset();
+  };
+  // With every signal blocked across the clone, none of the caller's
+  // handlers can run in the child before it has reset them.
   sigset_t all;
   sigset_t old;
   ::sigfillset(&all);
+  // Through syscall(2), bound here before the child, which calls nothing
+  // else. A child born in another pid namespace sees its parent as pid 0 and
+  // skips the check.
+  const pid_t parent = detail::bind_syscall();
+
+  const auto reap_by = [](const detail::unique_fd& process) {
+    siginfo_t info{};
+    while (::waitid(P_PIDFD, static_cast<id_t>(process.get()), &info, WEXITED | __WALL) != 0 && errno == EINTR) {
+    }
+  };
+
+  if (detail::may_share_memory(plan)) {
+    detail::shared_spawn job{&plan, parent};
+    detail::unique_fd pidfd;
+    ::pthread_sigmask(SIG_SETMASK, &all, &old);
+    const pid_t pid = detail::clone_sharing_memory(job, pidfd);
+    const int clone_errno = errno;  // meaningful only on failure: the child shares our errno
+    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    if (pid > 0) {
+      close_childs_ends();
+      const bool failed = job.failure.what != detail::spawn_step{};
+      if (!plan.join.fork_after) {
+        if (failed) {
+          reap_by(pidfd);  // it has ended, or is ending
+          throw detail::spawn_error(job.failure, plan, set, argv, search);
+        }
+        return detail::child_access::make(std::move(pidfd), pid, std::move(mine[0]), std::move(mine[1]),
+                                          std::move(mine[2]));
+      }
+      // The middle process has ended, once the program's process exec'd or
+      // ended; its pidfd is ours (it shared our fd table), so the program is
+      // held even if it ended and was reaped already.
+      reap_by(pidfd);
+      detail::unique_fd program(job.program_pidfd);
+      if (failed) {
+        if (program) reap_by(program);
+        throw detail::spawn_error(job.failure, plan, set, argv, search);
+      }
+      if (!program) {
+        // Killed (say by another's SIGKILL) before it could clone the program.
+        throw detail::system_error(ECHILD, "cannot spawn {}: the child setting it up ended with no report", argv[0]);
+      }
+      return detail::child_access::make(std::move(program), job.program, std::move(mine[0]), std::move(mine[1]),
+                                        std::move(mine[2]));
+    }
+    // A sandbox may refuse the shared-memory clone (a seccomp filter's EPERM
+    // or ENOSYS, an emulated kernel's EINVAL): fork then.
+    if (clone_errno != EPERM && clone_errno != ENOSYS && clone_errno != EINVAL) {
+      throw detail::system_error(clone_errno, "cannot start a child process to spawn {} in {}", argv[0], set);
+    }
+  }
+
+  // Forked: the child reports on a close-on-exec pipe, whose end of file
+  // means exec or exit.
+  detail::pipe_fds report = detail::make_pipe();
   ::pthread_sigmask(SIG_SETMASK, &all, &old);
-  // A child born in another pid namespace sees its parent as pid 0.
-  const pid_t parent = same_pid_ns ? ::getpid() : 0;
   const pid_t pid = detail::raw_fork();
-  if (pid == 0) detail::spawn_child(plan, parent);
+  if (pid == 0) detail::spawn_child(plan, report.write.get(), parent);
   const int fork_errno = errno;
   ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
   if (pid < 0) throw detail::system_error(fork_errno, "cannot fork a child process to spawn {} in {}", argv[0], set);
@@ -438,13 +644,8 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
       throw detail::system_error(err, "cannot open a pidfd for pid {} ({})", pid, argv[0]);
     }
   }
-  // The child's ends go, so that end of file means exec or exit.
   report.write.reset();
-  for (auto& p : pipes) {
-    p.read.reset();
-    p.write.reset();
-  }
-  devnull.reset();
+  close_childs_ends();
   const std::vector<detail::spawn_record> records = detail::read_records(report.read.get());
 
   pid_t program = plan.join.fork_after ? -1 : pid;

@@ -29,11 +29,59 @@
 
 namespace gonso::detail {
 
+// Forked children make their system calls through syscall(2) alone, which
+// the parent calls before it forks (see bind_syscall). A libc function that a
+// child calls for the first time is bound lazily in that child, again in
+// every child (the binding lands in the child's copy of the GOT), unless the
+// program was linked with -z now: here that cost ~30 µs for a handful of
+// functions, plus a copy of the GOT page. A child that shares the caller's
+// memory (spawn) must not run the dynamic linker at all.
+
+// Code that runs in a child sharing the caller's memory (spawn's) is kept out
+// of sanitizer instrumentation: AddressSanitizer would poison shadow memory
+// for frames on the child's stack that never return (the child execs), and
+// the sanitizers' runtimes keep per-thread state that the child would use
+// as if it were the suspended calling thread. Every function such a child
+// runs carries this, and calls nothing but these and syscall(2).
+#if defined(__clang__)
+#define GONSO_CHILD_CODE __attribute__((no_sanitize("address", "undefined")))  // NOLINT(cppcoreguidelines-macro-usage)
+#else
+#define GONSO_CHILD_CODE \
+  __attribute__((no_sanitize_address, no_sanitize_undefined))  // NOLINT(cppcoreguidelines-macro-usage)
+#endif
+
+/// Calls syscall(2) once, and reads errno (__errno_location), so that both
+/// are bound before a child is made; returns the caller's pid.
+[[nodiscard]] inline pid_t bind_syscall() noexcept {
+  const auto pid = static_cast<pid_t>(::syscall(SYS_getpid));
+  volatile int& err = errno;
+  err = err;
+  return pid;
+}
+
+/// exit_group(2): ends the calling process at once, running no exit handler.
+[[noreturn]] GONSO_CHILD_CODE inline void child_exit(int code) noexcept {
+  ::syscall(SYS_exit_group, code);
+  __builtin_unreachable();
+}
+
+/// Sets the disposition of `sig` to SIG_DFL with a raw rt_sigaction(2), which
+/// also resets what glibc's sigaction() refuses to touch (its own signals).
+GONSO_CHILD_CODE inline int default_signal(int sig) noexcept {
+  struct {
+    void (*handler)(int);
+    unsigned long flags;
+    void (*restorer)();
+    std::uint64_t mask;  // the kernel's sigset_t: 64 bits
+  } action{SIG_DFL, 0, nullptr, 0};
+  return static_cast<int>(::syscall(SYS_rt_sigaction, sig, &action, nullptr, sizeof action.mask));
+}
+
 /// write(2) until everything is written; false on error (errno set).
 inline bool write_all(int fd, const void* data, std::size_t size) noexcept {
   const auto* p = static_cast<const char*>(data);
   while (size > 0) {
-    const ssize_t n = ::write(fd, p, size);
+    const ssize_t n = ::syscall(SYS_write, fd, p, size);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return false;
     p += n;
@@ -86,7 +134,7 @@ struct pipe_fds {
 inline int reap(pid_t pid) noexcept {
   int status = 0;
   for (;;) {
-    const pid_t r = ::waitpid(pid, &status, __WALL);
+    const auto r = static_cast<pid_t>(::syscall(SYS_wait4, pid, &status, __WALL, nullptr));
     if (r == pid) return status;
     if (r < 0 && errno == EINTR) continue;
     return -1;
@@ -124,24 +172,50 @@ struct ns_ref {
 };
 using ns_refs = std::array<ns_ref, all_kinds.size()>;
 
+/// The inode number a namespace link reads as, "net:[4026531840]", or 0
+/// when `text` is not of that form.
+[[nodiscard]] inline ino_t link_inode(const char* text, std::size_t size) noexcept {
+  std::size_t i = 0;
+  while (i < size && text[i] != '[') ++i;
+  if (++i >= size) return 0;
+  ino_t inode = 0;
+  for (; i < size && text[i] >= '0' && text[i] <= '9'; ++i) inode = inode * 10 + static_cast<ino_t>(text[i] - '0');
+  return i + 1 == size && text[i] == ']' ? inode : 0;
+}
+
+/// The inode of the namespace link `path` (relative to `dirfd`), from
+/// readlink(2): unlike stat(2) it does not make the namespace's nsfs inode,
+/// which halves the cost of a look here (kernel-rules.md). 0 on any failure.
+[[nodiscard]] inline ino_t read_ns_link(int dirfd, const char* path) noexcept {
+  char text[64];
+  const ssize_t n = ::readlinkat(dirfd, path, text, sizeof text);
+  return n > 0 && static_cast<std::size_t>(n) < sizeof text ? link_inode(text, static_cast<std::size_t>(n)) : 0;
+}
+
 /// Plans the join of `kinds` of `target` from the calling thread's point of
 /// view: kinds it is in already are skipped (setns into one's own user
 /// namespace fails). Order: cgroup, ipc, uts, net, pid, mnt, time, then user,
 /// which join_in_child moves first when the child lacks privilege.
+///
+/// The thread's own namespaces are read as link text under one open of
+/// /proc/thread-self/ns (a worker's own fd of it when there is one). A link
+/// names its namespace by inode only; nsfs has one device, and `target` keeps
+/// its namespaces alive, so an equal inode is the same namespace. A link that
+/// cannot be read counts as another namespace: that kind is joined.
 [[nodiscard]] inline join_plan plan_join(const ns_refs& target, Kinds kinds) {
   static constexpr std::array<Kind, 8> order{Kind::cgroup, Kind::ipc, Kind::uts,  Kind::net,
                                              Kind::pid,    Kind::mnt, Kind::time, Kind::user};
+  unique_fd own_dir;
+  int dir = worker_ns_dir;
+  if (dir < 0) {
+    own_dir.reset(::open("/proc/thread-self/ns", O_PATH | O_DIRECTORY | O_CLOEXEC));
+    dir = own_dir.get();
+  }
   join_plan plan;
   for (Kind kind : order) {
     if (!kinds.contains(kind)) continue;
     const ns_ref& ns = target[index_of(kind)];
-    Identity here{};
-    const std::string link = std::string("/proc/thread-self/ns/") + thread_link(kind);
-    if (stat_ns(worker_ns_dir >= 0 ? worker_ns_dir : AT_FDCWD, worker_ns_dir >= 0 ? thread_link(kind) : link.c_str(),
-                kind, here) == 0 &&
-        here == ns.id) {
-      continue;
-    }
+    if (dir >= 0 && read_ns_link(dir, thread_link(kind)) == ns.id.inode) continue;
     plan.steps[plan.count++] = {ns.fd, kind};
     if (kind == Kind::pid || kind == Kind::time) plan.fork_after = true;
   }
@@ -161,7 +235,7 @@ using ns_refs = std::array<ns_ref, all_kinds.size()>;
 /// the user namespace first would shed it. So: everything but user, then
 /// user, then what was refused with EPERM (util-linux nsenter also does two
 /// passes). Returns 0, or the errno with `failed` naming the step.
-[[nodiscard]] inline int join_in_child(const join_plan& plan, std::size_t& failed) noexcept {
+[[nodiscard]] GONSO_CHILD_CODE inline int join_in_child(const join_plan& plan, std::size_t& failed) noexcept {
   std::size_t user_step = plan.count;
   for (std::size_t i = 0; i < plan.count; ++i) {
     if (plan.steps[i].kind == Kind::user) user_step = i;
@@ -169,7 +243,7 @@ using ns_refs = std::array<ns_ref, all_kinds.size()>;
   std::array<bool, all_kinds.size()> deferred{};
   for (std::size_t i = 0; i < plan.count; ++i) {
     if (i == user_step) continue;
-    if (::setns(plan.steps[i].fd, clone_flag(plan.steps[i].kind)) == 0) continue;
+    if (::syscall(SYS_setns, plan.steps[i].fd, clone_flag(plan.steps[i].kind)) == 0) continue;
     if (errno == EPERM && user_step < plan.count) {
       deferred[i] = true;
       continue;
@@ -178,7 +252,7 @@ using ns_refs = std::array<ns_ref, all_kinds.size()>;
     return errno;
   }
   if (user_step < plan.count) {
-    if (::setns(plan.steps[user_step].fd, CLONE_NEWUSER) != 0) {
+    if (::syscall(SYS_setns, plan.steps[user_step].fd, CLONE_NEWUSER) != 0) {
       failed = user_step;
       return errno;
     }
@@ -191,7 +265,7 @@ using ns_refs = std::array<ns_ref, all_kinds.size()>;
     (void)::syscall(SYS_setresuid, 0, 0, 0);
   }
   for (std::size_t i = 0; i < plan.count; ++i) {
-    if (deferred[i] && ::setns(plan.steps[i].fd, clone_flag(plan.steps[i].kind)) != 0) {
+    if (deferred[i] && ::syscall(SYS_setns, plan.steps[i].fd, clone_flag(plan.steps[i].kind)) != 0) {
       failed = i;
       return errno;
     }
@@ -206,13 +280,12 @@ using ns_refs = std::array<ns_ref, all_kinds.size()>;
 [[nodiscard]] inline bool children_share_pid_ns() noexcept {
   const bool worker = worker_ns_dir >= 0;
   const int dir = worker ? worker_ns_dir : AT_FDCWD;
-  Identity own{};
-  Identity children{};
-  if (stat_ns(dir, worker ? "pid" : "/proc/thread-self/ns/pid", Kind::pid, own) != 0) return true;
-  const int err =
-      stat_ns(dir, worker ? "pid_for_children" : "/proc/thread-self/ns/pid_for_children", Kind::pid, children);
+  const ino_t own = read_ns_link(dir, worker ? "pid" : "/proc/thread-self/ns/pid");
+  if (own == 0) return true;
+  errno = 0;
+  const ino_t children = read_ns_link(dir, worker ? "pid_for_children" : "/proc/thread-self/ns/pid_for_children");
   // ENOENT: the thread unshared a pid namespace that has no process yet.
-  if (err != 0) return err != ENOENT;
+  if (children == 0) return errno != ENOENT;
   return own == children;
 }
 
@@ -228,10 +301,10 @@ inline pid_t raw_fork() noexcept { return static_cast<pid_t>(::syscall(SYS_clone
 /// namespace its parent is not in (forked by a thread whose children go
 /// elsewhere) sees its parent as 0: it cannot check, only arm. Pass 0 for
 /// `parent` to arm without checking. Async-signal-safe.
-inline void die_with_parent(pid_t parent) noexcept {
-  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-  const pid_t now = ::getppid();
-  if (parent != 0 && now != 0 && now != parent) ::_exit(127);
+GONSO_CHILD_CODE inline void die_with_parent(pid_t parent) noexcept {
+  ::syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+  const auto now = static_cast<pid_t>(::syscall(SYS_getppid));
+  if (parent != 0 && now != 0 && now != parent) child_exit(127);
 }
 
 /// Ends the calling process the way a child's wait status says its own child
@@ -239,12 +312,12 @@ inline void die_with_parent(pid_t parent) noexcept {
 [[noreturn]] inline void exit_like(int status) noexcept {
   if (WIFSIGNALED(status)) {
     const int sig = WTERMSIG(status);
-    ::signal(sig, SIG_DFL);
-    ::prctl(PR_SET_DUMPABLE, 0);  // no core file for a relayed crash
-    ::kill(::getpid(), sig);
-    ::_exit(128 + sig);
+    (void)default_signal(sig);
+    ::syscall(SYS_prctl, PR_SET_DUMPABLE, 0, 0, 0, 0);  // no core file for a relayed crash
+    ::syscall(SYS_kill, ::syscall(SYS_getpid), sig);
+    child_exit(128 + sig);
   }
-  ::_exit(WIFEXITED(status) ? WEXITSTATUS(status) : 127);
+  child_exit(WIFEXITED(status) ? WEXITSTATUS(status) : 127);
 }
 
 }  // namespace gonso::detail

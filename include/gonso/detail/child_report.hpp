@@ -4,7 +4,12 @@
 #pragma once
 
 #include <cxxabi.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <cstdlib>
@@ -16,6 +21,7 @@
 
 #include <gonso/detail/child_process.hpp>
 #include <gonso/detail/error.hpp>
+#include <gonso/detail/unique_fd.hpp>
 #include <gonso/process.hpp>
 
 namespace gonso::detail {
@@ -32,10 +38,119 @@ enum report_tag : char {
   tag_join = 'J',       // i32 errno, then the message
 };
 
-inline void report_join_error(int fd, int err, const std::string& message) noexcept {
+/// Where a child reports: a pipe for the report, whose ends are both
+/// non-blocking, and an eventfd, its bell. The parent leaves the report in
+/// the pipe until the child has ended: a pipe write wakes the reader, and
+/// every wake-up costs tens of microseconds on an idle CPU, so the parent
+/// sleeps on the child's pidfd and the bell alone, and wakes once, when the
+/// child has ended (reapable at once). Only a report too large for the pipe
+/// rings the bell, and the parent then reads it as it comes. An eventfd, not
+/// a pipe, because a pipe would wake the parent at its end of file, just
+/// before the child is reapable. All close-on-exec.
+struct report_channel {
+  pipe_fds data;
+  unique_fd bell;
+};
+[[nodiscard]] inline report_channel make_report_channel() {
+  report_channel channel;
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) throw system_error(errno, "cannot create a pipe");
+  channel.data = {unique_fd(fds[0]), unique_fd(fds[1])};
+  channel.bell.reset(::eventfd(0, EFD_CLOEXEC));
+  if (!channel.bell) throw system_error(errno, "cannot create an eventfd");
+  return channel;
+}
+
+/// The child's end of a report_channel: writes the report without ever
+/// blocking on a parent that is not reading yet.
+class report_sink {
+ public:
+  report_sink(int data, int bell) noexcept : data_(data), bell_(bell) {}
+
+  /// Writes everything; false on error (errno set).
+  bool write(const void* bytes, std::size_t size) noexcept {
+    const auto* p = static_cast<const char*>(bytes);
+    while (size > 0) {
+      const ssize_t n = ::syscall(SYS_write, data_, p, size);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && errno == EAGAIN) {
+        if (!streaming_) {
+          // Full: have the parent read from now on, then wait for room.
+          const std::uint64_t ring = 1;
+          if (!write_all(bell_, &ring, sizeof ring)) return false;
+          streaming_ = true;
+        }
+        pollfd room{data_, POLLOUT, 0};
+        if (::syscall(SYS_ppoll, &room, 1, nullptr, nullptr, 0) < 0 && errno != EINTR) return false;
+        continue;
+      }
+      if (n <= 0) return false;
+      p += n;
+      size -= static_cast<std::size_t>(n);
+    }
+    return true;
+  }
+
+  /// Closes both (a middle process that only relays an exit).
+  void close() noexcept {
+    ::syscall(SYS_close, data_);
+    ::syscall(SYS_close, bell_);
+  }
+
+ private:
+  int data_;
+  int bell_;
+  bool streaming_ = false;
+};
+
+/// The parent's side of a report_channel: sleeps until the child behind
+/// `pidfd` has ended or rang the bell, and returns what the data pipe holds,
+/// read as it comes once the bell rang. Returns once the child has ended: a
+/// process it forked and left running (holding the pipe) does not hold the
+/// caller up. A `pidfd` of -1 says the child has ended already. Throws
+/// std::system_error on a poll or read error.
+[[nodiscard]] inline std::string read_report(int data, int bell, int pidfd) {
+  std::string out;
+  bool streaming = false;  // the bell rang: read the data pipe as it fills
+  bool data_open = true;   // no end of file on it yet
+  for (bool ended = pidfd < 0;;) {
+    // Until the bell rings the data pipe is not watched: its writes must not
+    // wake us. The eventfd stays readable once rung; it is not watched after.
+    if (!ended) {
+      pollfd wait[2] = {{pidfd, POLLIN, 0}, {streaming ? data : bell, POLLIN, 0}};
+      const nfds_t count = streaming && !data_open ? 1 : 2;
+      if (::poll(wait, count, -1) < 0) {
+        if (errno == EINTR) continue;
+        throw system_error(errno, "cannot wait for a gonso child process");
+      }
+      ended = (wait[0].revents & (POLLIN | POLLHUP)) != 0;
+      if (!streaming && (wait[1].revents & POLLIN) != 0) streaming = true;
+      if (!ended && !streaming) continue;
+    }
+    // Take what is there. Once the child has ended all it wrote is there;
+    // a copy of the write end that anyone else still holds (another
+    // thread's fork took it along) must not hold us up: EAGAIN is the end.
+    char buf[4096];
+    while (data_open) {
+      const ssize_t n = ::read(data, buf, sizeof buf);
+      if (n > 0) {
+        out.append(buf, static_cast<std::size_t>(n));
+      } else if (n == 0) {
+        data_open = false;
+      } else if (errno == EAGAIN) {
+        break;
+      } else if (errno != EINTR) {
+        throw system_error(errno, "cannot read from a gonso child process");
+      }
+    }
+    if (ended) return out;
+  }
+}
+
+inline void report_join_error(report_sink& sink, int err, const std::string& message) noexcept {
   const char tag = tag_join;
   const auto code = static_cast<std::int32_t>(err);
-  (void)(write_all(fd, &tag, 1) && write_all(fd, &code, sizeof code) && write_all(fd, message.data(), message.size()));
+  (void)(sink.write(&tag, 1) && sink.write(&code, sizeof code) && sink.write(message.data(), message.size()));
 }
 
 /// The demangled name of the exception being handled, e.g. "std::runtime_error".
@@ -49,20 +164,23 @@ inline std::string current_exception_type() {
   return name;
 }
 
-/// Runs `fn` in the child and writes its outcome to `fd`.
+/// Runs `fn` in the child and writes its outcome to `sink`.
 template <typename R, typename F>
-void run_and_report(F&& fn, int fd) noexcept {
+void run_and_report(F&& fn, report_sink& sink) noexcept {
   try {
     const char tag = tag_value;
     if constexpr (std::is_void_v<R>) {
       std::forward<F>(fn)();
-      (void)write_all(fd, &tag, 1);
+      (void)sink.write(&tag, 1);
     } else if constexpr (std::is_same_v<R, std::string>) {
       const std::string value = std::forward<F>(fn)();
-      (void)(write_all(fd, &tag, 1) && write_all(fd, value.data(), value.size()));
+      (void)(sink.write(&tag, 1) && sink.write(value.data(), value.size()));
     } else {
       const R value = std::forward<F>(fn)();
-      (void)(write_all(fd, &tag, 1) && write_all(fd, &value, sizeof value));
+      char message[1 + sizeof(R)];
+      message[0] = tag;
+      std::memcpy(message + 1, &value, sizeof(R));
+      (void)sink.write(message, sizeof message);
     }
   } catch (...) {
     std::string type;
@@ -76,8 +194,8 @@ void run_and_report(F&& fn, int fd) noexcept {
     }
     const char tag = tag_exception;
     const auto length = static_cast<std::uint32_t>(type.size());
-    (void)(write_all(fd, &tag, 1) && write_all(fd, &length, sizeof length) && write_all(fd, type.data(), type.size()) &&
-           write_all(fd, text.data(), text.size()));
+    (void)(sink.write(&tag, 1) && sink.write(&length, sizeof length) && sink.write(type.data(), type.size()) &&
+           sink.write(text.data(), text.size()));
   }
 }
 
