@@ -101,6 +101,7 @@ TEST_CASE("executor: runs from many threads happen one at a time, each caller's 
   std::vector<std::string> wrong(callers);
   {
     std::vector<std::jthread> threads;
+    threads.reserve(callers);
     for (int c = 0; c < callers; ++c) {
       threads.emplace_back([&, c] {
         for (int r = 0; r < runs; ++r) {

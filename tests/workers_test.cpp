@@ -570,6 +570,7 @@ TEST_CASE("workers: idle workers and their anchor use no CPU", "[workers][privil
   {
     std::latch all_inside(3);
     std::vector<std::jthread> callers;
+    callers.reserve(3);
     for (int i = 0; i < 3; ++i) {
       callers.emplace_back([&] { (void)net.run(true, [&] { all_inside.arrive_and_wait(); }); });
     }
