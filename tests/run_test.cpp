@@ -158,8 +158,11 @@ TEST_CASE("without restore, or when the callable discards it, each run has a new
   test::require_privilege();
   const test::Snapshot caller = test::snapshot();
   const Set net = Set::current().unshare(Kind::net);
+  // Workers other tests left idle would be taken in turn by the runs below.
+  gonso::retire_idle_workers();
   const pid_t pooled = net.run(true, [] { return test::tid(); });
   const std::size_t idle = gonso::idle_workers();
+  REQUIRE(idle == 1);
 
   std::vector<pid_t> tids;
   SECTION("restore false: the pooled worker is left alone") {
