@@ -520,22 +520,27 @@ class Set {
       run_child<R>(plan, etc_paths, sink, parent, fn);
     }
     report.data.write.reset();
+    // Not yet reaped by us, so `pid` is still the child's; from here on the
+    // pidfd names it. ESRCH: it has ended and was reaped elsewhere (the
+    // application ignores SIGCHLD), so all it wrote is in the pipe.
+    const detail::unique_fd pidfd(detail::pidfd_open(pid));
     std::string data;
     try {
-      // Not yet reaped by us, so `pid` is still the child's. ESRCH: it has
-      // ended and was reaped elsewhere (the application ignores SIGCHLD), so
-      // all it wrote is in the pipe.
-      const detail::unique_fd pidfd(detail::pidfd_open(pid));
       if (!pidfd && errno != ESRCH) {
         throw detail::system_error(errno, "cannot open a pidfd for the child process {}", pid);
       }
       data = detail::read_report(report.data.read.get(), report.bell.get(), pidfd.get());
     } catch (...) {
-      ::kill(pid, SIGKILL);
-      (void)detail::reap(pid);
+      if (pidfd) {
+        (void)::syscall(SYS_pidfd_send_signal, pidfd.get(), SIGKILL, nullptr, 0U);
+        (void)detail::reap(pidfd);
+      } else {
+        ::kill(pid, SIGKILL);
+        (void)detail::reap(pid);
+      }
       throw;
     }
-    return detail::decode_report<R>(data, detail::reap(pid));
+    return detail::decode_report<R>(data, pidfd ? detail::reap(pidfd) : -1);
   }
 
   /// Same namespaces of the same kinds.

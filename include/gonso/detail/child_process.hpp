@@ -141,6 +141,18 @@ inline int reap(pid_t pid) noexcept {
   }
 }
 
+/// Waits for the child behind `pidfd` (retrying on EINTR) and returns its
+/// wait status, or -1 when it was reaped elsewhere. Unlike a pid, the pidfd
+/// cannot name another process once that one is gone.
+inline int reap(const unique_fd& pidfd) noexcept {
+  siginfo_t info{};
+  while (::waitid(P_PIDFD, static_cast<id_t>(pidfd.get()), &info, WEXITED | __WALL) != 0) {
+    if (errno != EINTR) return -1;
+  }
+  if (info.si_code == CLD_EXITED) return W_EXITCODE(info.si_status, 0);
+  return info.si_status | (info.si_code == CLD_DUMPED ? WCOREFLAG : 0);  // as wait(2) encodes a signal
+}
+
 /// True when the calling thread holds CAP_SYS_ADMIN in its user namespace.
 [[nodiscard]] inline bool has_cap_sys_admin() noexcept {
   __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
