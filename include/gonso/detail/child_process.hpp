@@ -184,26 +184,6 @@ struct ns_ref {
 };
 using ns_refs = std::array<ns_ref, all_kinds.size()>;
 
-/// The inode number a namespace link reads as, "net:[4026531840]", or 0
-/// when `text` is not of that form.
-[[nodiscard]] inline ino_t link_inode(const char* text, std::size_t size) noexcept {
-  std::size_t i = 0;
-  while (i < size && text[i] != '[') ++i;
-  if (++i >= size) return 0;
-  ino_t inode = 0;
-  for (; i < size && text[i] >= '0' && text[i] <= '9'; ++i) inode = inode * 10 + static_cast<ino_t>(text[i] - '0');
-  return i + 1 == size && text[i] == ']' ? inode : 0;
-}
-
-/// The inode of the namespace link `path` (relative to `dirfd`), from
-/// readlink(2): unlike stat(2) it does not make the namespace's nsfs inode,
-/// which halves the cost of a look here (kernel-rules.md). 0 on any failure.
-[[nodiscard]] inline ino_t read_ns_link(int dirfd, const char* path) noexcept {
-  char text[64];
-  const ssize_t n = ::readlinkat(dirfd, path, text, sizeof text);
-  return n > 0 && static_cast<std::size_t>(n) < sizeof text ? link_inode(text, static_cast<std::size_t>(n)) : 0;
-}
-
 /// Plans the join of `kinds` of `target` from the calling thread's point of
 /// view: kinds it is in already are skipped (setns into one's own user
 /// namespace fails). Order: cgroup, ipc, uts, net, pid, mnt, time, then user,

@@ -13,7 +13,6 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
-#include <charconv>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -567,19 +566,11 @@ inline void worker::settle(const ns_handles& target, Kinds kinds, std::shared_pt
 }
 
 inline Identity worker::link_identity(Kind kind, dev_t device) const {
-  // readlink costs half of what stat does on a /proc namespace link.
-  std::array<char, 64> link{};
-  const ssize_t n = ::readlinkat(ns_dir_.get(), thread_link(kind), link.data(), link.size());
-  if (n < 0) throw system_error(errno, "cannot read this thread's {} namespace", kind);
-  const char* const begin = link.data();
-  const char* const end = begin + n;
-  const char* open = std::find(begin, end, '[');
-  std::uint64_t inode = 0;
-  if (open == end || std::from_chars(open + 1, end, inode).ec != std::errc{}) {
-    throw system_error(EINVAL, "cannot parse this thread's {} namespace link", kind);
-  }
+  errno = 0;
+  const ino_t inode = read_ns_link(ns_dir_.get(), thread_link(kind));
+  if (inode == 0) throw system_error(errno != 0 ? errno : EINVAL, "cannot read this thread's {} namespace", kind);
   // Every namespace lives on the one nsfs: the device is the same.
-  return Identity{kind, device, static_cast<ino_t>(inode), 0};
+  return Identity{kind, device, inode, 0};
 }
 
 inline void worker::join(const job& work, Kinds& joined) {
@@ -636,15 +627,9 @@ inline bool worker::still_in_place() const noexcept {
   if (!joined_mnt_ && ::syscall(SYS_kcmp, tid_, home_tid_, KCMP_FS, 0UL, 0UL) != 0) return false;
   // time_for_children: no thread of a multithreaded process can set it back.
   if (home_time_inode_ == 0) return true;
-  std::array<char, 64> link{};
-  const ssize_t n = ::readlinkat(ns_dir_.get(), thread_link(Kind::time), link.data(), link.size());
-  // "time:[4026531834]"; the anchor holds its namespace open, so its inode
-  // number cannot have been given to another.
-  const auto* open = std::find(link.data(), link.data() + std::max<ssize_t>(n, 0), '[');
-  std::uint64_t inode = 0;
-  if (n <= 0 || open == link.data() + n) return false;
-  const auto [end, ec] = std::from_chars(open + 1, link.data() + n, inode);
-  return ec == std::errc{} && inode == home_time_inode_;
+  // The anchor holds its namespace open, so its inode number cannot have
+  // been given to another.
+  return read_ns_link(ns_dir_.get(), thread_link(Kind::time)) == home_time_inode_;
 }
 
 inline bool worker::restore_slowly(Kinds joined) noexcept {
