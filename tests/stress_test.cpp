@@ -1,0 +1,446 @@
+// Soak test: many threads use every operation of the library at once, over
+// several Sets, for a fixed number of rounds. While they run, a monitor
+// thread scans every thread's namespaces; between rounds, with the workers
+// quiet, the process's fds, threads and children are compared with the first
+// round's; at the end, with everything destroyed, with the baseline.
+//
+// Catch2 assertions are not thread-safe, so the threads write what went
+// wrong into a shared list, which the test's own thread checks.
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <barrier>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <gonso/executor.hpp>
+#include <gonso/persist.hpp>
+#include <gonso/pool.hpp>
+#include <gonso/spawn.hpp>
+
+#include "support.hpp"
+
+using gonso::Kind;
+using gonso::Kinds;
+using gonso::Set;
+
+namespace {
+
+// Bounded by count, not time: 8 threads x 6 rounds x 90 operations. Each
+// thread cycles through the nine operations, so each runs 480 times in all.
+constexpr int stress_threads = 8;
+constexpr int rounds = 6;
+constexpr int operations_per_round = 90;
+
+/// What went wrong, from any thread. Capped: one broken invariant repeats.
+class Failures {
+ public:
+  void add(std::string what) {
+    const std::lock_guard lock(mutex_);
+    ++count_;
+    if (list_.size() < 20) list_.push_back(std::move(what));
+  }
+  [[nodiscard]] std::vector<std::string> list() const {
+    const std::lock_guard lock(mutex_);
+    return list_;
+  }
+  [[nodiscard]] std::size_t count() const {
+    const std::lock_guard lock(mutex_);
+    return count_;
+  }
+
+ private:
+  mutable std::mutex mutex_;
+  std::vector<std::string> list_;
+  std::size_t count_ = 0;
+};
+
+/// A Set and what the test itself reads of its namespaces, through the
+/// kernel (stat of /proc/self/fd/N), not through gonso.
+struct Target {
+  std::string name;
+  Set set;
+  test::Snapshot expected;  // every kind: the Set's, or the process's own
+};
+
+Target make_target(std::string name, Set set, const test::Snapshot& own) {
+  test::Snapshot expected = own;
+  for (Kind kind : set.kinds()) {
+    expected[kind] = test::identity_at(kind, fmt::format("/proc/self/fd/{}", set.fd(kind)));
+  }
+  return {std::move(name), std::move(set), std::move(expected)};
+}
+
+/// What the calling thread (or process) sees that `expected` does not say;
+/// empty when all is as expected. Runs inside callables, so it reports
+/// instead of asserting.
+std::string mismatches(const test::Snapshot& expected) {
+  std::string out;
+  for (const auto& [kind, id] : expected) {
+    const gonso::Identity seen = test::thread_ns(kind);
+    if (seen != id) out += fmt::format(" {}: saw {} expected {};", gonso::name(kind), seen, id);
+  }
+  return out;
+}
+
+/// Children of this process (any thread's), from /proc/self/task/*/children.
+std::size_t count_children() {
+  std::size_t n = 0;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream children(task.path() / "children");
+    for (pid_t pid = 0; children >> pid;) ++n;
+  }
+  return n;
+}
+
+std::size_t count_nsfs_mounts() {
+  const auto all = test::mounts();
+  return static_cast<std::size_t>(
+      std::count_if(all.begin(), all.end(), [](const test::MountEntry& m) { return m.fstype == "nsfs"; }));
+}
+
+/// The namespaces a thread of this process is in, for each kind where it
+/// differs from `own`; nullopt when the thread ended while being read.
+std::optional<std::vector<gonso::Identity>> foreign_namespaces_of(const std::string& task, const test::Snapshot& own) {
+  std::vector<gonso::Identity> out;
+  for (const auto& [kind, id] : own) {
+    struct stat st {};
+    if (::stat(fmt::format("{}/ns/{}", task, test::link_of(kind)).c_str(), &st) != 0) return std::nullopt;
+    const gonso::Identity seen{kind, st.st_dev, st.st_ino};
+    if (seen != id) out.push_back(seen);
+  }
+  return out;
+}
+
+/// The namespaces the test made, which gonso's threads may be in while they
+/// serve a run; any other foreign namespace on any thread is a leak.
+class KnownNamespaces {
+ public:
+  void add(const test::Snapshot& expected) {
+    const std::lock_guard lock(mutex_);
+    for (const auto& [kind, id] : expected) known_.insert({id.device, id.inode});
+  }
+  [[nodiscard]] bool contains(const std::pair<dev_t, ino_t>& id) const {
+    const std::lock_guard lock(mutex_);
+    return known_.count(id) != 0;
+  }
+
+ private:
+  mutable std::mutex mutex_;
+  std::set<std::pair<dev_t, ino_t>> known_;
+};
+
+/// The threads that call gonso: none of them may ever change namespace.
+class CallerThreads {
+ public:
+  void add(pid_t tid) {
+    const std::lock_guard lock(mutex_);
+    tids_.insert(tid);
+  }
+  [[nodiscard]] bool contains(pid_t tid) const {
+    const std::lock_guard lock(mutex_);
+    return tids_.count(tid) != 0;
+  }
+
+ private:
+  mutable std::mutex mutex_;
+  std::set<pid_t> tids_;
+};
+
+/// Scans /proc/self/task until stopped. A caller thread in any foreign
+/// namespace is a failure at once. Other threads (gonso's) may be in the
+/// namespaces of Sets: those the test made, and those gonso is making while
+/// unshare or a pool refill is under way, which the test learns of only when
+/// it gets the Set; so the namespaces seen are kept, and checked at the end.
+class Monitor {
+ public:
+  Monitor(const test::Snapshot& own, const CallerThreads& callers, Failures& failures)
+      : thread_([&, this](const std::stop_token& stop) {
+          while (!stop.stop_requested()) {
+            scan(own, callers, failures);
+            std::this_thread::sleep_for(std::chrono::microseconds(200));
+          }
+        }) {}
+  Monitor(const Monitor&) = delete;
+  Monitor& operator=(const Monitor&) = delete;
+  ~Monitor() = default;
+
+  /// Stops scanning; returns the foreign namespaces gonso's threads were seen in.
+  std::map<std::pair<dev_t, ino_t>, std::string> stop() {
+    thread_ = {};
+    return seen_;
+  }
+  /// Holds the scans off while the test's thread counts fds: a scan has a
+  /// directory of /proc open.
+  [[nodiscard]] std::unique_lock<std::mutex> hold() { return std::unique_lock(scanning_); }
+  [[nodiscard]] std::size_t scans() const noexcept { return scans_; }
+  [[nodiscard]] std::size_t foreign_seen() const noexcept { return foreign_seen_; }
+
+ private:
+  void scan(const test::Snapshot& own, const CallerThreads& callers, Failures& failures) {
+    const std::lock_guard lock(scanning_);
+    for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+      const auto foreign = foreign_namespaces_of(task.path().string(), own);
+      if (!foreign || foreign->empty()) continue;
+      ++foreign_seen_;
+      const pid_t tid = std::stoi(task.path().filename().string());
+      if (callers.contains(tid)) failures.add(fmt::format("caller thread {} is in {}", tid, foreign->front()));
+      for (const gonso::Identity& id : *foreign) {
+        seen_.try_emplace({id.device, id.inode}, fmt::format("thread {} in {}", tid, id));
+      }
+    }
+    ++scans_;
+  }
+
+  std::mutex scanning_;
+  std::atomic<std::size_t> scans_{0};
+  std::atomic<std::size_t> foreign_seen_{0};
+  std::map<std::pair<dev_t, ino_t>, std::string> seen_;  // the monitor thread's alone until stop()
+  std::jthread thread_;
+};
+
+/// What the rest of the process looks like once the workers are quiet.
+struct Quiet {
+  std::size_t fds, threads, children, nsfs_mounts;
+  friend bool operator==(const Quiet&, const Quiet&) = default;
+};
+
+Quiet quiet_state() {
+  gonso::retire_idle_workers();
+  return {test::count_fds(), test::count_threads(), count_children(), count_nsfs_mounts()};
+}
+
+}  // namespace
+
+namespace Catch {
+template <>
+struct StringMaker<Quiet> {
+  static std::string convert(const Quiet& q) {
+    return fmt::format("{{fds {}, threads {}, children {}, nsfs mounts {}}}", q.fds, q.threads, q.children,
+                       q.nsfs_mounts);
+  }
+};
+}  // namespace Catch
+
+TEST_CASE("stress: every operation from many threads over several Sets; invariants hold throughout",
+          "[privileged][stress]") {
+  test::require_privilege();
+  test::leaves_machine_as_found([] {
+    // ThreadSanitizer starts a thread of its own at the first thread creation:
+    // make it exist before the baseline.
+    std::thread([] {}).join();
+    const test::Snapshot own = test::snapshot();
+    const Quiet baseline = quiet_state();
+    Failures failures;
+    std::atomic<std::size_t> operations{0};
+    std::array<std::atomic<std::size_t>, 9> succeeded{};  // without an exception, by operation
+    std::size_t scans = 0;
+    std::size_t foreign_seen = 0;
+    {
+      const test::PrivateTmpfs files;  // persisted namespaces are bound here
+      const Set process = Set::current();
+      std::vector<Target> targets;
+      targets.push_back(make_target("own", process, own));
+      targets.push_back(make_target("net+uts", process.unshare(Kind::net | Kind::uts), own));
+      targets.push_back(make_target("net+ipc+mnt", process.unshare(Kind::net | Kind::ipc | Kind::mnt), own));
+      targets.push_back(make_target("pid+net", process.unshare(Kind::pid | Kind::net), own));
+      KnownNamespaces known;
+      for (const Target& t : targets) known.add(t.expected);
+      std::vector<std::unique_ptr<gonso::Executor>> executors;
+      executors.reserve(targets.size());
+      for (const Target& t : targets) executors.push_back(std::make_unique<gonso::Executor>(t.set));
+      gonso::Pool pool(process, Kind::net | Kind::uts, {.size = 4});
+
+      CallerThreads callers;
+      callers.add(test::tid());
+      Monitor monitor(own, callers, failures);
+
+      // Between rounds the workers stop, and the test's thread compares the
+      // quiet process with the first round's.
+      std::vector<Quiet> after_round;
+      std::barrier round_end(stress_threads + 1);
+
+      enum Op {
+        run_restore,
+        run_once,
+        executor,
+        unshare,
+        process_run,
+        spawn,
+        pool_get,
+        persist,
+        run_discard,
+        op_count
+      };
+      static_assert(operations_per_round % op_count == 0, "every thread runs every operation equally often");
+      const auto work = [&](int index) {
+        callers.add(test::tid());
+        std::mt19937 random(static_cast<unsigned>(index));  // fixed: a failure can be replayed
+        const auto fail = [&](std::string_view op, const Target& t, const std::string& what) {
+          failures.add(fmt::format("thread {} {} in {}: {}", index, op, t.name, what));
+        };
+        for (int round = 0; round < rounds; ++round) {
+          for (int i = 0; i < operations_per_round; ++i) {
+            const Target& t = targets[random() % targets.size()];
+            const auto probe = [&expected = t.expected] { return mismatches(expected); };
+            const int op = (i + index) % op_count;
+            try {
+              switch (op) {
+                case run_restore:
+                  if (auto m = t.set.run(true, probe); !m.empty()) fail("run(true)", t, m);
+                  break;
+                case run_once:
+                  if (auto m = t.set.run(false, probe); !m.empty()) fail("run(false)", t, m);
+                  break;
+                case run_discard:
+                  if (auto m = t.set.run(true,
+                                         [&](gonso::RunContext& ctx) {
+                                           ctx.discard_thread();
+                                           return probe();
+                                         });
+                      !m.empty()) {
+                    fail("run(true) discarding", t, m);
+                  }
+                  break;
+                case executor:
+                  if (auto m = executors[static_cast<std::size_t>(&t - targets.data())]->run(probe); !m.empty()) {
+                    fail("Executor::run", t, m);
+                  }
+                  break;
+                case unshare: {
+                  const Target fresh = make_target(t.name + "+new net+uts", t.set.unshare(Kind::net | Kind::uts), own);
+                  if (fresh.expected.at(Kind::net) == t.expected.at(Kind::net)) fail("unshare", t, "same net");
+                  known.add(fresh.expected);
+                  if (auto m = fresh.set.run(true, [&] { return mismatches(fresh.expected); }); !m.empty()) {
+                    fail("run(true) after unshare", t, m);
+                  }
+                  break;
+                }
+                case process_run:
+                  if (auto m = t.set.run_in_process(probe); !m.empty()) fail("run_in_process", t, m);
+                  break;
+                case spawn: {
+                  std::vector<std::string> argv{"readlink"};
+                  std::string expected_links;
+                  for (Kind kind : t.set.kinds()) {
+                    argv.push_back(fmt::format("/proc/self/ns/{}", gonso::name(kind)));
+                    expected_links += fmt::format("{}:[{}]\n", gonso::name(kind), t.expected.at(kind).inode);
+                  }
+                  gonso::Child child = gonso::spawn(t.set, argv, {.out = gonso::Stdio::pipe});
+                  const std::string links = child.read_stdout();
+                  const gonso::ExitStatus status = child.wait();
+                  if (!status.success()) fail("spawn", t, fmt::format("readlink {}", status));
+                  if (links != expected_links)
+                    fail("spawn", t, fmt::format("saw {} expected {}", links, expected_links));
+                  break;
+                }
+                case pool_get: {
+                  Set fresh = pool.get();
+                  const Target got = make_target("pool Set", fresh, own);
+                  if (got.expected.at(Kind::net) == own.at(Kind::net)) fail("Pool::get", t, "the process's own net");
+                  known.add(got.expected);
+                  if (random() % 2 == 0) {
+                    (void)pool.put(std::move(fresh));  // unused: still fresh
+                  } else if (auto m = fresh.run(true, [&] { return mismatches(got.expected); }); !m.empty()) {
+                    fail("run(true) in a pooled Set", t, m);
+                  }
+                  break;
+                }
+                case persist: {
+                  const auto file = files.path() / fmt::format("net-{}-{}-{}", index, round, i);
+                  gonso::persist(t.set, Kind::net, file);
+                  const Set reopened = Set::from_file(Kind::net, file);
+                  gonso::unpersist(file);
+                  const auto seen =
+                      test::identity_at(Kind::net, fmt::format("/proc/self/fd/{}", reopened.fd(Kind::net)));
+                  if (seen != t.expected.at(Kind::net)) fail("persist and reopen", t, fmt::format("reopened {}", seen));
+                  break;
+                }
+                default:
+                  break;
+              }
+              succeeded[static_cast<std::size_t>(op)].fetch_add(1, std::memory_order_relaxed);
+            } catch (const std::exception& e) {
+              fail(fmt::format("operation {}", op), t, e.what());
+            }
+            operations.fetch_add(1, std::memory_order_relaxed);
+            if (auto m = mismatches(own); !m.empty()) fail("the caller itself", t, m);
+          }
+          round_end.arrive_and_wait();  // the round is over
+          round_end.arrive_and_wait();  // the test's thread has looked
+        }
+      };
+
+      std::vector<std::jthread> threads;
+      threads.reserve(stress_threads);
+      for (int index = 0; index < stress_threads; ++index) threads.emplace_back(work, index);
+      for (int round = 0; round < rounds; ++round) {
+        round_end.arrive_and_wait();
+        if (!pool.wait_ready(std::chrono::seconds(30))) failures.add("the pool did not fill up again within 30 s");
+        const auto quiet_monitor = monitor.hold();
+        after_round.push_back(quiet_state());
+        // Quiet: only executors' threads (the worker and its anchor) may be
+        // in foreign namespaces now, each in its own Set's.
+        for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+          const auto foreign = foreign_namespaces_of(task.path().string(), own);
+          if (!foreign || foreign->empty()) continue;
+          const bool in_an_executor_set = std::any_of(targets.begin(), targets.end(), [&](const Target& t) {
+            return std::all_of(foreign->begin(), foreign->end(),
+                               [&](const gonso::Identity& id) { return t.expected.at(id.kind) == id; });
+          });
+          if (!in_an_executor_set) {
+            failures.add(
+                fmt::format("between rounds, thread {} is in {}", task.path().filename().string(), foreign->front()));
+          }
+        }
+        round_end.arrive_and_wait();
+      }
+      threads.clear();
+      // The Sets still in the pool were made unseen by the test: take them,
+      // so that their namespaces count as known.
+      for (std::size_t i = 0; i < 4; ++i) known.add(make_target("pool Set", pool.get(), own).expected);
+      scans = monitor.scans();
+      foreign_seen = monitor.foreign_seen();
+      for (const auto& [id, sighting] : monitor.stop()) {
+        if (!known.contains(id)) failures.add(sighting + ", a namespace of no Set");
+      }
+
+      INFO("after each round: fds, threads, children and nsfs mounts stay as after the first");
+      for (std::size_t round = 1; round < after_round.size(); ++round) {
+        INFO("round " << round);
+        CHECK(after_round[round] == after_round.front());
+      }
+    }
+    // Everything destroyed: back to where the test began.
+    CHECK(quiet_state() == baseline);
+    CHECK(test::snapshot() == own);
+    CHECK(test::threads_outside(own).empty());
+    siginfo_t info{};
+    CHECK((::waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_pid == 0));
+
+    INFO(fmt::format("{} operations, {} monitor scans, {} sightings of gonso threads in foreign namespaces",
+                     operations.load(), scans, foreign_seen));
+    CHECK(operations.load() == static_cast<std::size_t>(stress_threads * rounds * operations_per_round));
+    for (std::size_t op = 0; op < succeeded.size(); ++op) {
+      INFO("operation " << op);
+      CHECK(succeeded[op].load() == operations.load() / succeeded.size());
+    }
+    CHECK(scans > 0);
+    CHECK(foreign_seen > 0);  // the monitor did see workers inside runs
+    for (const std::string& f : failures.list()) FAIL_CHECK(f);
+    CHECK(failures.count() == 0);
+  });
+}
