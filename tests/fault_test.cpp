@@ -573,7 +573,7 @@ TEST_CASE("fault: too few fds fail cleanly with EMFILE at every step", "[fault][
                           "gonso::persist()",
                           [&] {
                             gonso::persist(netuts, dir);
-                            return dir;
+                            return std::filesystem::path(dir);
                           },
                           [&](const std::filesystem::path& d) {
                             const bool same = Set::from_dir(d) == netuts;
@@ -813,6 +813,7 @@ TEST_CASE("fault: an application that ignores SIGCHLD or reaps every child gets 
     gonso::Pool pool(Set::current(), Kind::pid, options);
     CHECK(pool.wait_ready(std::chrono::seconds(30)));
     std::vector<Set> taken;
+    taken.reserve(4);
     for (int i = 0; i < 4; ++i) taken.push_back(pool.get());
     for (const Set& s : taken) {
       CHECK(s.identity(Kind::pid) != base.caller().at(Kind::pid));
@@ -1037,7 +1038,7 @@ TEST_CASE("fault: a storm of signals without SA_RESTART makes no gonso call fail
     gonso::PoolOptions options;
     options.size = 3;
     gonso::Pool pool(Set::current(), Kind::net, options);
-    const std::string big(256 * 1024, 'x');                        // four times a pipe's buffer: the report streams
+    const std::string big(std::size_t{256} * 1024, 'x');           // four times a pipe's buffer: the report streams
     const SignalDisposition handler(SIGUSR1, count_interrupt, 0);  // no SA_RESTART
     {
       const SignalStorm storm;
@@ -1063,8 +1064,9 @@ TEST_CASE("fault: a storm of signals without SA_RESTART makes no gonso call fail
               "spawn", [&] { problems.expect(gonso::spawn(box, {"/bin/true"}).wait().success(), "spawn /bin/true"); });
         }
         for (int i = 0; i < 3; ++i) {
-          problems.guard("run_in_process, big result",
-                         [&] { problems.expect(box.run_in_process([&] { return big; }) == big, "big result"); });
+          problems.guard("run_in_process, big result", [&] {
+            problems.expect(box.run_in_process([&] { return std::string(big); }) == big, "big result");
+          });
           problems.guard("run_in_process, pid", [&] {
             problems.expect(pidset.run_in_process([&] { return inside(pidset); }), "run_in_process pid");
           });
