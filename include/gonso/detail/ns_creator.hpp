@@ -63,6 +63,18 @@ inline void creator_send(int fd, char tag, std::int32_t value = 0, std::int32_t 
   (void)write_all(fd, &m, sizeof m);
 }
 
+/// Reads the one byte the parent sends. The creator keeps the application's
+/// signal handlers (raw_fork copies them), and one installed without
+/// SA_RESTART interrupts a read that has nothing yet: read again.
+[[nodiscard]] inline bool read_byte(int fd) noexcept {
+  char byte = 0;
+  for (;;) {
+    const ssize_t n = ::read(fd, &byte, 1);
+    if (n < 0 && errno == EINTR) continue;
+    return n == 1;
+  }
+}
+
 [[noreturn]] inline void creator_fail(int fd, std::int32_t step) noexcept {
   creator_send(fd, creator_message::failed, step, errno);
   ::_exit(1);
@@ -93,14 +105,12 @@ inline void creator_send(int fd, char tag, std::int32_t value = 0, std::int32_t 
       exit_like(reap(inner));
     }
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    char go = 0;
-    if (::read(order[0], &go, 1) != 1) ::_exit(1);
+    if (!read_byte(order[0])) ::_exit(1);
   }
   if (task.kinds.contains(Kind::user)) {
     if (::unshare(CLONE_NEWUSER) != 0) creator_fail(task.report, step_unshare_user);
     creator_send(task.report, creator_message::user_created);
-    char go = 0;
-    if (::read(task.go, &go, 1) != 1) creator_fail(task.report, step_wait_maps);
+    if (!read_byte(task.go)) creator_fail(task.report, step_wait_maps);
   }
   // The rest is created inside the new user namespace, if any, and so owned by it.
   const Kinds rest = task.kinds - Kind::user;
