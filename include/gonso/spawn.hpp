@@ -481,7 +481,8 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
   if (argv[0].empty()) throw std::invalid_argument("cannot spawn a program: argv[0] is empty");
   const auto has_nul = [](const std::string& s) { return s.find('\0') != std::string::npos; };
   for (const std::string& arg : argv) {
-    if (has_nul(arg)) throw std::invalid_argument(fmt::format("cannot spawn {}: an argument holds a NUL", argv[0]));
+    // Escaped: a NUL in argv[0] would cut what() short of the reason.
+    if (has_nul(arg)) throw std::invalid_argument(fmt::format("cannot spawn {:?}: an argument holds a NUL", argv[0]));
   }
   if (set.empty()) {
     throw std::logic_error("cannot spawn a program in an empty Set (moved-from, or opened with no kinds)");
