@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -62,9 +63,17 @@ Case refused(std::string what, std::function<void()> call, std::errc code, std::
   return {std::move(what), std::move(call), Expect::system_error, code, std::move(part), std::move(then)};
 }
 
+/// A child that exits at once; not reaped. Output is flushed first, so that
+/// no copy of a buffer is written twice (ThreadSanitizer's _exit flushes).
+pid_t exiting_child() {
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  if (pid == 0) ::_exit(0);
+  return pid;
+}
+
 pid_t reaped_pid() {
-  const pid_t gone = ::fork();
-  if (gone == 0) ::_exit(0);
+  const pid_t gone = exiting_child();
   ::waitpid(gone, nullptr, 0);
   return gone;
 }
@@ -238,8 +247,7 @@ TEST_CASE("bad input: Kinds, Set sources and kind_of", "[badinput]") {
         refused(
             "the pidfd of a reaped process",
             [] {
-              const pid_t pid = ::fork();
-              if (pid == 0) ::_exit(0);
+              const pid_t pid = exiting_child();
               const gonso::detail::unique_fd pidfd(gonso::detail::pidfd_open(pid));
               ::waitpid(pid, nullptr, 0);
               REQUIRE(pidfd);
@@ -249,8 +257,7 @@ TEST_CASE("bad input: Kinds, Set sources and kind_of", "[badinput]") {
         refused(
             "the pidfd of a zombie",
             [] {
-              const pid_t pid = ::fork();
-              if (pid == 0) ::_exit(0);
+              const pid_t pid = exiting_child();
               struct reaper {
                 pid_t pid;
                 ~reaper() { ::waitpid(pid, nullptr, 0); }
@@ -978,8 +985,7 @@ TEST_CASE("bad input: a pidfd does not follow its pid number to a new process", 
   gonso::detail::unique_fd stale;
   pid_t number = -1;
   for (int attempt = 0; attempt < 20 && !(reused && reused->pid() > 0); ++attempt) {
-    number = ::fork();
-    if (number == 0) ::_exit(0);
+    number = exiting_child();
     REQUIRE(number > 0);
     stale = gonso::detail::unique_fd(gonso::detail::pidfd_open(number));
     ::waitpid(number, nullptr, 0);
