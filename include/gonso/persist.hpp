@@ -108,8 +108,8 @@ inline void unpersist(const std::filesystem::path& file) {
 inline void persist(const Set& set, const std::filesystem::path& dir) {
   // Else it would make an empty folder that from_dir() refuses, and report success.
   if (set.empty()) {
-    throw std::logic_error(fmt::format("cannot persist an empty Set (moved-from, or opened with no kinds) into {}",
-                                       dir.native()));
+    throw std::logic_error(
+        fmt::format("cannot persist an empty Set (moved-from, or opened with no kinds) into {}", dir.native()));
   }
   std::error_code ec;
   const bool made = std::filesystem::create_directories(dir, ec);
