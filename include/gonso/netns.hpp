@@ -73,8 +73,15 @@ inline void prepare_directory() {
 }
 
 /// Gives an existing network namespace (e.g. a container's) the name `name`.
+/// Throws std::invalid_argument for a bad name or a Set without a network
+/// namespace, before /run/netns is touched; std::system_error(EEXIST) when
+/// the name is taken.
 inline void add(const Set& set, std::string_view name) {
   const auto file = path(name);
+  if (!set.contains(Kind::net)) {
+    throw std::invalid_argument(
+        fmt::format("cannot name {:?} a network namespace: the Set {} holds none", std::string(name), set.kinds()));
+  }
   detail::prepare_directory();
   persist(set, Kind::net, file);
 }

@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <filesystem>
 #include <fstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -102,8 +103,14 @@ inline void unpersist(const std::filesystem::path& file) {
 
 /// Bind-mounts every namespace of `set` into `dir` (created if missing), one
 /// file per kind named as in /proc/PID/ns, so that Set::from_dir(dir) opens
-/// them again later. On an error, what was already bound is undone.
+/// them again later. On an error, what was already bound is undone. Throws
+/// std::logic_error for an empty Set, before `dir` is made.
 inline void persist(const Set& set, const std::filesystem::path& dir) {
+  // Else it would make an empty folder that from_dir() refuses, and report success.
+  if (set.empty()) {
+    throw std::logic_error(
+        fmt::format("cannot persist an empty Set (moved-from, or opened with no kinds) into {}", dir.native()));
+  }
   std::error_code ec;
   const bool made = std::filesystem::create_directories(dir, ec);
   if (ec) throw std::system_error(ec, fmt::format("cannot create {}", dir.native()));

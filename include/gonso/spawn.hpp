@@ -463,8 +463,9 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
 /// program's pidfd comes from its clone. Joining a time namespace forks. May
 /// be called from many threads at once, and from inside Set::run.
 ///
-/// Throws std::invalid_argument for an empty argv, an empty argv[0] or a
-/// NUL inside an argument or env entry; std::logic_error for an empty Set;
+/// Throws std::invalid_argument for an empty argv, an empty argv[0], a NUL
+/// inside an argument, env entry or cwd, an env entry without '=', or a bad
+/// etc_of_netns name; std::logic_error for an empty Set;
 /// std::system_error with the child's errno when a step before exec fails
 /// ("cannot join net namespace net:[4026532008]: Operation not permitted",
 /// "cannot execute /no/such: No such file or directory", "cannot change
@@ -480,7 +481,8 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
   if (argv[0].empty()) throw std::invalid_argument("cannot spawn a program: argv[0] is empty");
   const auto has_nul = [](const std::string& s) { return s.find('\0') != std::string::npos; };
   for (const std::string& arg : argv) {
-    if (has_nul(arg)) throw std::invalid_argument(fmt::format("cannot spawn {}: an argument holds a NUL", argv[0]));
+    // Escaped: a NUL in argv[0] would cut what() short of the reason.
+    if (has_nul(arg)) throw std::invalid_argument(fmt::format("cannot spawn {:?}: an argument holds a NUL", argv[0]));
   }
   if (set.empty()) {
     throw std::logic_error("cannot spawn a program in an empty Set (moved-from, or opened with no kinds)");
@@ -502,6 +504,9 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
     for (const std::string& entry : *options.env) {
       if (has_nul(entry))
         throw std::invalid_argument(fmt::format("cannot spawn {}: an env entry holds a NUL", argv[0]));
+      // execve(2) would pass it on, and the program's getenv() would never see it.
+      if (entry.find('=') == std::string::npos)
+        throw std::invalid_argument(fmt::format("cannot spawn {}: env entry {:?} is not NAME=value", argv[0], entry));
       plan.envp.push_back(entry.c_str());
       if (entry.starts_with("PATH=")) path_var = entry.c_str() + 5;
     }
@@ -531,6 +536,8 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
   }
   for (const std::string& path : plan.paths) plan.path_ptrs.push_back(path.c_str());
   const std::string cwd = options.cwd ? options.cwd->native() : std::string();
+  // chdir(2) would stop at the NUL and go to another folder.
+  if (has_nul(cwd)) throw std::invalid_argument(fmt::format("cannot spawn {}: the cwd holds a NUL", argv[0]));
   if (options.cwd) plan.cwd = cwd.c_str();
   if (options.etc_of_netns) {
     // Listed here, in the caller's mount namespace, as ip netns exec does.
