@@ -415,6 +415,18 @@ TEST_CASE("security: every fd gonso holds is close-on-exec, and none reaches a s
     std::mutex errors_lock;
     std::vector<std::string> errors;
     std::vector<std::thread> busy;
+    busy.reserve(2);
+    // Stopped and joined however the test leaves this scope (a REQUIRE throws).
+    struct Joiner {
+      std::atomic<bool>& stop;
+      std::vector<std::thread>& threads;
+      ~Joiner() {
+        stop = true;
+        for (auto& t : threads) {
+          if (t.joinable()) t.join();
+        }
+      }
+    } joiner{stop, busy};
     for (int i = 0; i < 2; ++i) {
       busy.emplace_back([&, i] {
         try {
