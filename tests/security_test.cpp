@@ -346,6 +346,11 @@ std::size_t check_spawned_fds(const gonso::Set& set, const std::filesystem::path
   if (fds.count(0) != 0) CHECK(fds.at(0) == link_of_fd(child.stdin_fd()));  // the same pipe
   if (fds.count(1) != 0) CHECK(fds.at(1) == link_of_fd(child.stdout_fd()));
   if (fds.count(2) != 0) CHECK(fds.at(2) == link_of_fd(STDERR_FILENO));
+  // And the program is in the Set's namespaces, as the kernel shows them.
+  for (gonso::Kind kind : set.kinds()) {
+    INFO("kind " << gonso::name(kind));
+    CHECK(test::identity_at(kind, proc + "/ns/" + std::string(gonso::name(kind))) == set.identity(kind));
+  }
   std::ifstream environ(proc + "/environ");
   std::string env((std::istreambuf_iterator<char>(environ)), std::istreambuf_iterator<char>());
   CHECK(env == std::string("GONSO_SECURITY=1\0PATH=/usr/bin:/bin\0", 36));
