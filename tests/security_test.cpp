@@ -298,6 +298,11 @@ TEST_CASE("security: an unprivileged caller cannot reach namespaces through gons
       }
       // The privileged worker is still idle, untouched.
       CHECK(gonso::idle_workers() >= 1);
+      // And a worker the unprivileged caller may have left idle is not handed
+      // to this thread: a run here lands in the target as before.
+      const gonso::Identity expected =
+          test::identity_at(gonso::Kind::net, fmt::format("/proc/self/fd/{}", target.fd(gonso::Kind::net)));
+      CHECK(target.run(true, [] { return test::thread_ns(gonso::Kind::net); }) == expected);
       CHECK(test::threads_outside(mine).empty());
       CHECK(test::snapshot() == mine);
       CHECK(children_of_this_process() == children);
