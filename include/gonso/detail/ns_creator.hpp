@@ -5,6 +5,7 @@
 
 #include <fcntl.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -128,6 +129,12 @@ inline void creator_send(int fd, char tag, std::int32_t value = 0, std::int32_t 
     creator_fail(task.report, step_propagation);
   }
   if (rest.contains(Kind::pid)) {
+    // The init is a copy of this process, with the application's signal
+    // handlers: a signal arriving before it masks them would run one in
+    // there (and could end the namespace). It is born with every signal
+    // blocked instead; we only wait to be killed.
+    const std::uint64_t all = ~std::uint64_t{0};  // the kernel's sigset_t: 64 bits
+    ::syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, nullptr, sizeof all);
     if (!task.plan.fork_after) {
       // Make the init a child of the caller (CLONE_PARENT), so that the
       // caller reaps it when the namespace is let go: an orphan's new parent

@@ -29,7 +29,13 @@ namespace gonso::detail {
   ::syscall(SYS_close_range, 4U, ~0U, 0U);
   sigset_t all;
   ::sigfillset(&all);
-  ::sigprocmask(SIG_SETMASK, &all, nullptr);
+  ::sigprocmask(SIG_SETMASK, &all, nullptr);  // the creator blocked them already
+  // The handlers came with the copy of the application: none may run here.
+  struct sigaction none {};
+  none.sa_handler = SIG_DFL;
+  for (int sig = 1; sig < NSIG; ++sig) {
+    if (sig != SIGKILL && sig != SIGSTOP) ::sigaction(sig, &none, nullptr);
+  }
   struct sigaction on_child {};
   on_child.sa_handler = [](int) {};
   ::sigaction(SIGCHLD, &on_child, nullptr);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <linux/kcmp.h>
 #include <pthread.h>
 #include <sys/stat.h>
@@ -121,6 +122,29 @@ class job {
 
 class worker_pool;
 
+/// What the kernel checks when a thread joins, creates or opens a namespace:
+/// its user and group ids and its capability sets. They belong to each
+/// thread (a raw setresuid or capset changes one thread only), and a new
+/// thread inherits its creator's.
+struct credentials {
+  std::array<uid_t, 3> uid{};
+  std::array<gid_t, 3> gid{};
+  std::array<__u32, 6> caps{};  // effective, permitted, inheritable; two words each
+  friend bool operator==(const credentials&, const credentials&) = default;
+};
+[[nodiscard]] inline credentials this_thread_credentials() noexcept {
+  credentials c;
+  (void)::getresuid(&c.uid[0], &c.uid[1], &c.uid[2]);
+  (void)::getresgid(&c.gid[0], &c.gid[1], &c.gid[2]);
+  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+  std::array<__user_cap_data_struct, 2> data{};
+  if (::syscall(SYS_capget, &header, data.data()) == 0) {
+    c.caps = {data[0].effective, data[1].effective,   data[0].permitted,
+              data[1].permitted, data[0].inheritable, data[1].inheritable};
+  }
+  return c;
+}
+
 /// The kinds one setns(2) on a thread's pidfd can put back, whatever the
 /// thread did: mnt would move root and cwd, time and user no thread can join.
 inline constexpr Kinds pidfd_kinds = Kind::cgroup | Kind::ipc | Kind::net | Kind::pid | Kind::uts;
@@ -143,7 +167,12 @@ class worker {
   /// worker), the thread returns to home's namespaces after each run, and
   /// is pooled only when it started there.
   worker(worker_pool* pool, std::shared_ptr<const anchor> home, bool once = false)
-      : pool_(pool), owner_(::getpid()), once_(once), home_(std::move(home)), thread_([this] {
+      : pool_(pool),
+        owner_(::getpid()),
+        once_(once),
+        creds_(this_thread_credentials()),
+        home_(std::move(home)),
+        thread_([this] {
           loop();
           // The last worker of a home ends its anchor too.
           home_.reset();
@@ -172,6 +201,8 @@ class worker {
     return reusable_ && checked;
   }
 
+  [[nodiscard]] const credentials& creds() const noexcept { return creds_; }
+
   /// Makes the worker's own namespaces, joined from `target`, its home for
   /// good: an executor's worker. Runs on the worker's thread through a job.
   void settle(const ns_handles& target, Kinds kinds, std::shared_ptr<const anchor> home);
@@ -191,6 +222,10 @@ class worker {
   worker_pool* const pool_;  // null for an executor's worker, which is never pooled
   const pid_t owner_;        // the process the worker belongs to; a fork() child is another
   const bool once_;          // runs one job without restore, then ends
+  // The creator's, which the thread inherits: only a caller with the same
+  // may take it from the pool, or a caller without CAP_SYS_ADMIN would have
+  // a privileged thread join for it.
+  const credentials creds_;
 
   event work_;          // a job was posted, or stop asked
   event done_;          // the callable returned, or joining failed
@@ -240,16 +275,18 @@ class worker_pool {
     return home_;
   }
 
-  /// An idle worker, or a new one.
+  /// An idle worker with the caller's credentials, or a new one.
   [[nodiscard]] std::unique_ptr<worker> acquire() {
     std::vector<std::unique_ptr<worker>> ended;
     std::unique_ptr<worker> found;
+    const credentials mine = this_thread_credentials();
     {
       std::lock_guard lock(mutex_);
       take_ended(ended);
-      if (!idle_.empty()) {
-        found = std::move(idle_.back());
-        idle_.pop_back();
+      const auto same = std::find_if(idle_.rbegin(), idle_.rend(), [&](const auto& w) { return w->creds() == mine; });
+      if (same != idle_.rend()) {
+        found = std::move(*same);
+        idle_.erase(std::next(same).base());
       }
     }
     ended.clear();  // joins threads that ended long ago, outside the lock
