@@ -35,7 +35,6 @@
 #include "support.hpp"
 
 using gonso::Kind;
-using gonso::Kinds;
 using gonso::Set;
 
 namespace {
@@ -313,16 +312,16 @@ TEST_CASE("stress: every operation from many threads over several Sets; invarian
       std::barrier round_end(stress_threads + 1);
 
       enum Op {
-        run_restore,
-        run_once,
-        executor,
-        unshare,
-        process_run,
-        spawn,
-        pool_get,
-        persist,
-        run_discard,
-        op_count
+        do_run_restore,
+        do_run_once,
+        do_executor,
+        do_unshare,
+        do_process_run,
+        do_spawn,
+        do_pool_get,
+        do_persist,
+        do_run_discard,
+        op_count,
       };
       static_assert(operations_per_round % op_count == 0, "every thread runs every operation equally often");
       const auto work = [&](int index) {
@@ -338,13 +337,13 @@ TEST_CASE("stress: every operation from many threads over several Sets; invarian
             const int op = (i + index) % op_count;
             try {
               switch (op) {
-                case run_restore:
+                case do_run_restore:
                   if (auto m = t.set.run(true, probe); !m.empty()) fail("run(true)", t, m);
                   break;
-                case run_once:
+                case do_run_once:
                   if (auto m = t.set.run(false, probe); !m.empty()) fail("run(false)", t, m);
                   break;
-                case run_discard:
+                case do_run_discard:
                   if (auto m = t.set.run(true,
                                          [&](gonso::RunContext& ctx) {
                                            ctx.discard_thread();
@@ -354,12 +353,12 @@ TEST_CASE("stress: every operation from many threads over several Sets; invarian
                     fail("run(true) discarding", t, m);
                   }
                   break;
-                case executor:
+                case do_executor:
                   if (auto m = executors[static_cast<std::size_t>(&t - targets.data())]->run(probe); !m.empty()) {
                     fail("Executor::run", t, m);
                   }
                   break;
-                case unshare: {
+                case do_unshare: {
                   const Target fresh = make_target(t.name + "+new net+uts", t.set.unshare(Kind::net | Kind::uts), own);
                   if (fresh.expected.at(Kind::net) == t.expected.at(Kind::net)) fail("unshare", t, "same net");
                   known.add(fresh.expected);
@@ -368,12 +367,12 @@ TEST_CASE("stress: every operation from many threads over several Sets; invarian
                   }
                   break;
                 }
-                case process_run:
+                case do_process_run:
                   if (auto m = mismatches(t.set.run_in_process(process_view), t.expected); !m.empty()) {
                     fail("run_in_process", t, m);
                   }
                   break;
-                case spawn: {
+                case do_spawn: {
                   std::vector<std::string> argv{"readlink"};
                   std::string expected_links;
                   for (Kind kind : t.set.kinds()) {
@@ -388,7 +387,7 @@ TEST_CASE("stress: every operation from many threads over several Sets; invarian
                     fail("spawn", t, fmt::format("saw {} expected {}", links, expected_links));
                   break;
                 }
-                case pool_get: {
+                case do_pool_get: {
                   Set fresh = pool.get();
                   const Target got = make_target("pool Set", fresh, own);
                   if (got.expected.at(Kind::net) == own.at(Kind::net)) fail("Pool::get", t, "the process's own net");
@@ -400,7 +399,7 @@ TEST_CASE("stress: every operation from many threads over several Sets; invarian
                   }
                   break;
                 }
-                case persist: {
+                case do_persist: {
                   const auto file = files.path() / fmt::format("net-{}-{}-{}", index, round, i);
                   gonso::persist(t.set, Kind::net, file);
                   const Set reopened = Set::from_file(Kind::net, file);
