@@ -40,29 +40,11 @@ using gonso::Set;
 
 namespace {
 
-/// Polls `pred` for up to two seconds: the kernel releases an ended thread,
-/// or a killed process, a moment after the call that ended it returned.
-template <typename Pred>
-bool eventually(Pred&& pred) {
-  for (int i = 0; i < 200; ++i) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return pred();
-}
-
-bool thread_gone(pid_t tid) {
-  return eventually([&] { return !std::filesystem::exists(fmt::format("/proc/self/task/{}", tid)); });
-}
-
 /// Child processes of this process, running or zombie: what every thread's
 /// children file lists, and what waitid(WNOHANG | WNOWAIT) still could reap.
 std::vector<std::string> child_processes() {
   std::vector<std::string> out;
-  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
-    std::ifstream file(task.path() / "children");
-    for (std::string pid; file >> pid;) out.push_back("child " + pid);
-  }
+  for (const pid_t pid : test::children()) out.push_back(fmt::format("child {}", pid));
   siginfo_t info{};
   if (::waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT | __WALL) == 0 && info.si_pid != 0) {
     out.push_back(fmt::format("reapable {}", info.si_pid));
@@ -100,9 +82,9 @@ class Baseline {
     CHECK(test::snapshot() == caller_);
     CHECK(test::threads_outside(caller_).empty());
     CHECK(test::count_fds() == fds_);
-    CHECK(eventually([&] { return test::count_threads() == threads_; }));
+    CHECK(test::eventually([&] { return test::count_threads() == threads_; }));
     CHECK(test::count_threads() == threads_);
-    CHECK(eventually([&] { return child_processes() == children_; }));
+    CHECK(test::eventually([&] { return child_processes() == children_; }));
     CHECK(child_processes() == children_);
   }
 
@@ -165,7 +147,7 @@ TEST_CASE("fault: a callable that drops CAP_SYS_ADMIN breaks its restore; the wo
         });
         CHECK(value == 40 + i);  // fn's value comes back all the same
         CHECK(was_inside);
-        CHECK(thread_gone(tid));  // joined before run returned, never pooled
+        CHECK(test::thread_ended(tid));  // joined before run returned, never pooled
         CHECK(test::threads_outside(base.caller()).empty());
         const Landing next = land(box);
         CHECK(next.tid != tid);
@@ -184,7 +166,7 @@ TEST_CASE("fault: a callable that drops CAP_SYS_ADMIN breaks its restore; the wo
         });
         CHECK(tid == before.tid);
         CHECK(value == 40 + i);
-        CHECK(thread_gone(tid));
+        CHECK(test::thread_ended(tid));
         const Landing next = land(ex);
         CHECK(next.tid != tid);
         CHECK(next.inside);
@@ -248,7 +230,7 @@ TEST_CASE("fault: whatever a callable throws comes back as is, and nothing leaks
         CHECK(e.code == 8);
       }
       gonso::retire_idle_workers();  // joins the ended worker
-      CHECK(thread_gone(thrower));
+      CHECK(test::thread_ended(thrower));
       CHECK(land(box).inside);
     }
     SECTION("Executor: rethrown as is; the same thread runs on") {
@@ -341,7 +323,7 @@ TEST_CASE("fault: a callable that unshares or joins namespaces itself moves no l
         return test::tid();
       });
       CHECK(tid3 == worker);
-      CHECK(thread_gone(tid3));
+      CHECK(test::thread_ended(tid3));
       const Landing after3 = land(box);
       CHECK(after3.tid != tid3);
       CHECK(after3.inside);
@@ -352,7 +334,7 @@ TEST_CASE("fault: a callable that unshares or joins namespaces itself moves no l
         return std::pair(test::tid(), test::thread_ns(Kind::mnt));
       });
       CHECK(tid4 == after3.tid);
-      CHECK(thread_gone(tid4));
+      CHECK(test::thread_ended(tid4));
       CHECK(no_thread_in(made_mnt));
       const Landing after4 = land(box);
       CHECK(after4.tid != tid4);
@@ -379,7 +361,7 @@ TEST_CASE("fault: a callable that unshares or joins namespaces itself moves no l
       CHECK(next.inside);
 
       ex.run([] { check_errno(::unshare(CLONE_FS), "unshare fs"); });
-      CHECK(thread_gone(worker));
+      CHECK(test::thread_ended(worker));
       next = land(ex);
       CHECK(next.tid != worker);
       CHECK(next.inside);
@@ -389,7 +371,7 @@ TEST_CASE("fault: a callable that unshares or joins namespaces itself moves no l
         check_errno(::unshare(CLONE_NEWNS), "unshare mnt");
         return test::thread_ns(Kind::mnt);
       });
-      CHECK(thread_gone(second));
+      CHECK(test::thread_ended(second));
       CHECK(no_thread_in(made_mnt));
       next = land(ex);
       CHECK(next.tid != second);
@@ -593,22 +575,6 @@ TEST_CASE("fault: too few fds fail cleanly with EMFILE at every step", "[fault][
 
 namespace {
 
-/// The child process (of any thread) whose active pid namespace is `pidns`:
-/// the init gonso started for it. -1 when there is none.
-pid_t init_of(const gonso::Identity& pidns) {
-  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
-    std::ifstream file(task.path() / "children");
-    for (pid_t pid = 0; file >> pid;) {
-      struct stat st {};
-      if (::stat(fmt::format("/proc/{}/ns/pid", pid).c_str(), &st) == 0 && st.st_dev == pidns.device &&
-          st.st_ino == pidns.inode) {
-        return pid;
-      }
-    }
-  }
-  return -1;
-}
-
 /// What a run, run_in_process and spawn do with a Set whose pid namespace
 /// has no init any more: the kernel refuses every fork into it (ENOMEM).
 void check_dead_pid_namespace(const Set& dead) {
@@ -642,7 +608,7 @@ TEST_CASE("fault: a pid namespace whose init was killed gives clear errors and l
   const Baseline base;
   SECTION("made by unshare: gonso's init, reaped when the last Set goes") {
     std::optional<Set> pidset(Set::current().unshare(Kind::pid | Kind::uts));
-    const pid_t init = init_of(pidset->identity(Kind::pid));
+    const pid_t init = test::init_of(pidset->identity(Kind::pid));
     REQUIRE(init > 0);
     REQUIRE(::kill(init, SIGKILL) == 0);
     siginfo_t info{};
@@ -653,7 +619,7 @@ TEST_CASE("fault: a pid namespace whose init was killed gives clear errors and l
     const std::vector<std::string> left = child_processes();
     CHECK(std::find(left.begin(), left.end(), fmt::format("child {}", init)) != left.end());
     pidset.reset();
-    CHECK(eventually([] { return child_processes().empty(); }));
+    CHECK(test::eventually([] { return child_processes().empty(); }));
   }
   SECTION("opened with from_pid: its init is someone else's") {
     std::optional<test::ForeignNamespaces> foreign;

@@ -57,15 +57,6 @@ std::string text(const test::Snapshot& snap) {
   return out;
 }
 
-/// pthread_join returns once the kernel has cleared the thread's tid, before
-/// the thread leaves /proc/self/task: a thread just joined may still be
-/// counted for a moment. Polls within a bound until the count is `expected`
-/// (as workers_test.cpp does); a bound, never a timing assertion.
-bool threads_back_to(std::size_t expected) {
-  for (int i = 0; i < 500 && test::count_threads() != expected; ++i) std::this_thread::sleep_for(10ms);
-  return test::count_threads() == expected;
-}
-
 /// The thread count to come back to: idle workers retired, and one thread
 /// started first, since the first thread a process starts can bring a
 /// runtime's helper along for good (ThreadSanitizer's background thread).
@@ -430,7 +421,7 @@ TEST_CASE("pool: without CAP_SYS_ADMIN the constructor throws EPERM and leaves n
   CHECK(code == std::errc::operation_not_permitted);
   gonso::retire_idle_workers();
   CHECK(test::count_fds() == fds);
-  CHECK(threads_back_to(threads));
+  CHECK(test::threads_back_to(threads));
 }
 
 TEST_CASE("pool: destruction joins the refill thread and closes every namespace", "[pool][privileged]") {
@@ -464,7 +455,7 @@ TEST_CASE("pool: destruction joins the refill thread and closes every namespace"
   }
   gonso::retire_idle_workers();
   CHECK(test::count_fds() == fds);
-  CHECK(threads_back_to(threads));
+  CHECK(test::threads_back_to(threads));
   CHECK(test::threads_outside(caller).empty());
   CHECK(text(test::snapshot()) == text(caller));
 }

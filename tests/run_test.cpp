@@ -32,24 +32,6 @@ struct MoveOnly {
   std::unique_ptr<int> value;
 };
 
-// After pthread_join() returns, the kernel may take a moment to release the
-// task (the join waits for the tid to be cleared, not for the release), so
-// poll, within a bound, rather than look once.
-bool ended(pid_t tid) {
-  const auto path = fmt::format("/proc/self/task/{}", tid);
-  for (int i = 0; i < 200 && std::filesystem::exists(path); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return !std::filesystem::exists(path);
-}
-
-bool threads_back_to(std::size_t expected) {
-  for (int i = 0; i < 200 && test::count_threads() != expected; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return test::count_threads() == expected;
-}
-
 }  // namespace
 
 TEST_CASE("run() joins each kind a thread can join, and the caller never moves", "[privileged]") {
@@ -192,7 +174,7 @@ TEST_CASE("without restore, or when the callable discards it, each run has a new
   }
   REQUIRE(tids.size() == 5);
   for (std::size_t i = 0; i < tids.size(); ++i) {
-    CHECK(ended(tids[i]));
+    CHECK(test::thread_ended(tids[i]));
     for (std::size_t j = i + 1; j < tids.size(); ++j) CHECK(tids[i] != tids[j]);
   }
   CHECK(test::threads_outside(caller).empty());
@@ -212,7 +194,7 @@ TEST_CASE("a thread that joined a mount namespace is never reused", "[privileged
   CHECK(tids[0] != tids[1]);
   CHECK(tids[1] != tids[2]);
   CHECK(tids[0] != tids[2]);
-  CHECK(ended(tids[2]));
+  CHECK(test::thread_ended(tids[2]));
   // The worker's private root and cwd never leak to the process.
   CHECK(std::filesystem::current_path() == cwd);
   CHECK(test::snapshot() == caller);
@@ -236,7 +218,7 @@ TEST_CASE("a restore that fails discards the thread", "[privileged]") {
     test::drop_cap_sys_admin_on_this_thread();
     return test::tid();
   });
-  CHECK(ended(crippled));
+  CHECK(test::thread_ended(crippled));
   const pid_t next = uts.run(true, [] { return test::tid(); });
   CHECK(next != crippled);
   CHECK(test::threads_outside(caller).empty());
@@ -262,7 +244,7 @@ TEST_CASE("a callable that moves its own thread is put back or discarded", "[pri
       if (::unshare(CLONE_NEWNS) != 0) throw std::system_error(errno, std::generic_category(), "unshare");
       return test::tid();
     });
-    CHECK(ended(a));
+    CHECK(test::thread_ended(a));
   }
   CHECK(test::threads_outside(caller).empty());
 }
@@ -461,7 +443,7 @@ TEST_CASE("nothing leaks: fds and threads return to their baseline", "[privilege
   gonso::retire_idle_workers();
   CHECK(gonso::idle_workers() == 0);
   CHECK(test::count_fds() == fds);
-  CHECK(threads_back_to(threads));
+  CHECK(test::threads_back_to(threads));
 }
 
 TEST_CASE("a child forked while workers are pooled can still run in Sets", "[privileged][fork]") {

@@ -70,75 +70,17 @@ std::set<int> inheritable_now() {
   return out;
 }
 
-/// Every process that is a child of some thread of this process.
-std::set<pid_t> children_of_this_process() {
-  std::set<pid_t> out;
-  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
-    std::ifstream in(task.path() / "children");
-    for (pid_t pid = 0; in >> pid;) out.insert(pid);
-  }
-  return out;
-}
-
-/// A field of /proc/PID/status ("State", "NSpid", "PPid"), empty if gone.
-std::string status_field(pid_t pid, const std::string& field) {
-  std::ifstream in(fmt::format("/proc/{}/status", pid));
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind(field + ":", 0) == 0) {
-      const auto from = line.find_first_not_of(" \t", field.size() + 1);
-      return from == std::string::npos ? std::string() : line.substr(from);
-    }
-  }
-  return {};
-}
-
-/// Processes whose pid namespace is `ns` (read with stat of /proc/PID/ns/pid,
-/// which works for zombies too).
-std::vector<pid_t> processes_in(const gonso::Identity& ns) {
-  std::vector<pid_t> out;
-  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
-    const std::string name = e.path().filename().string();
-    if (name.empty() || std::isdigit(static_cast<unsigned char>(name[0])) == 0) continue;
-    struct stat st {};
-    if (::stat((e.path() / "ns/pid").c_str(), &st) != 0) continue;
-    if (st.st_dev == ns.device && st.st_ino == ns.inode) out.push_back(std::stoi(name));
-  }
-  return out;
-}
-
 /// Zombies in pid namespace `ns`, or children of `init` (it reaps them).
 std::vector<pid_t> zombies_in(const gonso::Identity& ns, pid_t init) {
   std::vector<pid_t> out;
   std::set<pid_t> candidates;
-  for (pid_t pid : processes_in(ns)) candidates.insert(pid);
+  for (pid_t pid : test::processes_in(ns)) candidates.insert(pid);
   std::ifstream in(fmt::format("/proc/{0}/task/{0}/children", init));
   for (pid_t pid = 0; in >> pid;) candidates.insert(pid);
   for (pid_t pid : candidates) {
-    if (status_field(pid, "State").rfind('Z', 0) == 0) out.push_back(pid);
+    if (test::status_field(pid, "State").rfind('Z', 0) == 0) out.push_back(pid);
   }
   return out;
-}
-
-/// The pid, in this namespace, of pid 1 of pid namespace `ns`.
-pid_t init_of(const gonso::Identity& ns) {
-  for (pid_t pid : processes_in(ns)) {
-    const std::string nspid = status_field(pid, "NSpid");  // "4242\t1": the pid in each namespace
-    const auto last = nspid.find_last_of(" \t");
-    if (last != std::string::npos && nspid.substr(last + 1) == "1") return pid;
-  }
-  return -1;
-}
-
-/// Waits, at most `limit`, for `done()`; never a timing assertion: the
-/// caller asserts on the condition itself afterwards.
-template <typename Done>
-bool eventually(Done&& done, std::chrono::seconds limit = std::chrono::seconds(20)) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > end) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return true;
 }
 
 /// Runs `fn` on a fresh thread that has become uid and gid 65534 with the raw
@@ -260,7 +202,7 @@ TEST_CASE("security: an unprivileged caller cannot reach namespaces through gons
     gonso::retire_idle_workers();
     const std::size_t fds = test::count_fds();
     const std::size_t threads = test::count_threads();
-    const std::set<pid_t> children = children_of_this_process();
+    const std::set<pid_t> children = test::children();
     const std::set<std::string> before_dir = [&] {
       std::set<std::string> names;
       for (const auto& e : std::filesystem::directory_iterator(dir.path())) names.insert(e.path().string());
@@ -305,7 +247,7 @@ TEST_CASE("security: an unprivileged caller cannot reach namespaces through gons
       CHECK(target.run(true, [] { return test::thread_ns(gonso::Kind::net); }) == expected);
       CHECK(test::threads_outside(mine).empty());
       CHECK(test::snapshot() == mine);
-      CHECK(children_of_this_process() == children);
+      CHECK(test::children() == children);
       gonso::retire_idle_workers();
       CHECK(test::count_fds() == fds);
       CHECK(test::count_threads() == threads);
@@ -477,7 +419,7 @@ TEST_CASE("security: every fd gonso holds is close-on-exec, and none reaches a s
     CHECK(rounds.load() > 0);
     made("Sets, workers and children of the busy threads");
     // The init of the pid namespace holds its lifeline alone (pid_init.hpp).
-    const pid_t init = init_of(pid.identity(gonso::Kind::pid));
+    const pid_t init = test::init_of(pid.identity(gonso::Kind::pid));
     REQUIRE(init > 0);
     const std::map<int, std::string> init_fds = fds_of(fmt::format("/proc/{}", init));
     INFO("the init's fds: " << describe(init_fds));
@@ -709,14 +651,14 @@ class Watch {
 TEST_CASE("security: signals cannot make the init of a pid namespace leave orphans unreaped",
           "[security][privileged][process]") {
   test::require_privilege();
-  const std::set<pid_t> children = children_of_this_process();
+  const std::set<pid_t> children = test::children();
   std::optional<gonso::Set> set(gonso::Set::current().unshare(gonso::Kind::pid));
   const gonso::Identity ns = set->identity(gonso::Kind::pid);
-  const pid_t init = init_of(ns);
+  const pid_t init = test::init_of(ns);
   REQUIRE(init > 0);
   const Watch init_watch(init);
   const auto no_zombies = [&] { return zombies_in(ns, init).empty(); };
-  const auto running = [&] { return status_field(init, "State").rfind('S', 0) == 0; };
+  const auto running = [&] { return test::status_field(init, "State").rfind('S', 0) == 0; };
 
   // Every catchable signal from outside: pending for ever, never acted on,
   // but SIGCHLD, which makes it reap.
@@ -728,7 +670,7 @@ TEST_CASE("security: signals cannot make the init of a pid namespace leave orpha
   }
   make_orphan(*set, false);
   make_orphan(*set, true);
-  CHECK(eventually(no_zombies));
+  CHECK(test::eventually(no_zombies));
   CHECK(zombies_in(ns, init).empty());
   CHECK(running());
   CHECK(set->run_in_process([] { return ::getpid(); }) > 1);  // forks still land inside
@@ -744,33 +686,33 @@ TEST_CASE("security: signals cannot make the init of a pid namespace leave orpha
   });
   CHECK(delivered == static_cast<int>(catchable_signals().size()) + 2);
   make_orphan(*set, false);
-  CHECK(eventually(no_zombies));
+  CHECK(test::eventually(no_zombies));
   CHECK(running());
 
   // SIGSTOP from outside is forced on it: while stopped it reaps nothing, and
   // an orphan that exits stays a zombie; SIGCONT lets it catch up.
   REQUIRE(::kill(init, SIGSTOP) == 0);
-  CHECK(eventually([&] { return status_field(init, "State").rfind('T', 0) == 0; }));
+  CHECK(test::eventually([&] { return test::status_field(init, "State").rfind('T', 0) == 0; }));
   make_orphan(*set, false);
-  CHECK(eventually([&] { return !zombies_in(ns, init).empty(); }));
+  CHECK(test::eventually([&] { return !zombies_in(ns, init).empty(); }));
   const std::size_t stopped_zombies = zombies_in(ns, init).size();
   CHECK(stopped_zombies >= 1);
   REQUIRE(::kill(init, SIGCONT) == 0);
-  CHECK(eventually(no_zombies));
+  CHECK(test::eventually(no_zombies));
   CHECK(running());
 
   // The last Set goes: the init and the lingering orphans are killed, and
   // all of them reaped, not left as zombies of this process.
   std::vector<std::unique_ptr<Watch>> inside;
-  for (pid_t pid : processes_in(ns)) {
+  for (pid_t pid : test::processes_in(ns)) {
     if (pid != init) inside.push_back(std::make_unique<Watch>(pid));
   }
   CHECK(inside.size() == 1);  // the lingering grandchild
   set.reset();
   CHECK(init_watch.reaped());
   for (const auto& w : inside) CHECK(w->reaped());
-  CHECK(processes_in(ns).empty());
-  CHECK(children_of_this_process() == children);
+  CHECK(test::processes_in(ns).empty());
+  CHECK(test::children() == children);
   WARN("sent " << sent << " signals from outside and " << delivered << " from inside; " << stopped_zombies
                << " zombie(s) waited while the init was stopped");
 }
@@ -778,19 +720,19 @@ TEST_CASE("security: signals cannot make the init of a pid namespace leave orpha
 TEST_CASE("security: a pid namespace whose init was killed from outside fails clearly and leaves no zombie",
           "[security][privileged][process]") {
   test::require_privilege();
-  const std::set<pid_t> children = children_of_this_process();
+  const std::set<pid_t> children = test::children();
   std::optional<gonso::Set> set(gonso::Set::current().unshare(gonso::Kind::pid));
   const gonso::Identity ns = set->identity(gonso::Kind::pid);
-  const pid_t init = init_of(ns);
+  const pid_t init = test::init_of(ns);
   REQUIRE(init > 0);
   const Watch init_watch(init);
   make_orphan(*set, true);
-  const std::vector<pid_t> before = processes_in(ns);
+  const std::vector<pid_t> before = test::processes_in(ns);
   REQUIRE(before.size() == 2);
   REQUIRE(::kill(init, SIGKILL) == 0);
   // The namespace dies with it; the init stays a zombie child of this
   // process until gonso reaps it, when the last Set goes.
-  CHECK(eventually([&] { return status_field(init, "State").rfind('Z', 0) == 0; }));
+  CHECK(test::eventually([&] { return test::status_field(init, "State").rfind('Z', 0) == 0; }));
   CHECK_FALSE(init_watch.reaped());
   const std::system_error in_process = test::system_error_of([&] { set->run_in_process([] { return 0; }); });
   CHECK(in_process.code() == std::errc::not_enough_memory);
@@ -799,5 +741,5 @@ TEST_CASE("security: a pid namespace whose init was killed from outside fails cl
   WARN("after SIGKILL of the init: run_in_process: " << in_process.what() << "; spawn: " << spawned.what());
   set.reset();
   CHECK(init_watch.reaped());
-  CHECK(children_of_this_process() == children);
+  CHECK(test::children() == children);
 }

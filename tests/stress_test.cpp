@@ -134,16 +134,6 @@ std::string mismatches(const ProcessView& view, const test::Snapshot& expected) 
   return out;
 }
 
-/// Children of this process (any thread's), from /proc/self/task/*/children.
-std::size_t count_children() {
-  std::size_t n = 0;
-  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
-    std::ifstream children(task.path() / "children");
-    for (pid_t pid = 0; children >> pid;) ++n;
-  }
-  return n;
-}
-
 std::size_t count_nsfs_mounts() {
   const auto all = test::mounts();
   return static_cast<std::size_t>(
@@ -258,7 +248,7 @@ struct Quiet {
 
 Quiet quiet_state() {
   gonso::retire_idle_workers();
-  return {test::count_fds(), test::count_threads(), count_children(), count_nsfs_mounts()};
+  return {test::count_fds(), test::count_threads(), test::children().size(), count_nsfs_mounts()};
 }
 
 }  // namespace

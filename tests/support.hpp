@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -95,6 +96,79 @@ inline std::size_t count_entries(const char* dir) {
 /// time, so comparisons stay fair).
 inline std::size_t count_fds() { return count_entries("/proc/self/fd"); }
 inline std::size_t count_threads() { return count_entries("/proc/self/task"); }
+
+/// Polls `done` until it holds, for at most `limit`: the kernel releases an
+/// ended thread or a killed process a moment after the call that ended it.
+/// A bound, never a timing assertion: callers assert on the condition itself.
+template <typename Done>
+bool eventually(Done&& done, std::chrono::milliseconds limit = std::chrono::seconds(10)) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
+
+/// pthread_join returns once the kernel has cleared the thread's tid, before
+/// the thread leaves /proc/self/task: waits, within a bound, until the
+/// process is back to `expected` threads.
+inline bool threads_back_to(std::size_t expected) {
+  return eventually([&] { return count_threads() == expected; });
+}
+
+/// Thread `tid` of this process has left /proc/self/task (waited for within
+/// a bound, for the same reason).
+inline bool thread_ended(pid_t tid) {
+  return eventually([&] { return !std::filesystem::exists(fmt::format("/proc/self/task/{}", tid)); });
+}
+
+/// Every process that is a child of some thread of this process, zombies
+/// included (/proc/self/task/*/children).
+inline std::set<pid_t> children() {
+  std::set<pid_t> out;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream in(task.path() / "children");
+    for (pid_t pid = 0; in >> pid;) out.insert(pid);
+  }
+  return out;
+}
+
+/// A field of /proc/PID/status ("State", "NSpid", "PPid"), empty if gone.
+inline std::string status_field(pid_t pid, const std::string& field) {
+  std::ifstream in(fmt::format("/proc/{}/status", pid));
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind(field + ":", 0) == 0) {
+      const auto from = line.find_first_not_of(" \t", field.size() + 1);
+      return from == std::string::npos ? std::string() : line.substr(from);
+    }
+  }
+  return {};
+}
+
+/// Processes whose pid namespace is `ns` (read with stat of /proc/PID/ns/pid,
+/// which works for zombies too).
+inline std::vector<pid_t> processes_in(const gonso::Identity& ns) {
+  std::vector<pid_t> out;
+  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+    const std::string name = e.path().filename().string();
+    if (name.empty() || name[0] < '0' || name[0] > '9') continue;
+    struct stat st {};
+    if (::stat((e.path() / "ns/pid").c_str(), &st) != 0) continue;
+    if (st.st_dev == ns.device && st.st_ino == ns.inode) out.push_back(std::stoi(name));
+  }
+  return out;
+}
+
+/// The pid, in this namespace, of pid 1 of pid namespace `ns`; -1 if none.
+inline pid_t init_of(const gonso::Identity& ns) {
+  for (pid_t pid : processes_in(ns)) {
+    const std::string nspid = status_field(pid, "NSpid");  // "4242\t1": the pid in each namespace
+    const auto last = nspid.find_last_of(" \t");
+    if (last != std::string::npos && nspid.substr(last + 1) == "1") return pid;
+  }
+  return -1;
+}
 
 /// Threads of this process (by tid) that are in a namespace other than the
 /// one `reference` names for that kind.
