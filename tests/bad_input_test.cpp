@@ -924,7 +924,7 @@ TEST_CASE("bad input: the worker policy refuses negative durations and caps long
       {.max_idle = before.max_idle, .idle_timeout = std::chrono::hours(24 * 400), .spin = std::chrono::seconds(1)});
   const gonso::WorkerPolicy capped = gonso::worker_policy();
   CHECK(capped.spin == gonso::detail::longest_spin);
-  CHECK(capped.idle_timeout == gonso::detail::longest_idle_timeout);
+  CHECK(capped.idle_timeout == gonso::detail::longest_wait);
   CHECK(capped.max_idle == before.max_idle);
 }
 

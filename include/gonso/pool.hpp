@@ -23,14 +23,6 @@
 
 namespace gonso {
 
-namespace detail {
-
-/// Longer delays and waits are cut to this, so that a deadline computed from
-/// them cannot overflow the clock.
-inline constexpr std::chrono::milliseconds longest_pool_wait{std::chrono::hours(24 * 365)};
-
-}  // namespace detail
-
 /// Options of a Pool.
 struct PoolOptions {
   /// How many Sets the pool keeps ready. 0 is refused (std::invalid_argument):
@@ -96,7 +88,7 @@ class Pool {
                       options_.retry_delay.count(), options_.max_retry_delay.count()));
     }
     if (base_.empty()) throw std::logic_error("cannot make a Pool from an empty Set (moved-from, or with no kinds)");
-    options_.max_retry_delay = std::min(options_.max_retry_delay, detail::longest_pool_wait);
+    options_.max_retry_delay = std::min(options_.max_retry_delay, detail::longest_wait);
     options_.retry_delay = std::min(options_.retry_delay, options_.max_retry_delay);
     in_process_ = !(kinds_ & (Kind::user | Kind::pid | Kind::time)).empty();
     ready_.reserve(options_.size);  // push_back never allocates, so never throws, under the lock
@@ -196,7 +188,7 @@ class Pool {
     std::unique_lock lock(mutex_);
     // A pool above half full has a sleeping refill (see get()): wake it.
     if (refill_waiting_ && ready_.size() < options_.size) refill_wanted_.notify_one();
-    return full_.wait_for(lock, std::min(timeout, detail::longest_pool_wait),
+    return full_.wait_for(lock, std::min(timeout, detail::longest_wait),
                           [this] { return ready_.size() >= options_.size; });
   }
 

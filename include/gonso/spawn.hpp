@@ -148,12 +148,6 @@ GONSO_CHILD_CODE inline void send_record(const spawn_reporter& to, spawn_step wh
   }
 }
 
-/// Sets the signal mask of the calling thread to nothing or everything.
-GONSO_CHILD_CODE inline void mask_signals(bool all) noexcept {
-  std::uint64_t set = all ? ~std::uint64_t{0} : 0;  // the kernel's sigset_t: 64 bits
-  ::syscall(SYS_rt_sigprocmask, SIG_SETMASK, &set, nullptr, sizeof set);
-}
-
 /// Returns `fd` if it is above 2, else a close-on-exec copy above 2, so that
 /// moving the standard streams into place cannot overwrite it. -1 on failure.
 GONSO_CHILD_CODE inline int above_stdio(int fd) noexcept {
@@ -237,14 +231,6 @@ GONSO_CHILD_CODE inline bool not_here(int err) noexcept {
   mask_signals(true);  // nothing may interrupt the report now
   send_record(report, spawn_step::exec, 0, err);
   child_exit(127);
-}
-
-/// Resets every signal disposition to the default, so that none of the
-/// caller's handlers can run in the child once its mask is opened.
-GONSO_CHILD_CODE inline void default_all_signals() noexcept {
-  for (int sig = 1; sig < NSIG; ++sig) {
-    if (sig != SIGKILL && sig != SIGSTOP) (void)default_signal(sig);
-  }
 }
 
 /// The forked child of spawn(). Starts with every signal blocked (the parent
@@ -583,12 +569,6 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
   // skips the check.
   const pid_t parent = detail::bind_syscall();
 
-  const auto reap_by = [](const detail::unique_fd& process) {
-    siginfo_t info{};
-    while (::waitid(P_PIDFD, static_cast<id_t>(process.get()), &info, WEXITED | __WALL) != 0 && errno == EINTR) {
-    }
-  };
-
   if (detail::may_share_memory(plan)) {
     detail::shared_spawn job{&plan, parent};
     detail::unique_fd pidfd;
@@ -601,7 +581,7 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
       const bool failed = job.failure.what != detail::spawn_step{};
       if (!plan.join.fork_after) {
         if (failed) {
-          reap_by(pidfd);  // it has ended, or is ending
+          (void)detail::reap(pidfd);  // it has ended, or is ending
           throw detail::spawn_error(job.failure, plan, set, argv, search);
         }
         return detail::child_access::make(std::move(pidfd), pid, std::move(mine[0]), std::move(mine[1]),
@@ -610,10 +590,10 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
       // The middle process has ended, once the program's process exec'd or
       // ended; its pidfd is ours (it shared our fd table), so the program is
       // held even if it ended and was reaped already.
-      reap_by(pidfd);
+      (void)detail::reap(pidfd);
       detail::unique_fd program(job.program_pidfd);
       if (failed) {
-        if (program) reap_by(program);
+        if (program) (void)detail::reap(program);
         throw detail::spawn_error(job.failure, plan, set, argv, search);
       }
       if (!program) {
@@ -684,9 +664,7 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
   if (failure != nullptr) {
     // The failing process exits by itself: reap it.
     if (pidfd) {
-      siginfo_t info{};
-      while (::waitid(P_PIDFD, static_cast<id_t>(pidfd.get()), &info, WEXITED | __WALL) != 0 && errno == EINTR) {
-      }
+      (void)detail::reap(pidfd);
     } else if (!plan.join.fork_after) {
       (void)detail::reap(pid);
     }

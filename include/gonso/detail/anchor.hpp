@@ -125,8 +125,6 @@ class anchor {
   /// process can change either (kernel-rules.md).
   [[nodiscard]] const Identity& user() const noexcept { return user_; }
   [[nodiscard]] const Identity& time() const noexcept { return time_; }
-  /// True when it joined a mount namespace and so has root and cwd of its own.
-  [[nodiscard]] bool fs_private() const noexcept { return fs_private_; }
 
  private:
   void main(const ns_handles* target, Kinds kinds) noexcept {
@@ -137,8 +135,9 @@ class anchor {
       if (target != nullptr) {
         const ns_handles start = open_thread_ns(ns_dir.get());
         Kinds joined;
+        bool fs_private = false;  // this thread's own; nothing here depends on it
         join_kinds(
-            *target, kinds, [&](Kind kind) { return start[index_of(kind)].id; }, joined, fs_private_);
+            *target, kinds, [&](Kind kind) { return start[index_of(kind)].id; }, joined, fs_private);
       }
       ns_ = open_thread_ns(ns_dir.get());
       if (stat_ns(ns_dir.get(), "pid", Kind::pid, active_pid_) != 0) active_pid_ = {};
@@ -162,7 +161,6 @@ class anchor {
   Identity active_pid_{};
   Identity user_{};
   Identity time_{};
-  bool fs_private_ = false;
   std::jthread thread_;  // last: starts after, and is joined before, the rest
 };
 

@@ -77,6 +77,20 @@ GONSO_CHILD_CODE inline int default_signal(int sig) noexcept {
   return static_cast<int>(::syscall(SYS_rt_sigaction, sig, &action, nullptr, sizeof action.mask));
 }
 
+/// Resets every signal disposition to the default, so that none of the
+/// caller's handlers can run in a child once its mask is opened.
+GONSO_CHILD_CODE inline void default_all_signals() noexcept {
+  for (int sig = 1; sig < NSIG; ++sig) {
+    if (sig != SIGKILL && sig != SIGSTOP) (void)default_signal(sig);
+  }
+}
+
+/// Sets the signal mask of the calling thread to nothing or everything.
+GONSO_CHILD_CODE inline void mask_signals(bool all) noexcept {
+  std::uint64_t set = all ? ~std::uint64_t{0} : 0;  // the kernel's sigset_t: 64 bits
+  ::syscall(SYS_rt_sigprocmask, SIG_SETMASK, &set, nullptr, sizeof set);
+}
+
 /// write(2) until everything is written; false on error (errno set).
 inline bool write_all(int fd, const void* data, std::size_t size) noexcept {
   const auto* p = static_cast<const char*>(data);

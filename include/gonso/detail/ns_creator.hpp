@@ -133,8 +133,7 @@ inline void creator_send(int fd, char tag, std::int32_t value = 0, std::int32_t 
     // handlers: a signal arriving before it masks them would run one in
     // there (and could end the namespace). It is born with every signal
     // blocked instead; we only wait to be killed.
-    const std::uint64_t all = ~std::uint64_t{0};  // the kernel's sigset_t: 64 bits
-    ::syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, nullptr, sizeof all);
+    mask_signals(true);
     if (!task.plan.fork_after) {
       // Make the init a child of the caller (CLONE_PARENT), so that the
       // caller reaps it when the namespace is let go: an orphan's new parent

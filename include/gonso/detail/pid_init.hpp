@@ -10,6 +10,7 @@
 
 #include <cerrno>
 
+#include <gonso/detail/child_process.hpp>
 #include <gonso/detail/syscalls.hpp>
 #include <gonso/detail/unique_fd.hpp>
 
@@ -27,15 +28,11 @@ namespace gonso::detail {
   if (lifeline != 3 && ::dup2(lifeline, 3) == 3) lifeline = 3;
   ::syscall(SYS_close_range, 0U, 2U, 0U);
   ::syscall(SYS_close_range, 4U, ~0U, 0U);
+  // Every signal is blocked already (by the creator). The handlers came with
+  // the copy of the application: none may run here.
+  default_all_signals();
   sigset_t all;
   ::sigfillset(&all);
-  ::sigprocmask(SIG_SETMASK, &all, nullptr);  // the creator blocked them already
-  // The handlers came with the copy of the application: none may run here.
-  struct sigaction none {};
-  none.sa_handler = SIG_DFL;
-  for (int sig = 1; sig < NSIG; ++sig) {
-    if (sig != SIGKILL && sig != SIGSTOP) ::sigaction(sig, &none, nullptr);
-  }
   struct sigaction on_child {};
   on_child.sa_handler = [](int) {};
   ::sigaction(SIGCHLD, &on_child, nullptr);

@@ -46,8 +46,9 @@ namespace gonso::detail {
   return std::max<std::size_t>(4, std::thread::hardware_concurrency());
 }
 inline constexpr std::chrono::milliseconds default_idle_timeout{10'000};
-/// Longer timeouts are cut to this: the deadline must not overflow the clock.
-inline constexpr std::chrono::milliseconds longest_idle_timeout{std::chrono::hours(24 * 365)};
+/// Longer timeouts, delays and waits (here and in Pool) are cut to this, so
+/// that a deadline computed from them cannot overflow the clock.
+inline constexpr std::chrono::milliseconds longest_wait{std::chrono::hours(24 * 365)};
 
 /// How long threads waiting for each other spin before they sleep; set by
 /// gonso::set_worker_policy.
@@ -350,7 +351,7 @@ class worker_pool {
     {
       std::lock_guard lock(mutex_);
       max_idle_ = max_idle;
-      idle_timeout_ms_.store(std::min(idle_timeout, longest_idle_timeout).count(), std::memory_order_relaxed);
+      idle_timeout_ms_.store(std::min(idle_timeout, longest_wait).count(), std::memory_order_relaxed);
       if (max_idle == 0 || idle_timeout <= std::chrono::milliseconds::zero()) home.swap(home_);
       // The oldest idle workers go first; the warm ones stay.
       const auto excess = static_cast<std::ptrdiff_t>(idle_.size() - std::min(idle_.size(), max_idle_));
