@@ -96,40 +96,25 @@ std::string mismatches(const test::Snapshot& expected) {
   return out;
 }
 
-/// What a process sees of its namespaces, read without allocating: the child
-/// of run_in_process is a fork of this multithreaded process, and
-/// AddressSanitizer's allocator (GCC 12) may be locked there by a thread that
-/// does not exist in the child. glibc's malloc is safe after fork; the test
-/// must not depend on which one it runs with.
+/// What a process sees of its namespaces, as a value that run_in_process can
+/// copy back (test::thread_ns allocates nothing, which matters in a fork of
+/// this busy process: see support.hpp).
 struct ProcessView {
-  std::array<ino_t, std::size(test::thread_kinds)> inode{};
-  std::array<dev_t, std::size(test::thread_kinds)> device{};
+  std::array<gonso::Identity, std::size(test::thread_kinds)> ns{};
 };
 
-ProcessView process_view() noexcept {
+ProcessView process_view() {
   ProcessView view;
-  for (std::size_t i = 0; i < std::size(test::thread_kinds); ++i) {
-    const Kind kind = test::thread_kinds[i];
-    std::array<char, 64> path{};
-    const char* link = kind == Kind::pid ? "pid_for_children" : kind == Kind::time ? "time_for_children" : nullptr;
-    std::snprintf(path.data(), path.size(), "/proc/thread-self/ns/%s",
-                  link != nullptr ? link : gonso::name(kind).data());  // names are literals
-    struct stat st {};
-    if (::stat(path.data(), &st) == 0) {
-      view.inode[i] = st.st_ino;
-      view.device[i] = st.st_dev;
-    }
-  }
+  for (std::size_t i = 0; i < std::size(test::thread_kinds); ++i) view.ns[i] = test::thread_ns(test::thread_kinds[i]);
   return view;
 }
 
 std::string mismatches(const ProcessView& view, const test::Snapshot& expected) {
   std::string out;
-  for (std::size_t i = 0; i < std::size(test::thread_kinds); ++i) {
-    const Kind kind = test::thread_kinds[i];
-    const gonso::Identity seen{kind, view.device[i], view.inode[i]};
-    if (seen != expected.at(kind))
-      out += fmt::format(" {}: saw {} expected {};", gonso::name(kind), seen, expected.at(kind));
+  for (const gonso::Identity& seen : view.ns) {
+    if (seen != expected.at(seen.kind)) {
+      out += fmt::format(" {}: saw {} expected {};", gonso::name(seen.kind), seen, expected.at(seen.kind));
+    }
   }
   return out;
 }

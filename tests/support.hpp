@@ -15,8 +15,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -67,8 +69,20 @@ inline gonso::Identity identity_at(gonso::Kind kind, const std::string& path) {
 }
 
 /// The calling thread's namespace of `kind` as setns(2) changes it.
+/// Allocates nothing unless it fails: callables of run_in_process call it in
+/// a fork of this multithreaded process, where AddressSanitizer's allocator
+/// (GCC 12, no fork handlers) may be held locked by a thread that is not there.
 inline gonso::Identity thread_ns(gonso::Kind kind) {
-  return identity_at(kind, "/proc/thread-self/ns/" + link_of(kind));
+  const char* link = kind == gonso::Kind::pid    ? "pid_for_children"
+                     : kind == gonso::Kind::time ? "time_for_children"
+                                                 : gonso::name(kind).data();  // names are literals
+  std::array<char, 64> path{};
+  std::snprintf(path.data(), path.size(), "/proc/thread-self/ns/%s", link);
+  struct stat st {};
+  if (::stat(path.data(), &st) != 0) {
+    throw std::system_error(errno, std::generic_category(), std::string("stat ") + path.data());
+  }
+  return gonso::Identity{kind, st.st_dev, st.st_ino};
 }
 
 /// readlink of the calling thread's namespace link, e.g. "net:[4026531840]".
