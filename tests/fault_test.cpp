@@ -817,7 +817,8 @@ TEST_CASE("fault: a fork while workers, the anchor, an Executor and a Pool exist
     const pid_t executor_thread = land(ex).tid;
     gonso::PoolOptions options;
     options.size = 2;
-    gonso::Pool pool(Set::current(), Kind::net, options);
+    std::optional<gonso::Pool> pool_holder;
+    gonso::Pool& pool = pool_holder.emplace(Set::current(), Kind::net, options);
     REQUIRE(pool.wait_ready(std::chrono::seconds(30)));
     REQUIRE(gonso::idle_workers() >= 1);
 
@@ -857,7 +858,9 @@ TEST_CASE("fault: a fork while workers, the anchor, an Executor and a Pool exist
     CHECK(land(fresh).inside);
 
     // A fork from inside a callable: the child sits in the Set and can use
-    // gonso itself before it _exits.
+    // gonso itself before it _exits. The pool goes first: its refill thread
+    // borrows idle workers too, and would make which one is reused a race.
+    pool_holder.reset();
     const pid_t next_worker = land(box).tid;
     const auto [forker, grandchild_status] = box.run(true, [&] {
       const pid_t pid = ::fork();
