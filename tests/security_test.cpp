@@ -203,11 +203,12 @@ TEST_CASE("security: an unprivileged caller cannot reach namespaces through gons
     const std::size_t fds = test::count_fds();
     const std::size_t threads = test::count_threads();
     const std::set<pid_t> children = test::children();
-    const std::set<std::string> before_dir = [&] {
+    const auto dir_entries = [&] {
       std::set<std::string> names;
       for (const auto& e : std::filesystem::directory_iterator(dir.path())) names.insert(e.path().string());
       return names;
-    }();
+    };
+    const std::set<std::string> before_dir = dir_entries();
 
     using Runner = std::function<std::exception_ptr(std::function<void()>)>;
     const std::vector<std::pair<std::string, Runner>> callers = {
@@ -251,9 +252,7 @@ TEST_CASE("security: an unprivileged caller cannot reach namespaces through gons
       gonso::retire_idle_workers();
       CHECK(test::count_fds() == fds);
       CHECK(test::count_threads() == threads);
-      std::set<std::string> now;
-      for (const auto& e : std::filesystem::directory_iterator(dir.path())) now.insert(e.path().string());
-      CHECK(now == before_dir);
+      CHECK(dir_entries() == before_dir);
     }
   });
 }

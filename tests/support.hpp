@@ -27,6 +27,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -244,6 +245,27 @@ std::exception_ptr on_unprivileged_thread(Fn&& fn) {
     }
   }).join();
   return error;
+}
+
+/// The std::system_error that `fn` threw on an unprivileged thread (see
+/// on_unprivileged_thread): its code, empty when nothing was thrown, and its
+/// message. Anything else thrown fails the test.
+struct Refusal {
+  std::error_code code;
+  std::string message;
+};
+template <typename Fn>
+Refusal refusal_on_unprivileged_thread(Fn&& fn) {
+  Refusal refusal;
+  const std::exception_ptr other = on_unprivileged_thread([&] {
+    try {
+      fn();
+    } catch (const std::system_error& e) {
+      refusal = {e.code(), e.what()};
+    }
+  });
+  CHECK(other == nullptr);
+  return refusal;
 }
 
 /// A child process that sits in namespaces of its own until destroyed,
