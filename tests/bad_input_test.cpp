@@ -78,17 +78,6 @@ pid_t reaped_pid() {
   return gone;
 }
 
-/// Every child process of this process, alive or zombie, as the kernel lists
-/// them under each thread.
-std::set<pid_t> children() {
-  std::set<pid_t> out;
-  for (const auto& task : fs::directory_iterator("/proc/self/task")) {
-    std::ifstream list(task.path() / "children");
-    for (pid_t pid = 0; list >> pid;) out.insert(pid);
-  }
-  return out;
-}
-
 /// True when a child has ended and waits to be reaped (looked at, not reaped).
 bool zombie_child() {
   siginfo_t info{};
@@ -96,28 +85,14 @@ bool zombie_child() {
   return info.si_pid != 0;
 }
 
-/// The thread count once threads that were joined have also left
-/// /proc/self/task (the kernel drops them a moment after the join returns).
-std::size_t thread_count_settled(std::size_t expected) {
-  std::size_t now = test::count_threads();
-  for (int i = 0; i < 200 && now != expected; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    now = test::count_threads();
-  }
-  return now;
-}
-
 /// Calls every case, checks its exception, then that the caller's
 /// namespaces, threads, worker policy, fds and children are as they were.
 void check_cases(const std::vector<Case>& cases) {
-  // ThreadSanitizer starts a thread of its own at the first thread creation.
-  std::thread([] {}).join();
-  gonso::retire_idle_workers();
+  const std::size_t threads = test::thread_baseline();
   const test::Snapshot caller = test::snapshot();
   const gonso::WorkerPolicy policy = gonso::worker_policy();
   const std::size_t fds = test::count_fds();
-  const std::size_t threads = thread_count_settled(test::count_threads());
-  const std::set<pid_t> kids = children();
+  const std::set<pid_t> kids = test::children();
   REQUIRE_FALSE(zombie_child());
   for (const Case& c : cases) {
     INFO(c.what);
@@ -149,8 +124,8 @@ void check_cases(const std::vector<Case>& cases) {
     CHECK(now.spin == policy.spin);
     gonso::retire_idle_workers();
     CHECK(test::count_fds() == fds);
-    CHECK(thread_count_settled(threads) == threads);
-    CHECK(children() == kids);
+    CHECK(test::threads_settled_at(threads) == threads);
+    CHECK(test::children() == kids);
     CHECK_FALSE(zombie_child());
   }
 }
@@ -675,9 +650,7 @@ TEST_CASE("bad input: persist and netns", "[badinput][privileged][persist][netns
     const std::string unknown = test::own_prefix() + "unknown";
     const auto unchanged_file = [regular] {
       CHECK(test::mounts_at(regular.native()) == 0);
-      std::ifstream in(regular);
-      const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-      CHECK(text == "not a namespace");
+      CHECK(test::file_text(regular) == "not a namespace");
     };
 
     std::vector<Case> cases{

@@ -67,12 +67,9 @@ bool inside(const Set& set) {
 class Baseline {
  public:
   Baseline() {
-    // The first thread ever started may bring a sanitizer's own along.
-    std::thread([] {}).join();
-    gonso::retire_idle_workers();
+    threads_ = test::thread_baseline();
     caller_ = test::snapshot();
     fds_ = test::count_fds();
-    threads_ = test::count_threads();
     children_ = child_processes();
   }
   [[nodiscard]] const test::Snapshot& caller() const { return caller_; }
@@ -82,7 +79,7 @@ class Baseline {
     CHECK(test::snapshot() == caller_);
     CHECK(test::threads_outside(caller_).empty());
     CHECK(test::count_fds() == fds_);
-    CHECK(test::eventually([&] { return test::count_threads() == threads_; }));
+    CHECK(test::threads_back_to(threads_));
     CHECK(test::count_threads() == threads_);
     CHECK(test::eventually([&] { return child_processes() == children_; }));
     CHECK(child_processes() == children_);

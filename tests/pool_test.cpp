@@ -44,27 +44,11 @@ using gonso::Kind;
 using gonso::Pool;
 using gonso::PoolOptions;
 using gonso::Set;
+using test::text;
 
 /// Long enough for any number of namespace creations on a loaded machine
 /// under a sanitizer; only a broken pool waits this long.
 constexpr auto patience = 60s;
-
-// Printable forms, so that a failed comparison shows both sides.
-std::string text(const gonso::Identity& id) { return fmt::format("{} on dev {:#x}", id, id.device); }
-std::string text(const test::Snapshot& snap) {
-  std::string out;
-  for (const auto& [kind, id] : snap) out += text(id) + "; ";
-  return out;
-}
-
-/// The thread count to come back to: idle workers retired, and one thread
-/// started first, since the first thread a process starts can bring a
-/// runtime's helper along for good (ThreadSanitizer's background thread).
-std::size_t thread_baseline() {
-  std::thread([] {}).join();
-  gonso::retire_idle_workers();
-  return test::count_threads();
-}
 
 /// Whether `lo` of the calling thread's network namespace is up; with
 /// `bring_up`, sets it up first.
@@ -407,7 +391,7 @@ TEST_CASE("pool: a pool waiting out a long retry delay is destroyed at once", "[
 
 TEST_CASE("pool: without CAP_SYS_ADMIN the constructor throws EPERM and leaves nothing", "[pool][privileged]") {
   test::require_privilege();
-  const std::size_t threads = thread_baseline();
+  const std::size_t threads = test::thread_baseline();
   const std::size_t fds = test::count_fds();
   const test::Refusal refusal =
       test::refusal_on_unprivileged_thread([] { const Pool pool(Set::current(), Kind::net); });
@@ -420,7 +404,7 @@ TEST_CASE("pool: without CAP_SYS_ADMIN the constructor throws EPERM and leaves n
 TEST_CASE("pool: destruction joins the refill thread and closes every namespace", "[pool][privileged]") {
   test::require_privilege();
   const test::Snapshot caller = test::snapshot();
-  const std::size_t threads = thread_baseline();
+  const std::size_t threads = test::thread_baseline();
   const std::size_t fds = test::count_fds();
 
   SECTION("a full pool") {

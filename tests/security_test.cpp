@@ -10,6 +10,7 @@
 #include <atomic>
 #include <functional>
 #include <mutex>
+#include <thread>
 
 #include <gonso/child.hpp>
 #include <gonso/executor.hpp>
@@ -89,18 +90,13 @@ std::vector<pid_t> zombies_in(const gonso::Identity& ns, pid_t init) {
 template <typename Fn>
 std::exception_ptr on_nobody_thread(Fn&& fn) {
   const int dumpable = ::prctl(PR_GET_DUMPABLE);
-  std::exception_ptr error;
-  std::thread([&] {
-    try {
-      if (::syscall(SYS_setgroups, 0, nullptr) != 0 || ::syscall(SYS_setresgid, nobody, nobody, nobody) != 0 ||
-          ::syscall(SYS_setresuid, nobody, nobody, nobody) != 0) {
-        throw std::system_error(errno, std::generic_category(), "cannot become uid 65534 on this thread");
-      }
-      fn();
-    } catch (...) {
-      error = std::current_exception();
+  const std::exception_ptr error = test::on_fresh_thread([&] {
+    if (::syscall(SYS_setgroups, 0, nullptr) != 0 || ::syscall(SYS_setresgid, nobody, nobody, nobody) != 0 ||
+        ::syscall(SYS_setresuid, nobody, nobody, nobody) != 0) {
+      throw std::system_error(errno, std::generic_category(), "cannot become uid 65534 on this thread");
     }
-  }).join();
+    fn();
+  });
   // Changing a uid made the whole process not dumpable; make it as it was.
   ::prctl(PR_SET_DUMPABLE, dumpable);
   return error;
@@ -297,8 +293,7 @@ std::size_t check_spawned_fds(const gonso::Set& set, const std::filesystem::path
     INFO("kind " << gonso::name(kind));
     CHECK(test::identity_at(kind, proc + "/ns/" + std::string(gonso::name(kind))) == set.identity(kind));
   }
-  std::ifstream environ(proc + "/environ");
-  std::string env((std::istreambuf_iterator<char>(environ)), std::istreambuf_iterator<char>());
+  const std::string env = test::file_text(proc + "/environ");
   CHECK(env == std::string("GONSO_SECURITY=1\0PATH=/usr/bin:/bin\0", 36));
   struct stat there {
   }, here{};
@@ -361,27 +356,16 @@ TEST_CASE("security: every fd gonso holds is close-on-exec, and none reaches a s
 
     // Other threads make and drop fds all the while: a spawn must not catch
     // one in flight.
-    std::atomic<bool> stop{false};
     std::atomic<int> rounds{0};
     std::mutex errors_lock;
     std::vector<std::string> errors;
-    std::vector<std::thread> busy;
-    busy.reserve(2);
     // Stopped and joined however the test leaves this scope (a REQUIRE throws).
-    struct Joiner {
-      std::atomic<bool>& stop;
-      std::vector<std::thread>& threads;
-      ~Joiner() {
-        stop = true;
-        for (auto& t : threads) {
-          if (t.joinable()) t.join();
-        }
-      }
-    } joiner{stop, busy};
+    std::vector<std::jthread> busy;
+    busy.reserve(2);
     for (int i = 0; i < 2; ++i) {
-      busy.emplace_back([&, i] {
+      busy.emplace_back([&, i](const std::stop_token& stop) {
         try {
-          while (!stop.load()) {
+          while (!stop.stop_requested()) {
             if (i == 0) {
               reopened.run(true, [] {});
               (void)gonso::Set::current(gonso::Kind::uts).unshare(gonso::Kind::uts);
@@ -412,8 +396,7 @@ TEST_CASE("security: every fd gonso holds is close-on-exec, and none reaches a s
         ++scans;
       }
     }
-    stop = true;
-    for (auto& t : busy) t.join();
+    busy.clear();
     CHECK(errors.empty());
     CHECK(rounds.load() > 0);
     made("Sets, workers and children of the busy threads");
@@ -490,21 +473,6 @@ bool is_nsfs(const char* path) {
   return ::statfs(path, &fs) == 0 && fs.f_type == static_cast<decltype(fs.f_type)>(0x6e736673);
 }
 
-template <typename Fn>
-int errno_through(Fn&& fn) {
-  try {
-    fn();
-  } catch (const std::system_error& e) {
-    return e.code().value();
-  }
-  return 0;
-}
-
-std::string read_file(const char* path) {
-  std::ifstream in(path);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
 SymlinkFindings plant_symlinks() {
   namespace fs = std::filesystem;
   SymlinkFindings f;
@@ -517,22 +485,22 @@ SymlinkFindings plant_symlinks() {
   const gonso::Set net = gonso::Set::current(gonso::Kind::net).unshare(gonso::Kind::net);
 
   fs::create_symlink("/run/elsewhere/file", "/run/netns/file");
-  f.add_over_file_link = errno_through([&] { gonso::netns::add(net, "file"); });
-  f.create_over_file_link = errno_through([&] { (void)gonso::netns::create("file"); });
-  f.remove_file_link = errno_through([&] { gonso::netns::remove("file"); });
+  f.add_over_file_link = gonso_errno([&] { gonso::netns::add(net, "file"); }).first;
+  f.create_over_file_link = gonso_errno([&] { (void)gonso::netns::create("file"); }).first;
+  f.remove_file_link = gonso_errno([&] { gonso::netns::remove("file"); }).first;
   f.file_untouched = !test::is_mount_point_here("/run/elsewhere/file") && !is_nsfs("/run/elsewhere/file") &&
-                     read_file("/run/elsewhere/file") == "precious" && fs::is_symlink("/run/netns/file");
+                     test::file_text("/run/elsewhere/file") == "precious" && fs::is_symlink("/run/netns/file");
 
   fs::create_symlink("/run/elsewhere/dir", "/run/netns/dir");
-  f.add_over_dir_link = errno_through([&] { gonso::netns::add(net, "dir"); });
-  f.remove_dir_link = errno_through([&] { gonso::netns::remove("dir"); });
+  f.add_over_dir_link = gonso_errno([&] { gonso::netns::add(net, "dir"); }).first;
+  f.remove_dir_link = gonso_errno([&] { gonso::netns::remove("dir"); }).first;
   f.dir_untouched = !test::is_mount_point_here("/run/elsewhere/dir") && fs::is_empty("/run/elsewhere/dir") &&
                     fs::is_symlink("/run/netns/dir");
 
   gonso::persist(net, gonso::Kind::net, "/run/elsewhere/ns");
   fs::create_symlink("/run/elsewhere/ns", "/run/netns/ns");
-  f.remove_ns_link = errno_through([&] { gonso::netns::remove("ns"); });
-  f.unpersist_ns_link = errno_through([&] { gonso::unpersist("/run/netns/ns"); });
+  f.remove_ns_link = gonso_errno([&] { gonso::netns::remove("ns"); }).first;
+  f.unpersist_ns_link = gonso_errno([&] { gonso::unpersist("/run/netns/ns"); }).first;
   f.ns_untouched =
       is_nsfs("/run/elsewhere/ns") && test::is_mount_point_here("/run/elsewhere/ns") && fs::is_symlink("/run/netns/ns");
 

@@ -682,10 +682,7 @@ TEST_CASE("spawn: /etc/netns/NAME files are bound over /etc as ip netns exec doe
   test::require_privilege();
   const std::string name = fmt::format("gonso-etc-{}", ::getpid());
   const test::EtcNetnsFiles etc(name, {{"resolv.conf", "nameserver 192.0.2.53\n"}});
-  const std::string host_resolv = [] {
-    std::ifstream in("/etc/resolv.conf");
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  }();
+  const std::string host_resolv = test::file_text("/etc/resolv.conf");
 
   const Set net = Set::current().unshare(Kind::net);
   SpawnOptions options;
@@ -695,10 +692,7 @@ TEST_CASE("spawn: /etc/netns/NAME files are bound over /etc as ip netns exec doe
   CHECK(cat.read_stdout() == "nameserver 192.0.2.53\n");
   CHECK(cat.wait().success());
   // Only the program's own mount namespace saw the file.
-  const std::string after = [] {
-    std::ifstream in("/etc/resolv.conf");
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  }();
+  const std::string after = test::file_text("/etc/resolv.conf");
   CHECK(after == host_resolv);
 
   SpawnOptions bad;

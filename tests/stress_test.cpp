@@ -84,18 +84,6 @@ Target make_target(std::string name, Set set, const test::Snapshot& own) {
   return {std::move(name), std::move(set), std::move(expected)};
 }
 
-/// What the calling thread (or process) sees that `expected` does not say;
-/// empty when all is as expected. Runs inside callables, so it reports
-/// instead of asserting.
-std::string mismatches(const test::Snapshot& expected) {
-  std::string out;
-  for (const auto& [kind, id] : expected) {
-    const gonso::Identity seen = test::thread_ns(kind);
-    if (seen != id) out += fmt::format(" {}: saw {} expected {};", gonso::name(kind), seen, id);
-  }
-  return out;
-}
-
 /// What a process sees of its namespaces, as a value that run_in_process can
 /// copy back (test::thread_ns allocates nothing, which matters in a fork of
 /// this busy process: see support.hpp).
@@ -109,6 +97,8 @@ ProcessView process_view() {
   return view;
 }
 
+/// What `view` shows that `expected` does not say; empty when all is as
+/// expected. Runs inside callables, so it reports instead of asserting.
 std::string mismatches(const ProcessView& view, const test::Snapshot& expected) {
   std::string out;
   for (const gonso::Identity& seen : view.ns) {
@@ -118,6 +108,8 @@ std::string mismatches(const ProcessView& view, const test::Snapshot& expected) 
   }
   return out;
 }
+/// The same for the calling thread.
+std::string mismatches(const test::Snapshot& expected) { return mismatches(process_view(), expected); }
 
 std::size_t count_nsfs_mounts() {
   const auto all = test::mounts();
@@ -138,40 +130,35 @@ std::optional<std::vector<gonso::Identity>> foreign_namespaces_of(const std::str
   return out;
 }
 
-/// The namespaces the test made, which gonso's threads may be in while they
-/// serve a run; any other foreign namespace on any thread is a leak.
-class KnownNamespaces {
+/// A set that several threads add to and look up.
+template <typename T>
+class SharedSet {
  public:
-  void add(const test::Snapshot& expected) {
+  void add(const T& value) {
     const std::lock_guard lock(mutex_);
-    for (const auto& [kind, id] : expected) known_.insert({id.device, id.inode});
+    values_.insert(value);
   }
-  [[nodiscard]] bool contains(const std::pair<dev_t, ino_t>& id) const {
+  [[nodiscard]] bool contains(const T& value) const {
     const std::lock_guard lock(mutex_);
-    return known_.count(id) != 0;
+    return values_.count(value) != 0;
   }
 
  private:
   mutable std::mutex mutex_;
-  std::set<std::pair<dev_t, ino_t>> known_;
+  std::set<T> values_;
+};
+
+/// The namespaces the test made, which gonso's threads may be in while they
+/// serve a run; any other foreign namespace on any thread is a leak.
+class KnownNamespaces : public SharedSet<std::pair<dev_t, ino_t>> {
+ public:
+  void add(const test::Snapshot& expected) {
+    for (const auto& [kind, id] : expected) SharedSet::add({id.device, id.inode});
+  }
 };
 
 /// The threads that call gonso: none of them may ever change namespace.
-class CallerThreads {
- public:
-  void add(pid_t tid) {
-    const std::lock_guard lock(mutex_);
-    tids_.insert(tid);
-  }
-  [[nodiscard]] bool contains(pid_t tid) const {
-    const std::lock_guard lock(mutex_);
-    return tids_.count(tid) != 0;
-  }
-
- private:
-  mutable std::mutex mutex_;
-  std::set<pid_t> tids_;
-};
+using CallerThreads = SharedSet<pid_t>;
 
 /// Scans /proc/self/task until stopped. A caller thread in any foreign
 /// namespace is a failure at once. Other threads (gonso's) may be in the

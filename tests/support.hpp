@@ -22,6 +22,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <optional>
 #include <set>
@@ -93,6 +94,16 @@ inline std::string thread_ns_link(gonso::Kind kind) {
 
 /// Every kind a thread can carry, as the thread sees it now.
 using Snapshot = std::map<gonso::Kind, gonso::Identity>;
+
+// Printable forms, so that a failed comparison of text(a) == text(b) shows
+// both sides in full: kind, inode and device (an identity is the pair).
+inline std::string text(const gonso::Identity& id) { return fmt::format("{} on dev {:#x}", id, id.device); }
+inline std::string text(const Snapshot& snap) {
+  std::string out;
+  for (const auto& [kind, id] : snap) out += text(id) + "; ";
+  return out;
+}
+
 inline constexpr gonso::Kind thread_kinds[] = {gonso::Kind::cgroup, gonso::Kind::ipc, gonso::Kind::mnt,
                                                gonso::Kind::net,    gonso::Kind::pid, gonso::Kind::time,
                                                gonso::Kind::uts,    gonso::Kind::user};
@@ -127,9 +138,21 @@ bool eventually(Done&& done, std::chrono::milliseconds limit = std::chrono::seco
 
 /// pthread_join returns once the kernel has cleared the thread's tid, before
 /// the thread leaves /proc/self/task: waits, within a bound, until the
-/// process is back to `expected` threads.
-inline bool threads_back_to(std::size_t expected) {
-  return eventually([&] { return count_threads() == expected; });
+/// process has `expected` threads, and returns the last count seen.
+inline std::size_t threads_settled_at(std::size_t expected) {
+  std::size_t now = count_threads();
+  (void)eventually([&] { return (now = count_threads()) == expected; });
+  return now;
+}
+inline bool threads_back_to(std::size_t expected) { return threads_settled_at(expected) == expected; }
+
+/// The thread count to come back to: idle workers retired, and one thread
+/// started first, since the first thread a process starts can bring a
+/// runtime's helper along for good (ThreadSanitizer's background thread).
+inline std::size_t thread_baseline() {
+  std::thread([] {}).join();
+  gonso::retire_idle_workers();
+  return count_threads();
 }
 
 /// Thread `tid` of this process has left /proc/self/task (waited for within
@@ -230,21 +253,30 @@ inline void drop_cap_sys_admin_on_this_thread() {
   if (::syscall(SYS_capset, &header, data) != 0) throw std::system_error(errno, std::generic_category(), "capset");
 }
 
-/// Runs `fn` on a fresh std::thread that has dropped CAP_SYS_ADMIN, so that
-/// whatever it starts (workers, children) inherits the lack. Returns what
-/// `fn` threw; assert on it from the test's own thread.
+/// Runs `fn` on a fresh std::thread and returns what it threw; assert on it
+/// from the test's own thread.
 template <typename Fn>
-std::exception_ptr on_unprivileged_thread(Fn&& fn) {
+std::exception_ptr on_fresh_thread(Fn&& fn) {
   std::exception_ptr error;
   std::thread([&] {
     try {
-      drop_cap_sys_admin_on_this_thread();
       fn();
     } catch (...) {
       error = std::current_exception();
     }
   }).join();
   return error;
+}
+
+/// Runs `fn` on a fresh std::thread that has dropped CAP_SYS_ADMIN, so that
+/// whatever it starts (workers, children) inherits the lack. Returns what
+/// `fn` threw.
+template <typename Fn>
+std::exception_ptr on_unprivileged_thread(Fn&& fn) {
+  return on_fresh_thread([&] {
+    drop_cap_sys_admin_on_this_thread();
+    fn();
+  });
 }
 
 /// The std::system_error that `fn` threw on an unprivileged thread (see
@@ -458,6 +490,12 @@ inline ToolResult run_tool(const std::string& command) {
   return result;
 }
 inline std::string tool_output(const std::string& command) { return run_tool(command).out; }
+
+/// The whole content of the file at `path`; empty when it cannot be read.
+inline std::string file_text(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
 
 /// The lines of `text`, each split into words at white space.
 inline std::vector<std::vector<std::string>> words_by_line(const std::string& text) {

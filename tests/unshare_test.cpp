@@ -27,16 +27,9 @@ namespace {
 
 using Catch::Matchers::Contains;
 using gonso::Kind;
+using test::text;
 
-// Printable forms, so that a failed comparison shows both sides: kind, inode
-// and device (an identity is the (device, inode) pair).
-std::string text(const gonso::Identity& id) { return fmt::format("{} on dev {:#x}", id, id.device); }
 std::string text(gonso::Kinds kinds) { return fmt::format("{}", kinds); }
-std::string text(const test::Snapshot& snap) {
-  std::string out;
-  for (const auto& [kind, id] : snap) out += text(id) + "; ";
-  return out;
-}
 
 /// The kinds a thread can unshare on its own (kernel-rules.md, "Per kind").
 constexpr Kind thread_unshareable[] = {Kind::cgroup, Kind::ipc, Kind::mnt, Kind::net, Kind::uts};

@@ -30,15 +30,7 @@ namespace {
 using namespace std::chrono_literals;
 using Catch::Matchers::Contains;
 using gonso::Kind;
-
-// Printable forms, so that a failed comparison shows both sides: kind, inode
-// and device (an identity is the (device, inode) pair).
-std::string text(const gonso::Identity& id) { return fmt::format("{} on dev {:#x}", id, id.device); }
-std::string text(const test::Snapshot& snap) {
-  std::string out;
-  for (const auto& [kind, id] : snap) out += text(id) + "; ";
-  return out;
-}
+using test::text;
 
 /// Saves the worker policy and retires idle workers; on the way out, whatever
 /// the test did, retires them again and puts the policy back.
@@ -64,34 +56,21 @@ constexpr auto long_timeout = std::chrono::milliseconds(10min);
 /// Bound for the kernel to finish tearing down threads that already exited.
 constexpr auto settle_bound = 5s;
 
-/// pthread_join returns once the kernel has cleared the thread's tid, which
-/// happens before the thread drops its namespaces and leaves /proc/self/task.
-/// So a thread gonso has just joined can still be counted for a moment: poll,
-/// within a bound, until the count is `expected`, and return the last count
-/// seen. A bound, never a timing assertion.
 /// Threads gonso runs while `idle` workers wait: each worker, plus the anchor
 /// that holds the process's namespaces for them to return to, which lives as
 /// long as any worker does.
 std::size_t with_workers(std::size_t baseline, std::size_t idle) { return baseline + idle + (idle > 0 ? 1 : 0); }
 
-std::size_t threads_settled_at(std::size_t expected) {
-  const auto deadline = std::chrono::steady_clock::now() + settle_bound;
-  std::size_t n = test::count_threads();
-  while (n != expected && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(10ms);
-    n = test::count_threads();
-  }
-  return n;
-}
-
-/// Same for test::threads_outside: empty once exiting threads are gone.
+/// test::threads_outside once exiting threads are gone (see
+/// test::threads_settled_at).
 std::vector<std::string> threads_outside_settled(const test::Snapshot& reference) {
-  const auto deadline = std::chrono::steady_clock::now() + settle_bound;
-  std::vector<std::string> out = test::threads_outside(reference);
-  while (!out.empty() && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(10ms);
-    out = test::threads_outside(reference);
-  }
+  std::vector<std::string> out;
+  (void)test::eventually(
+      [&] {
+        out = test::threads_outside(reference);
+        return out.empty();
+      },
+      settle_bound);
   return out;
 }
 
@@ -211,7 +190,7 @@ TEST_CASE("workers: at most max_idle are kept after concurrent runs", "[workers]
 
   const std::size_t idle = gonso::idle_workers();
   CHECK(idle <= policy.max_idle);
-  CHECK(threads_settled_at(with_workers(threads_before, idle)) == with_workers(threads_before, idle));
+  CHECK(test::threads_settled_at(with_workers(threads_before, idle)) == with_workers(threads_before, idle));
   CHECK(text(test::snapshot()) == text(caller));
 }
 
@@ -231,19 +210,15 @@ TEST_CASE("workers: an idle worker ends after idle_timeout", "[workers][privileg
 
   // The timed-out worker's thread exits by itself; its std::jthread is joined
   // later (next acquire or retire), but /proc/self/task drops it already.
-  const auto deadline = std::chrono::steady_clock::now() + settle_bound;
-  bool back_to_baseline = false;
   std::size_t idle = 0;
   std::size_t threads = 0;
-  while (std::chrono::steady_clock::now() < deadline) {
-    idle = gonso::idle_workers();
-    threads = test::count_threads();
-    if (idle == 0 && threads == threads_before) {
-      back_to_baseline = true;
-      break;
-    }
-    std::this_thread::sleep_for(50ms);
-  }
+  const bool back_to_baseline = test::eventually(
+      [&] {
+        idle = gonso::idle_workers();
+        threads = test::count_threads();
+        return idle == 0 && threads == threads_before;
+      },
+      settle_bound);
   INFO("idle workers " << idle << ", threads " << threads << ", baseline " << threads_before);
   CHECK(back_to_baseline);
   CHECK(text(test::snapshot()) == text(caller));
@@ -293,11 +268,11 @@ TEST_CASE("workers: retire_idle_workers ends every idle worker", "[workers][priv
   }
   const std::size_t idle = gonso::idle_workers();
   CHECK(idle > 0);
-  CHECK(threads_settled_at(with_workers(threads_before, idle)) == with_workers(threads_before, idle));
+  CHECK(test::threads_settled_at(with_workers(threads_before, idle)) == with_workers(threads_before, idle));
 
   gonso::retire_idle_workers();
   CHECK(gonso::idle_workers() == 0);
-  CHECK(threads_settled_at(threads_before) == threads_before);
+  CHECK(test::threads_settled_at(threads_before) == threads_before);
   CHECK(text(test::snapshot()) == text(caller));
 }
 
@@ -334,7 +309,7 @@ TEST_CASE("workers: lowering max_idle ends the idle workers beyond it at once", 
 
   gonso::set_worker_policy({1, long_timeout});
   CHECK(gonso::idle_workers() == 1);
-  CHECK(threads_settled_at(with_workers(threads_before, 1)) == with_workers(threads_before, 1));
+  CHECK(test::threads_settled_at(with_workers(threads_before, 1)) == with_workers(threads_before, 1));
   // The one kept still works.
   CHECK(text(seen_in(uts, Kind::uts).id) == text(uts.identity(Kind::uts)));
   CHECK(gonso::idle_workers() == 1);
@@ -360,7 +335,7 @@ TEST_CASE("workers: max_idle 0 keeps no worker", "[workers][privileged]") {
     CHECK(gonso::idle_workers() == 0);
   }
   CHECK(tids.size() == static_cast<std::size_t>(runs));
-  CHECK(threads_settled_at(threads_before) == threads_before);
+  CHECK(test::threads_settled_at(threads_before) == threads_before);
   CHECK(text(test::snapshot()) == text(caller));
 }
 
@@ -407,7 +382,7 @@ TEST_CASE("workers: a worker created in a foreign namespace is never pooled", "[
   CHECK(threads_outside_settled(caller) == std::vector<std::string>{});
   const std::size_t idle = gonso::idle_workers();
   CHECK(idle == 1);
-  CHECK(threads_settled_at(with_workers(threads_before, idle)) == with_workers(threads_before, idle));
+  CHECK(test::threads_settled_at(with_workers(threads_before, idle)) == with_workers(threads_before, idle));
 
   // The next run on the uts-only Set gets a worker in the caller's net.
   const auto later = uts_only.run(true, [] {
@@ -467,7 +442,7 @@ TEST_CASE("workers: runs from several threads racing idle timeouts", "[workers][
   gonso::retire_idle_workers();
   CHECK(gonso::idle_workers() == 0);
   CHECK(test::count_fds() == fds_before);
-  CHECK(threads_settled_at(threads_before) == threads_before);
+  CHECK(test::threads_settled_at(threads_before) == threads_before);
   CHECK(threads_outside_settled(caller) == std::vector<std::string>{});
 }
 
@@ -512,7 +487,7 @@ TEST_CASE("workers: many mixed runs leak no fd and no thread", "[workers][leak][
   gonso::retire_idle_workers();
   CHECK(gonso::idle_workers() == 0);
   CHECK(test::count_fds() == fds_before);
-  CHECK(threads_settled_at(threads_before) == threads_before);
+  CHECK(test::threads_settled_at(threads_before) == threads_before);
   CHECK(threads_outside_settled(caller) == std::vector<std::string>{});
   CHECK(text(test::snapshot()) == text(caller));
 }
