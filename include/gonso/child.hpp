@@ -232,10 +232,7 @@ class Child {
   void finish() noexcept {
     stdin_.reset();
     if (pidfd_ && !status_) {
-      (void)::syscall(SYS_pidfd_send_signal, pidfd_.get(), SIGKILL, nullptr, 0U);
-      siginfo_t info{};
-      while (::waitid(P_PIDFD, static_cast<id_t>(pidfd_.get()), &info, WEXITED | __WALL) != 0 && errno == EINTR) {
-      }
+      (void)detail::kill_and_reap(pidfd_);
     }
     stdout_.reset();
     stderr_.reset();

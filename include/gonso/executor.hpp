@@ -98,31 +98,13 @@ class Executor {
     // A new worker, settled in the Set for good.
     void start() {
       auto fresh = std::make_unique<detail::worker>(nullptr, nullptr);
-      settle_job settle(*fresh, set, anchor);
-      if (!fresh->execute(settle) || settle.error) {
-        if (settle.error) std::rethrow_exception(settle.error);
-        throw detail::system_error(EAGAIN, "cannot settle an executor thread in {}", set);
-      }
+      auto settle = [&] { fresh->settle(set.ns_, set.kinds_, anchor); };
+      detail::run_job<decltype(settle)&, void> job(nullptr, {}, /*restoring=*/true, settle);
+      const bool settled = fresh->execute(job);
+      job.take();  // the join's exception, if any
+      if (!settled) throw detail::system_error(EAGAIN, "cannot settle an executor thread in {}", set);
       worker = std::move(fresh);
     }
-
-    class settle_job final : public detail::job {
-     public:
-      settle_job(detail::worker& w, const Set& s, std::shared_ptr<const detail::anchor> a) noexcept
-          : job(nullptr, {}, /*restoring=*/true), worker_(w), set_(s), anchor_(std::move(a)) {}
-      void invoke(RunContext&) noexcept override {
-        try {
-          worker_.settle(set_.ns_, set_.kinds_, anchor_);
-        } catch (...) {
-          error = std::current_exception();
-        }
-      }
-
-     private:
-      detail::worker& worker_;
-      const Set& set_;
-      std::shared_ptr<const detail::anchor> anchor_;
-    };
 
     const Set set;
     const ExecutorOptions options;

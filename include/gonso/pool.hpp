@@ -90,7 +90,6 @@ class Pool {
     if (base_.empty()) throw std::logic_error("cannot make a Pool from an empty Set (moved-from, or with no kinds)");
     options_.max_retry_delay = std::min(options_.max_retry_delay, detail::longest_wait);
     options_.retry_delay = std::min(options_.retry_delay, options_.max_retry_delay);
-    in_process_ = !(kinds_ & (Kind::user | Kind::pid | Kind::time)).empty();
     ready_.reserve(options_.size);  // push_back never allocates, so never throws, under the lock
     ready_.push_back(create());
     refill_ = std::jthread([this](const std::stop_token& stop) { refill(stop); });
@@ -159,16 +158,7 @@ class Pool {
   /// Throws std::invalid_argument for an empty Set: it is a caller's bug.
   bool put(Set set) {
     if (set.empty()) throw std::invalid_argument("cannot put an empty Set (moved-from?) into a Pool");
-    if (!fits(set)) return false;
-    bool full = false;
-    {
-      std::lock_guard lock(mutex_);
-      if (ready_.size() >= options_.size) return false;  // `set` is closed after the lock is released
-      ready_.push_back(std::move(set));
-      full = ready_.size() == options_.size;
-    }
-    if (full) full_.notify_all();
-    return true;
+    return fits(set) && offer(set);
   }
 
   /// How many Sets are ready now. Other threads may change it at any moment.
@@ -198,13 +188,28 @@ class Pool {
     Set set = base_.unshare(kinds_, options_.unshare);
     if (options_.after_create) {
       // A thread can be in none of user, time or (for what it starts) pid.
-      if (in_process_) {
+      if (!(kinds_ & detail::process_only_kinds).empty()) {
         set.run_in_process(options_.after_create);
       } else {
         set.run(true, options_.after_create);
       }
     }
     return set;
+  }
+
+  // Takes `set` when fewer than `size` are ready, and wakes wait_ready()
+  // callers once the pool is full. A refused `set` is left to its owner,
+  // to be closed outside the lock.
+  bool offer(Set& set) {
+    bool full = false;
+    {
+      std::lock_guard lock(mutex_);
+      if (ready_.size() >= options_.size) return false;
+      ready_.push_back(std::move(set));
+      full = ready_.size() == options_.size;
+    }
+    if (full) full_.notify_all();
+    return true;
   }
 
   // Whether `set` could have come from create().
@@ -239,17 +244,9 @@ class Pool {
       }
       if (made) {
         delay = std::chrono::milliseconds::zero();
-        bool full = false;
-        {
-          std::lock_guard lock(mutex_);
-          // Full already when put() or a caller got there first; then, as
-          // when stopping, `made` is dropped below, outside the lock.
-          if (!stop.stop_requested() && ready_.size() < options_.size) {
-            ready_.push_back(std::move(*made));
-            full = ready_.size() == options_.size;
-          }
-        }
-        if (full) full_.notify_all();
+        // Full already when put() or a caller got there first; then, as when
+        // stopping, `made` is dropped below, outside the lock.
+        if (!stop.stop_requested()) (void)offer(*made);
         continue;
       }
       delay = delay == std::chrono::milliseconds::zero() ? options_.retry_delay
@@ -266,7 +263,6 @@ class Pool {
   const Set base_;
   const Kinds kinds_;
   PoolOptions options_;
-  bool in_process_ = false;  // the hook runs in a child process
 
   mutable std::mutex mutex_;
   mutable std::condition_variable_any refill_wanted_;  // the pool needs topping up, or stop was asked

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/statfs.h>
@@ -401,8 +402,7 @@ class Set {
     if (kinds.empty()) throw std::invalid_argument("cannot unshare: no namespace kinds given");
     check_options(kinds, options);
     require_not_empty("unshare from");
-    // A thread can create none of these; a child process creates them all.
-    if (!(kinds & (Kind::user | Kind::pid | Kind::time)).empty()) return unshare_in_process(kinds, options);
+    if (!(kinds & detail::process_only_kinds).empty()) return unshare_in_process(kinds, options);
     Set fresh = run(true, [&] { return unshare_here(kinds, options); });
     Set result = dup(kinds_ - kinds);
     for (Kind kind : kinds) result.put(kind, std::move(fresh.ns_[index_of(kind)]));
@@ -532,8 +532,7 @@ class Set {
       data = detail::read_report(report.data.read.get(), report.bell.get(), pidfd.get());
     } catch (...) {
       if (pidfd) {
-        (void)::syscall(SYS_pidfd_send_signal, pidfd.get(), SIGKILL, nullptr, 0U);
-        (void)detail::reap(pidfd);
+        (void)detail::kill_and_reap(pidfd);
       } else {
         ::kill(pid, SIGKILL);
         (void)detail::reap(pid);
@@ -709,10 +708,7 @@ class Set {
   }
 
   static bool has_capability(int cap) noexcept {
-    __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
-    __user_cap_data_struct data[2]{};
-    if (::syscall(SYS_capget, &header, data) != 0) return false;
-    return (data[cap / 32].effective & (1u << (cap % 32))) != 0;
+    return (detail::capabilities()[static_cast<std::size_t>(cap / 32)].effective & (1u << (cap % 32))) != 0;
   }
 
   // The child processes of one unshare_in_process: killed and reaped however

@@ -663,11 +663,7 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
   }
   if (failure != nullptr) {
     // The failing process exits by itself: reap it.
-    if (pidfd) {
-      (void)detail::reap(pidfd);
-    } else if (!plan.join.fork_after) {
-      (void)detail::reap(pid);
-    }
+    if (pidfd) (void)detail::reap(pidfd);
     throw detail::spawn_error(*failure, plan, set, argv, search);
   }
   if (!pidfd) {

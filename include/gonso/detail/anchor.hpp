@@ -12,7 +12,6 @@
 #include <atomic>
 #include <chrono>
 #include <exception>
-#include <memory>
 #include <string>
 #include <thread>
 
@@ -82,6 +81,14 @@ void join_kinds(const ns_handles& target, Kinds kinds, Here&& here, Kinds& joine
   return out;
 }
 
+/// The identity of the calling thread's namespace of `kind` as its link in
+/// `ns_dir` shows it, read without opening it; empty when it cannot be read.
+[[nodiscard]] inline Identity thread_ns_id(int ns_dir, Kind kind) noexcept {
+  Identity id{};
+  if (stat_ns(ns_dir, thread_link(kind), kind, id) != 0) return {};
+  return id;
+}
+
 /// A thread that joins some namespaces once and then only sleeps, so that
 /// its namespaces never change: a worker goes back to all of them with one
 /// setns(2) on the anchor's pidfd, which costs about as much as one setns
@@ -133,17 +140,16 @@ class anchor {
       unique_fd ns_dir(::open("/proc/thread-self/ns", O_PATH | O_DIRECTORY | O_CLOEXEC));
       if (!ns_dir) throw system_error(errno, "cannot open /proc/thread-self/ns");
       if (target != nullptr) {
-        const ns_handles start = open_thread_ns(ns_dir.get());
         Kinds joined;
         bool fs_private = false;  // this thread's own; nothing here depends on it
         join_kinds(
-            *target, kinds, [&](Kind kind) { return start[index_of(kind)].id; }, joined, fs_private);
+            *target, kinds, [&](Kind kind) { return thread_ns_id(ns_dir.get(), kind); }, joined, fs_private);
       }
       ns_ = open_thread_ns(ns_dir.get());
       if (stat_ns(ns_dir.get(), "pid", Kind::pid, active_pid_) != 0) active_pid_ = {};
       if (stat_ns(ns_dir.get(), "user", Kind::user, user_) != 0) user_ = {};
       if (stat_ns(ns_dir.get(), "time", Kind::time, time_) != 0) time_ = {};
-      pidfd_.reset(static_cast<int>(::syscall(SYS_pidfd_open, tid_, PIDFD_THREAD)));
+      pidfd_.reset(pidfd_open(tid_, PIDFD_THREAD));
     } catch (...) {
       error_ = std::current_exception();
     }

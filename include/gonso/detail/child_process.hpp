@@ -4,7 +4,6 @@
 #pragma once
 
 #include <fcntl.h>
-#include <linux/capability.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -167,12 +166,10 @@ inline int reap(const unique_fd& pidfd) noexcept {
   return info.si_status | (info.si_code == CLD_DUMPED ? WCOREFLAG : 0);  // as wait(2) encodes a signal
 }
 
-/// True when the calling thread holds CAP_SYS_ADMIN in its user namespace.
-[[nodiscard]] inline bool has_cap_sys_admin() noexcept {
-  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
-  __user_cap_data_struct data[2]{};
-  if (::syscall(SYS_capget, &header, data) != 0) return false;
-  return (data[0].effective & (1u << CAP_SYS_ADMIN)) != 0;
+/// SIGKILL through `pidfd`, then reap(pidfd).
+inline int kill_and_reap(const unique_fd& pidfd) noexcept {
+  (void)::syscall(SYS_pidfd_send_signal, pidfd.get(), SIGKILL, nullptr, 0U);
+  return reap(pidfd);
 }
 
 /// Which namespaces a forked child must join, worked out in the parent so

@@ -21,6 +21,10 @@
 
 namespace gonso::detail {
 
+/// The kinds no thread can create: a child process creates them, and
+/// everything asked for with them.
+inline constexpr Kinds process_only_kinds = Kind::pid | Kind::time | Kind::user;
+
 /// One message from the creating child to the parent. Small enough for a
 /// pipe write to be atomic, so that two writers never interleave.
 struct creator_message {

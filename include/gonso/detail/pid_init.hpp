@@ -31,12 +31,11 @@ namespace gonso::detail {
   // Every signal is blocked already (by the creator). The handlers came with
   // the copy of the application: none may run here.
   default_all_signals();
-  sigset_t all;
-  ::sigfillset(&all);
   struct sigaction on_child {};
   on_child.sa_handler = [](int) {};
   ::sigaction(SIGCHLD, &on_child, nullptr);
-  sigset_t wait_mask = all;
+  sigset_t wait_mask;
+  ::sigfillset(&wait_mask);
   ::sigdelset(&wait_mask, SIGCHLD);
   for (;;) {
     while (::waitpid(-1, nullptr, WNOHANG | __WALL) > 0) {
@@ -60,12 +59,9 @@ class pid_init {
     // In a forked copy of the owner (one that calls exit()), letting go of the
     // lifeline is all: the owner's Sets still hold the namespace.
     if (!pidfd_ || ::getpid() != owner_) return;
-    ::syscall(SYS_pidfd_send_signal, pidfd_.get(), SIGKILL, nullptr, 0U);
     // Reaped here only if the init became our child (we are a subreaper);
     // otherwise its new parent reaps it and waitid says ECHILD at once.
-    siginfo_t info{};
-    while (::waitid(P_PIDFD, static_cast<id_t>(pidfd_.get()), &info, WEXITED) != 0 && errno == EINTR) {
-    }
+    (void)kill_and_reap(pidfd_);
   }
 
  private:

@@ -2,6 +2,7 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
+#include <linux/capability.h>
 #include <linux/nsfs.h>
 #include <linux/types.h>
 #include <sched.h>
@@ -9,6 +10,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <cstdint>
 
@@ -29,7 +31,18 @@ inline constexpr long nsfs_magic = 0x6e736673;
 
 /// pidfd_open(2); the fd is close-on-exec by definition. Returns -1 with
 /// errno set (ESRCH: no such process).
-[[nodiscard]] inline int pidfd_open(pid_t pid) noexcept { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0U)); }
+[[nodiscard]] inline int pidfd_open(pid_t pid, unsigned flags = 0) noexcept {
+  return static_cast<int>(::syscall(SYS_pidfd_open, pid, flags));
+}
+
+/// The calling thread's capability sets (capget(2), two words each); all
+/// zero when the call fails.
+[[nodiscard]] inline std::array<__user_cap_data_struct, 2> capabilities() noexcept {
+  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+  std::array<__user_cap_data_struct, 2> data{};
+  if (::syscall(SYS_capget, &header, data.data()) != 0) data = {};
+  return data;
+}
 
 #ifndef NS_GET_ID
 // Kernel 6.x; not yet in the installed headers (kernel-rules.md).

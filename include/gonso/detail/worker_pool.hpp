@@ -4,7 +4,6 @@
 #pragma once
 
 #include <fcntl.h>
-#include <linux/capability.h>
 #include <linux/kcmp.h>
 #include <pthread.h>
 #include <sys/stat.h>
@@ -17,7 +16,6 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <iterator>
@@ -137,12 +135,9 @@ struct credentials {
   credentials c;
   (void)::getresuid(&c.uid[0], &c.uid[1], &c.uid[2]);
   (void)::getresgid(&c.gid[0], &c.gid[1], &c.gid[2]);
-  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
-  std::array<__user_cap_data_struct, 2> data{};
-  if (::syscall(SYS_capget, &header, data.data()) == 0) {
-    c.caps = {data[0].effective, data[1].effective,   data[0].permitted,
-              data[1].permitted, data[0].inheritable, data[1].inheritable};
-  }
+  const auto data = capabilities();
+  c.caps = {data[0].effective, data[1].effective,   data[0].permitted,
+            data[1].permitted, data[0].inheritable, data[1].inheritable};
   return c;
 }
 
@@ -166,14 +161,11 @@ class worker {
  public:
   /// Starts a thread in the caller's namespaces. With `home` (a pool
   /// worker), the thread returns to home's namespaces after each run, and
-  /// is pooled only when it started there.
-  worker(worker_pool* pool, std::shared_ptr<const anchor> home, bool once = false)
-      : pool_(pool),
-        owner_(::getpid()),
-        once_(once),
-        creds_(this_thread_credentials()),
-        home_(std::move(home)),
-        thread_([this] {
+  /// is pooled only when it started there. `creds` are the creating
+  /// thread's, read by the pool before it starts one it may keep (see
+  /// worker_pool::acquire); a worker never pooled needs none.
+  worker(worker_pool* pool, std::shared_ptr<const anchor> home, bool once = false, credentials creds = {})
+      : pool_(pool), owner_(::getpid()), once_(once), creds_(creds), home_(std::move(home)), thread_([this] {
           loop();
           // The last worker of a home ends its anchor too.
           home_.reset();
@@ -291,7 +283,7 @@ class worker_pool {
       }
     }
     ended.clear();  // joins threads that ended long ago, outside the lock
-    return found ? std::move(found) : start_worker();
+    return found ? std::move(found) : start_worker(false, mine);
   }
 
   /// A worker that will not be kept: it runs once, then ends.
@@ -308,7 +300,7 @@ class worker_pool {
   /// Keeps a restored worker, or ends it when the pool keeps none or is full.
   void release(std::unique_ptr<worker> done) noexcept {
     std::lock_guard lock(mutex_);
-    if (closing_ || idle_.size() >= max_idle_ || idle_timeout() == std::chrono::milliseconds::zero()) {
+    if (closing_ || !keeps_workers() || idle_.size() >= max_idle_) {
       bury_locked(std::move(done));
       return;
     }
@@ -352,7 +344,7 @@ class worker_pool {
       std::lock_guard lock(mutex_);
       max_idle_ = max_idle;
       idle_timeout_ms_.store(std::min(idle_timeout, longest_wait).count(), std::memory_order_relaxed);
-      if (max_idle == 0 || idle_timeout <= std::chrono::milliseconds::zero()) home.swap(home_);
+      if (!keeps_workers()) home.swap(home_);
       // The oldest idle workers go first; the warm ones stay.
       const auto excess = static_cast<std::ptrdiff_t>(idle_.size() - std::min(idle_.size(), max_idle_));
       std::move(idle_.begin(), idle_.begin() + excess, std::back_inserter(ending));
@@ -371,6 +363,11 @@ class worker_pool {
  private:
   friend class worker;
 
+  // Whether idle workers are kept at all; under mutex_ (max_idle_).
+  [[nodiscard]] bool keeps_workers() const noexcept {
+    return max_idle_ > 0 && idle_timeout() > std::chrono::milliseconds::zero();
+  }
+
   /// The newest ended workers, which may still be on their way out, are not
   /// joined yet: joining one would make the caller sleep until it has exited.
   /// The older ones have had a whole run's time to exit; joining them returns
@@ -384,9 +381,9 @@ class worker_pool {
     ::pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
   }
 
-  [[nodiscard]] std::unique_ptr<worker> start_worker(bool once = false) {
+  [[nodiscard]] std::unique_ptr<worker> start_worker(bool once = false, const credentials& creds = {}) {
     try {
-      return std::make_unique<worker>(this, home(), once);
+      return std::make_unique<worker>(this, home(), once, creds);
     } catch (const std::system_error& e) {
       throw system_error(e.code().value(),
                          "cannot start a gonso worker thread (a callable running in a pid or time "
@@ -403,7 +400,6 @@ class worker_pool {
     if (home_) return home_;
     // A pool that keeps no thread keeps no anchor either: each worker holds
     // its own, which ends with it.
-    const bool keep = max_idle_ > 0 && idle_timeout() > std::chrono::milliseconds::zero();
     auto made = std::make_shared<const anchor>();
     for (Kind kind : watched_kinds) {
       const ns_handle& mine = made->ns()[index_of(kind)];
@@ -414,7 +410,7 @@ class worker_pool {
         return nullptr;
       }
     }
-    if (keep) home_ = made;
+    if (keeps_workers()) home_ = made;
     return made;
   }
 
@@ -587,7 +583,7 @@ inline void worker::arrive() {
   pid_by_fd_ = home_->ns()[index_of(Kind::pid)].fd && home_id(Kind::pid) != home_->active_pid();
   // With root and cwd of its own, the worker rejoins its home's mount
   // namespace through the pidfd too; that also puts root and cwd back.
-  home_flags_ = CLONE_NEWCGROUP | CLONE_NEWIPC | CLONE_NEWNET | CLONE_NEWUTS | (pid_by_fd_ ? 0 : CLONE_NEWPID) |
+  home_flags_ = static_cast<int>((pid_by_fd_ ? pidfd_kinds - Kind::pid : pidfd_kinds).clone_flags()) |
                 (joined_mnt_ ? CLONE_NEWNS : 0);
   // Going home through the pidfd needs the privilege to join each of those
   // kinds, even where the thread is already; without it, go the slow way.
@@ -595,10 +591,9 @@ inline void worker::arrive() {
 }
 
 inline void worker::settle(const ns_handles& target, Kinds kinds, std::shared_ptr<const anchor> home) {
-  const ns_handles here = open_thread_ns(ns_dir_.get());
   Kinds joined;
   join_kinds(
-      target, kinds, [&](Kind kind) { return here[index_of(kind)].id; }, joined, joined_mnt_);
+      target, kinds, [&](Kind kind) { return thread_ns_id(ns_dir_.get(), kind); }, joined, joined_mnt_);
   home_ = std::move(home);
   arrive();
 }
