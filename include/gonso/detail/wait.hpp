@@ -59,8 +59,9 @@ class event {
     if (consume()) return true;
     const auto start = clock::now();
     // Several runnable threads may share fewer CPUs (many callers, a noisy
-    // machine): yielding now and then lets the thread we wait for run.
-    for (unsigned round = 1;; ++round) {
+    // machine): yielding now and then lets the thread we wait for run. No
+    // budget means no spinning at all, not one round of it.
+    for (unsigned round = 1; spin > std::chrono::nanoseconds::zero(); ++round) {
       cpu_relax();
       if (consume()) return true;
       if (round % 64 == 0) {
