@@ -90,7 +90,7 @@ std::vector<pid_t> zombies_in(const gonso::Identity& ns, pid_t init) {
 template <typename Fn>
 std::exception_ptr on_nobody_thread(Fn&& fn) {
   const int dumpable = ::prctl(PR_GET_DUMPABLE);
-  const std::exception_ptr error = test::on_fresh_thread([&] {
+  std::exception_ptr error = test::on_fresh_thread([&] {
     if (::syscall(SYS_setgroups, 0, nullptr) != 0 || ::syscall(SYS_setresgid, nobody, nobody, nobody) != 0 ||
         ::syscall(SYS_setresuid, nobody, nobody, nobody) != 0) {
       throw std::system_error(errno, std::generic_category(), "cannot become uid 65534 on this thread");
