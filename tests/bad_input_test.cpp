@@ -311,6 +311,71 @@ TEST_CASE("bad input: Kinds, Set sources and kind_of", "[badinput]") {
   });
 }
 
+// A Kind is an enum class, so a static_cast can give it any value: none,
+// two kinds at once, a bit that is no kind. Each is refused by name, never
+// used as an index (the identity of such a value read past a Set's array).
+TEST_CASE("bad input: Kind values that are no kind, and Kinds with bits that are none", "[badinput][privileged]") {
+  test::leaves_machine_as_found([] {
+    const test::TempDir dir;
+    const Set own = Set::current(Kind::net | Kind::uts | Kind::user);
+    const Set fresh = Set::current(Kind::net).unshare(Kind::net);
+    const gonso::detail::unique_fd self(gonso::detail::pidfd_open(::getpid()));
+    REQUIRE(self);
+    const std::vector<std::pair<Kind, std::string>> bad_kinds{
+        {static_cast<Kind>(0), "0x0"},
+        {static_cast<Kind>(CLONE_NEWNET | CLONE_NEWUTS), fmt::format("{:#x}", CLONE_NEWNET | CLONE_NEWUTS)},
+        {static_cast<Kind>(CLONE_NEWUSER | CLONE_NEWPID), fmt::format("{:#x}", CLONE_NEWUSER | CLONE_NEWPID)},
+        {static_cast<Kind>(CLONE_VM), "0x100"},
+        {static_cast<Kind>(0x80000000U), "0x80000000"},
+        {static_cast<Kind>(0xffffffffU), "0xffffffff"},
+    };
+    // Kinds made from a cast Kind: only bits that are no kind make them bad
+    // (two kinds at once are a valid Kinds).
+    const std::vector<std::pair<Kinds, std::string>> bad_sets{
+        {Kinds(static_cast<Kind>(CLONE_VM)), "bits 0x100 (CLONE_VM)"},
+        {Kinds(static_cast<Kind>(CLONE_NEWNET | CLONE_THREAD)), "(CLONE_THREAD)"},
+        {Kind::net | static_cast<Kind>(0x1), "bits 0x1 are no"},
+    };
+
+    std::vector<Case> cases;
+    for (const auto& [kind, value] : bad_kinds) {
+      const std::string named = "invalid namespace kind " + value;
+      const auto add = [&](const std::string& where, std::function<void()> call) {
+        cases.push_back(invalid(fmt::format("{} given to {}", value, where), std::move(call), named));
+      };
+      add("name", [kind = kind] { (void)gonso::name(kind); });
+      add("Set::fd", [&, kind = kind] { (void)own.fd(kind); });
+      add("Set::identity", [&, kind = kind] { (void)own.identity(kind); });
+      add("Set::owner", [&, kind = kind] { (void)own.owner(kind); });
+      add("Set::parent", [&, kind = kind] { (void)own.parent(kind); });
+      add("Set::from_file", [kind = kind] { (void)Set::from_file(kind, "/proc/thread-self/ns/net"); });
+      add("Set::from_fd", [&, kind = kind] { (void)Set::from_fd(kind, own.fd(Kind::net)); });
+      add("persist", [&, kind = kind] { gonso::persist(fresh, kind, dir.path() / "file"); });
+      CHECK_FALSE(own.contains(kind));
+      CHECK_FALSE(Kinds::all().contains(kind));
+      CHECK_FALSE(gonso::is_kind(kind));
+      // Formatting one is total, so that messages about it can be written.
+      CHECK(fmt::format("{}", kind) == fmt::format("Kind({})", value));
+    }
+    for (const auto& [kinds, part] : bad_sets) {
+      const auto add = [&](const std::string& where, std::function<void()> call) {
+        cases.push_back(invalid(fmt::format("{} given to {}", part, where), std::move(call), part));
+      };
+      add("Set::current", [kinds = kinds] { (void)Set::current(kinds); });
+      add("Set::from_pid", [kinds = kinds] { (void)Set::from_pid(::getpid(), kinds); });
+      add("Set::from_pidfd", [&, kinds = kinds] { (void)Set::from_pidfd(self.get(), kinds); });
+      add("Set::from_dir", [kinds = kinds] { (void)Set::from_dir("/proc/thread-self/ns", kinds); });
+      add("Set::dup", [&, kinds = kinds] { (void)own.dup(kinds); });
+      add("Set::unshare", [&, kinds = kinds] { (void)own.unshare(kinds); });
+      add("Pool", [&, kinds = kinds] { gonso::Pool pool(own, kinds); });
+      CHECK(kinds.unknown_bits() != 0);
+    }
+    check_cases(cases);
+    CHECK(fs::is_empty(dir.path()));
+    for (Kind kind : gonso::all_kinds) CHECK(gonso::is_kind(kind));
+  });
+}
+
 TEST_CASE("bad input: Set members, unshare options and run_in_process", "[badinput][privileged]") {
   test::require_privilege();
   test::leaves_machine_as_found([] {

@@ -40,7 +40,7 @@ struct Identity {
 
 /// "net:[4026531840]", as the kernel's namespace links read.
 [[nodiscard]] inline std::string to_string(const Identity& id) {
-  return fmt::format("{}:[{}]", name(id.kind), id.inode);
+  return fmt::format("{}:[{}]", id.kind, id.inode);
 }
 
 }  // namespace gonso
@@ -62,6 +62,6 @@ template <>
 struct fmt::formatter<gonso::Identity> {
   constexpr auto parse(format_parse_context& ctx) { return ctx.begin(); }
   auto format(const gonso::Identity& id, format_context& ctx) const {
-    return fmt::format_to(ctx.out(), "{}:[{}]", gonso::name(id.kind), id.inode);
+    return fmt::format_to(ctx.out(), "{}:[{}]", id.kind, id.inode);
   }
 };

@@ -37,8 +37,39 @@ enum class Kind : std::uint32_t {
 inline constexpr std::array<Kind, 8> all_kinds{Kind::cgroup, Kind::ipc,  Kind::mnt,  Kind::net,
                                                Kind::pid,    Kind::time, Kind::user, Kind::uts};
 
-/// The name of a kind's file under /proc/PID/ns ("net", "mnt", ...).
-[[nodiscard]] constexpr std::string_view name(Kind kind) noexcept {
+/// Position of a kind in all_kinds, used to index per-kind arrays; all_kinds.size()
+/// for a value that is not exactly one kind (a cast of other bits, or of two
+/// kinds at once), which must never be used as an index: check is_kind first.
+[[nodiscard]] constexpr std::size_t index_of(Kind kind) noexcept {
+  for (std::size_t i = 0; i < all_kinds.size(); ++i) {
+    if (all_kinds[i] == kind) return i;
+  }
+  return all_kinds.size();
+}
+
+/// True when `kind` is one of the eight kinds, that is exactly one known
+/// CLONE_NEW* bit. Every Kind that gonso takes is checked with it, since a
+/// static_cast can make a Kind of any value.
+[[nodiscard]] constexpr bool is_kind(Kind kind) noexcept { return index_of(kind) < all_kinds.size(); }
+
+namespace detail {
+/// Throws std::invalid_argument naming `kind`'s value and what it was given to.
+[[noreturn]] inline void throw_not_a_kind(Kind kind, std::string_view given_to) {
+  throw std::invalid_argument(fmt::format("invalid namespace kind {:#x} given to {}: a Kind is exactly one of "
+                                          "CLONE_NEW{{CGROUP,IPC,NS,NET,PID,TIME,USER,UTS}}",
+                                          static_cast<std::uint32_t>(kind), given_to));
+}
+
+/// `kind`, when it is one; std::invalid_argument otherwise.
+constexpr Kind checked(Kind kind, std::string_view given_to) {
+  if (!is_kind(kind)) throw_not_a_kind(kind, given_to);
+  return kind;
+}
+}  // namespace detail
+
+/// The name of a kind's file under /proc/PID/ns ("net", "mnt", ...). Throws
+/// std::invalid_argument for a value that is not a kind (see is_kind).
+[[nodiscard]] constexpr std::string_view name(Kind kind) {
   switch (kind) {
     case Kind::cgroup:
       return "cgroup";
@@ -57,19 +88,11 @@ inline constexpr std::array<Kind, 8> all_kinds{Kind::cgroup, Kind::ipc,  Kind::m
     case Kind::uts:
       return "uts";
   }
-  return "?";
+  detail::throw_not_a_kind(kind, "gonso::name");
 }
 
 /// The raw CLONE_NEW* bit of a kind.
 [[nodiscard]] constexpr int clone_flag(Kind kind) noexcept { return static_cast<int>(kind); }
-
-/// Position of a kind in all_kinds; used to index per-kind arrays.
-[[nodiscard]] constexpr std::size_t index_of(Kind kind) noexcept {
-  for (std::size_t i = 0; i < all_kinds.size(); ++i) {
-    if (all_kinds[i] == kind) return i;
-  }
-  return all_kinds.size();
-}
 
 /// The kind whose /proc/PID/ns name is `text`, or nullopt.
 [[nodiscard]] constexpr std::optional<Kind> kind_from_name(std::string_view text) noexcept {
@@ -145,9 +168,13 @@ class Kinds {
 
   [[nodiscard]] constexpr bool empty() const noexcept { return bits_ == 0; }
   [[nodiscard]] constexpr std::size_t size() const noexcept { return static_cast<std::size_t>(std::popcount(bits_)); }
+  /// False for a value that is not a kind (is_kind), whatever bits it has.
   [[nodiscard]] constexpr bool contains(Kind kind) const noexcept {
-    return (bits_ & static_cast<std::uint32_t>(kind)) != 0;
+    return is_kind(kind) && (bits_ & static_cast<std::uint32_t>(kind)) != 0;
   }
+  /// The bits of this set that are no kind: 0 unless it was built from a
+  /// Kind made by a cast (Kinds(static_cast<Kind>(...))).
+  [[nodiscard]] constexpr std::uint32_t unknown_bits() const noexcept { return bits_ & ~all().bits_; }
   /// True when every kind of `other` is in this set.
   [[nodiscard]] constexpr bool contains(Kinds other) const noexcept { return (bits_ & other.bits_) == other.bits_; }
 
@@ -215,9 +242,28 @@ inline constexpr Kinds default_kinds = Kinds::all() - Kind::user;
 
 }  // namespace gonso
 
+namespace gonso::detail {
+/// `kinds`, when it holds only kinds; std::invalid_argument naming the other
+/// bits otherwise. Iterating would skip those bits silently.
+inline Kinds checked(Kinds kinds, std::string_view given_to) {
+  if (const std::uint32_t unknown = kinds.unknown_bits(); unknown != 0) {
+    throw std::invalid_argument(fmt::format("invalid namespace kinds {:#x} given to {}: bits {:#x}{} are no "
+                                            "namespace kind",
+                                            static_cast<std::uint32_t>(kinds.clone_flags()), given_to, unknown,
+                                            clone_flag_names(unknown)));
+  }
+  return kinds;
+}
+}  // namespace gonso::detail
+
+/// Prints the kind's name; a value that is no kind prints as "Kind(0x...)",
+/// so that an error message about it can still be written.
 template <>
 struct fmt::formatter<gonso::Kind> : fmt::formatter<std::string_view> {
   auto format(gonso::Kind kind, format_context& ctx) const {
+    if (!gonso::is_kind(kind)) {
+      return fmt::format_to(ctx.out(), "Kind({:#x})", static_cast<std::uint32_t>(kind));
+    }
     return fmt::formatter<std::string_view>::format(gonso::name(kind), ctx);
   }
 };

@@ -63,6 +63,7 @@ namespace detail {
 /// `unshare --mount=FILE` asks), or, from the kernel, inside itself or an
 /// older one. Nothing is left behind on error.
 inline void persist(const Set& set, Kind kind, const std::filesystem::path& file) {
+  detail::checked(kind, "gonso::persist");
   const int fd = set.fd(kind);
   if (kind == Kind::mnt) {
     const auto parent = file.has_parent_path() ? file.parent_path() : std::filesystem::path(".");

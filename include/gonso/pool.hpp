@@ -79,7 +79,7 @@ class Pool {
   /// (gonso::ProcessError when it ran in a child process). Nothing is left
   /// behind then: no thread, fd or namespace.
   Pool(Set base, Kinds kinds, PoolOptions options = {})
-      : base_(std::move(base)), kinds_(kinds), options_(std::move(options)) {
+      : base_(std::move(base)), kinds_(detail::checked(kinds, "Pool")), options_(std::move(options)) {
     if (kinds_.empty()) throw std::invalid_argument("cannot make a Pool: no namespace kinds given");
     if (options_.size == 0) throw std::invalid_argument("cannot make a Pool of size 0: it would keep no Set ready");
     if (options_.retry_delay <= std::chrono::milliseconds::zero() || options_.max_retry_delay < options_.retry_delay) {

@@ -244,6 +244,7 @@ class Set {
   /// is the namespace the thread itself is in, not the one its children get.
   /// Throws std::system_error naming the kind that could not be opened.
   [[nodiscard]] static Set current(Kinds kinds = default_kinds) {
+    detail::checked(kinds, "Set::current");
     // On a worker, read through the fd it opened before joining: the /proc
     // of a joined mount namespace may show another pid namespace, or be absent.
     if (detail::worker_ns_dir >= 0) return from_proc_dir(detail::worker_ns_dir, "", kinds, "this thread");
@@ -255,6 +256,7 @@ class Set {
   /// there is no such process. The pid may be reused between the caller
   /// learning it and this call; a pidfd closes that race.
   [[nodiscard]] static Set from_pid(pid_t pid, Kinds kinds = default_kinds) {
+    detail::checked(kinds, "Set::from_pid");
     if (pid <= 0) throw std::invalid_argument(fmt::format("cannot open namespaces of pid {}: not a process id", pid));
     const std::string dir = fmt::format("/proc/{}", pid);
     detail::unique_fd dirfd(::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
@@ -275,7 +277,7 @@ class Set {
   /// such as /proc/PID/ns itself or a folder of bind-mounted namespace files.
   /// Opens the files of `kinds`; all must be there.
   [[nodiscard]] static Set from_dir(const std::filesystem::path& dir, Kinds kinds) {
-    return from_dir_impl(dir, kinds, /*missing_ok=*/false);
+    return from_dir_impl(dir, detail::checked(kinds, "Set::from_dir"), /*missing_ok=*/false);
   }
   /// As above, with whichever files of default_kinds (all kinds but user) the
   /// folder has. Throws std::system_error(ENOENT) when it has none.
@@ -286,6 +288,7 @@ class Set {
   /// One namespace file, e.g. /run/netns/NAME for Kind::net. Throws
   /// std::system_error(EINVAL) when the file is not a namespace of `kind`.
   [[nodiscard]] static Set from_file(Kind kind, const std::filesystem::path& path) {
+    detail::checked(kind, "Set::from_file");
     Set set;
     set.put(kind, detail::open_ns(AT_FDCWD, path.c_str(), kind, path.native()));
     return set;
@@ -295,6 +298,7 @@ class Set {
   /// std::system_error: EBADF for a closed fd, EINVAL when it is not a
   /// namespace of `kind`.
   [[nodiscard]] static Set from_fd(Kind kind, int fd) {
+    detail::checked(kind, "Set::from_fd");
     const std::string what = fmt::format("fd {}", fd);
     const Identity id = detail::validate_ns_fd(fd, kind, what);
     detail::unique_fd copy(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
@@ -311,6 +315,7 @@ class Set {
   /// never mistaken for it. Throws std::system_error: EBADF for a closed fd,
   /// EINVAL for an fd that is not a pidfd, ESRCH when the process is gone.
   [[nodiscard]] static Set from_pidfd(int pidfd, Kinds kinds = default_kinds) {
+    detail::checked(kinds, "Set::from_pidfd");
     const pid_t pid = detail::pid_of_pidfd(pidfd);
     Set set = from_pid(pid, kinds);
     if (::syscall(SYS_pidfd_send_signal, pidfd, 0, nullptr, 0U) != 0) {
@@ -328,12 +333,16 @@ class Set {
   /// Throws std::invalid_argument when the Set lacks `kind`, and
   /// std::system_error(EPERM) when the owner is outside the caller's reach
   /// (the initial user namespace owns itself and has no owner to return).
-  [[nodiscard]] Set owner(Kind kind) const { return related(kind, NS_GET_USERNS, Kind::user, "owner"); }
+  [[nodiscard]] Set owner(Kind kind) const {
+    return related(detail::checked(kind, "Set::owner"), NS_GET_USERNS, Kind::user, "owner");
+  }
 
   /// The parent of this Set's pid or user namespace (NS_GET_PARENT), as a Set
   /// holding it. Throws std::system_error: EINVAL for other kinds, EPERM at
   /// the top of what the caller may see.
-  [[nodiscard]] Set parent(Kind kind) const { return related(kind, NS_GET_PARENT, kind, "parent"); }
+  [[nodiscard]] Set parent(Kind kind) const {
+    return related(detail::checked(kind, "Set::parent"), NS_GET_PARENT, kind, "parent");
+  }
 
   /// The uid, in the caller's user namespace, of the creator of this Set's
   /// user namespace (NS_GET_OWNER_UID).
@@ -348,20 +357,22 @@ class Set {
 
   /// The kinds this Set holds.
   [[nodiscard]] Kinds kinds() const noexcept { return kinds_; }
+  /// False for a value that is not a kind (is_kind).
   [[nodiscard]] bool contains(Kind kind) const noexcept { return kinds_.contains(kind); }
   [[nodiscard]] bool empty() const noexcept { return kinds_.empty(); }
 
   /// The fd of one kind, still owned by the Set. Throws std::invalid_argument
   /// when the Set holds no namespace of that kind.
-  [[nodiscard]] int fd(Kind kind) const { return handle(kind).fd.get(); }
+  [[nodiscard]] int fd(Kind kind) const { return handle(detail::checked(kind, "Set::fd")).fd.get(); }
 
   /// Which namespace of `kind` this Set holds; to_string() gives
   /// "net:[4026531840]". Throws std::invalid_argument when it holds none.
-  [[nodiscard]] Identity identity(Kind kind) const { return handle(kind).id; }
+  [[nodiscard]] Identity identity(Kind kind) const { return handle(detail::checked(kind, "Set::identity")).id; }
 
   /// A copy holding only `kinds`. Throws std::invalid_argument when the Set
   /// lacks one of them, std::system_error when an fd cannot be duplicated.
   [[nodiscard]] Set dup(Kinds kinds) const {
+    detail::checked(kinds, "Set::dup");
     if (!kinds_.contains(kinds)) {
       throw std::invalid_argument(
           fmt::format("cannot copy {} out of a Set holding {}: {} missing", kinds, kinds_, kinds - kinds_));
@@ -399,6 +410,7 @@ class Set {
   /// std::system_error with the kernel's errno when joining, unsharing or
   /// writing maps fails, naming the step.
   [[nodiscard]] Set unshare(Kinds kinds, const UnshareOptions& options = {}) const {
+    detail::checked(kinds, "Set::unshare");
     if (kinds.empty()) throw std::invalid_argument("cannot unshare: no namespace kinds given");
     check_options(kinds, options);
     require_not_empty("unshare from");
@@ -552,6 +564,7 @@ class Set {
   }
 
  private:
+  // `kind` is a checked one: an unknown value would index past ns_.
   const detail::ns_handle& handle(Kind kind) const {
     if (!kinds_.contains(kind)) {
       throw std::invalid_argument(fmt::format("Set {} holds no {} namespace", kinds_, kind));
