@@ -28,6 +28,7 @@
 #include <vector>
 
 #include <gonso/detail/anchor.hpp>
+#include <gonso/detail/credentials.hpp>
 #include <gonso/detail/error.hpp>
 #include <gonso/detail/ns_file.hpp>
 #include <gonso/detail/syscalls.hpp>
@@ -121,26 +122,6 @@ class job {
 
 class worker_pool;
 
-/// What the kernel checks when a thread joins, creates or opens a namespace:
-/// its user and group ids and its capability sets. They belong to each
-/// thread (a raw setresuid or capset changes one thread only), and a new
-/// thread inherits its creator's.
-struct credentials {
-  std::array<uid_t, 3> uid{};
-  std::array<gid_t, 3> gid{};
-  std::array<__u32, 6> caps{};  // effective, permitted, inheritable; two words each
-  friend bool operator==(const credentials&, const credentials&) = default;
-};
-[[nodiscard]] inline credentials this_thread_credentials() noexcept {
-  credentials c;
-  (void)::getresuid(&c.uid[0], &c.uid[1], &c.uid[2]);
-  (void)::getresgid(&c.gid[0], &c.gid[1], &c.gid[2]);
-  const auto data = capabilities();
-  c.caps = {data[0].effective, data[1].effective,   data[0].permitted,
-            data[1].permitted, data[0].inheritable, data[1].inheritable};
-  return c;
-}
-
 /// The kinds one setns(2) on a thread's pidfd can put back, whatever the
 /// thread did: mnt would move root and cwd, time and user no thread can join.
 inline constexpr Kinds pidfd_kinds = Kind::cgroup | Kind::ipc | Kind::net | Kind::pid | Kind::uts;
@@ -165,7 +146,7 @@ class worker {
   /// thread's, read by the pool before it starts one it may keep (see
   /// worker_pool::acquire); a worker never pooled needs none.
   worker(worker_pool* pool, std::shared_ptr<const anchor> home, bool once = false, credentials creds = {})
-      : pool_(pool), owner_(::getpid()), once_(once), creds_(creds), home_(std::move(home)), thread_([this] {
+      : pool_(pool), owner_(::getpid()), once_(once), creds_(std::move(creds)), home_(std::move(home)), thread_([this] {
           loop();
           // The last worker of a home ends its anchor too.
           home_.reset();
@@ -209,6 +190,7 @@ class worker {
   [[nodiscard]] bool go_home(Kinds joined) noexcept;
   [[nodiscard]] bool restore_slowly(Kinds joined) noexcept;
   [[nodiscard]] bool still_in_place() const noexcept;
+  [[nodiscard]] bool has_its_credentials() const noexcept;
   [[nodiscard]] Identity link_identity(Kind kind, dev_t device) const;
   [[nodiscard]] const Identity& home_id(Kind kind) const noexcept { return home_->ns()[index_of(kind)].id; }
 
@@ -217,7 +199,8 @@ class worker {
   const bool once_;          // runs one job without restore, then ends
   // The creator's, which the thread inherits: only a caller with the same
   // may take it from the pool, or a caller without CAP_SYS_ADMIN would have
-  // a privileged thread join for it.
+  // a privileged thread join for it. A pooled worker checks after each run
+  // that it still has them (a callable can change its thread's).
   const credentials creds_;
 
   event work_;          // a job was posted, or stop asked
@@ -272,7 +255,7 @@ class worker_pool {
   [[nodiscard]] std::unique_ptr<worker> acquire() {
     std::vector<std::unique_ptr<worker>> ended;
     std::unique_ptr<worker> found;
-    const credentials mine = this_thread_credentials();
+    credentials mine = this_thread_credentials(worker_ns_dir, thread_token());
     {
       std::lock_guard lock(mutex_);
       take_ended(ended);
@@ -283,7 +266,7 @@ class worker_pool {
       }
     }
     ended.clear();  // joins threads that ended long ago, outside the lock
-    return found ? std::move(found) : start_worker(false, mine);
+    return found ? std::move(found) : start_worker(false, std::move(mine));
   }
 
   /// A worker that will not be kept: it runs once, then ends.
@@ -381,9 +364,9 @@ class worker_pool {
     ::pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
   }
 
-  [[nodiscard]] std::unique_ptr<worker> start_worker(bool once = false, const credentials& creds = {}) {
+  [[nodiscard]] std::unique_ptr<worker> start_worker(bool once = false, credentials creds = {}) {
     try {
-      return std::make_unique<worker>(this, home(), once, creds);
+      return std::make_unique<worker>(this, home(), once, std::move(creds));
     } catch (const std::system_error& e) {
       throw system_error(e.code().value(),
                          "cannot start a gonso worker thread (a callable running in a pid or time "
@@ -552,7 +535,7 @@ inline bool worker::perform(job& work) noexcept {
   // posted, unless it waits for home_reached_ too.
   done_.post();
   if (!restore) return false;
-  reusable_ = wanted && (!verify || go_home(joined));
+  reusable_ = wanted && (!verify || go_home(joined)) && (pool_ == nullptr || has_its_credentials());
   home_reached_.post();
   return reusable_;
 }
@@ -663,6 +646,17 @@ inline bool worker::still_in_place() const noexcept {
   // The anchor holds its namespace open, so its inode number cannot have
   // been given to another.
   return read_ns_link(ns_dir_.get(), thread_link(Kind::time)) == home_time_inode_;
+}
+
+// On the worker's thread, back home: a callable may have changed its
+// thread's credentials (raw setresuid, capset, prctl, a seccomp filter), and
+// the next caller is matched to those the worker was started with.
+inline bool worker::has_its_credentials() const noexcept {
+  try {
+    return this_thread_credentials(ns_dir_.get(), creds_.filter_origin) == creds_;
+  } catch (...) {
+    return false;  // out of memory: a worker that cannot tell is not kept
+  }
 }
 
 inline bool worker::restore_slowly(Kinds joined) noexcept {
