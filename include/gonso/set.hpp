@@ -10,6 +10,8 @@
 #include <sys/syscall.h>
 #include <sys/types.h>
 
+#include <cxxabi.h>
+
 #include <cerrno>
 #include <charconv>
 #include <chrono>
@@ -150,13 +152,15 @@ class run_job final : public job {
   run_job(const ns_handles* into, Kinds joining, bool restoring, F&& fn) noexcept
       : job(into, joining, restoring), fn_(std::addressof(fn)) {}
 
-  void invoke(RunContext& ctx) noexcept override {
+  void invoke(RunContext& ctx) override {
     try {
       if constexpr (std::is_void_v<R>) {
         call(ctx);
       } else {
         value_.emplace(call(ctx));
       }
+    } catch (abi::__forced_unwind&) {
+      throw;  // pthread_exit or cancellation: the worker ends its thread (worker::perform)
     } catch (...) {
       error = std::current_exception();
     }

@@ -402,6 +402,12 @@ Result run_restore_net(Context& ctx) {
   return measure(ctx.plan, [&] { ctx.net.run(true, noop); });
 }
 
+// What matching a caller to an idle worker costs it: reading every
+// credential of its own thread (the worker reads its own after each run).
+Result credentials_read(Context& ctx) {
+  return measure(ctx.plan, [] { (void)gonso::detail::this_thread_credentials(-1, 1); });
+}
+
 Result executor_net(Context& ctx) {
   const gonso::Executor executor(ctx.net);
   return measure(ctx.plan, [&] { executor.run(noop); });
@@ -621,6 +627,8 @@ struct Figure {
 constexpr std::array figures{
     Figure{"floor_setns_net", Unit::ns, "setns(2) into a net namespace and back, inline", floor_setns_net},
     Figure{"run_restore_net", Unit::ns, "net.run(true, []{}): a kept worker joins and goes back", run_restore_net},
+    Figure{"credentials_read", Unit::ns, "every credential of the calling thread, as run(true) reads them",
+           credentials_read},
     Figure{"executor_net", Unit::ns, "Executor(net).run([]{}): a thread that stays in the Set", executor_net},
     Figure{"executor_net_unverified", Unit::ns, "the same with verify_each_run = false: no setns at all",
            executor_net_unverified},

@@ -10,6 +10,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cxxabi.h>
+
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -99,8 +101,10 @@ class job {
   job(const job&) = delete;
   job& operator=(const job&) = delete;
 
-  /// Runs the callable and keeps its value or exception. Never throws.
-  virtual void invoke(RunContext& ctx) noexcept = 0;
+  /// Runs the callable and keeps its value or exception. Lets through only
+  /// a forced unwind (pthread_exit, pthread_cancel), which must reach the
+  /// thread's start: a catch (...) that ends it aborts the process.
+  virtual void invoke(RunContext& ctx) = 0;
 
   /// The namespaces to join, or nullptr for none (an executor's worker is
   /// in its Set already).
@@ -182,8 +186,9 @@ class worker {
   void settle(const ns_handles& target, Kinds kinds, std::shared_ptr<const anchor> home);
 
  private:
-  void loop() noexcept;
-  bool perform(job& work) noexcept;
+  void loop();
+  bool perform(job& work);
+  void abandon(job& work) noexcept;
   void start();
   void arrive();
   void join(const job& work, Kinds& joined);
@@ -481,7 +486,9 @@ class worker_pool {
   std::atomic<long long> idle_timeout_ms_{default_idle_timeout.count()};
 };
 
-inline void worker::loop() noexcept {
+// May end in a forced unwind out of a callable (see perform): the thread
+// then ends, its caller told.
+inline void worker::loop() {
   try {
     start();
   } catch (...) {
@@ -503,16 +510,26 @@ inline void worker::loop() noexcept {
   }
 }
 
-inline bool worker::perform(job& work) noexcept {
+inline bool worker::perform(job& work) {
   RunContext ctx(work.restore);
   Kinds joined;
   try {
     if (start_error_) std::rethrow_exception(start_error_);
     join(work, joined);
+    // Cancellation may act only inside the callable: at a cancellation
+    // point of gonso's own (close, open) it would unwind through code that
+    // cannot let it pass. One the callable asked for and left pending acts
+    // here, before the next callable could be cancelled in its place.
+    (void)::pthread_setcancelstate(PTHREAD_CANCEL_ENABLE, nullptr);
     work.invoke(ctx);
+    ::pthread_testcancel();
+  } catch (abi::__forced_unwind&) {
+    abandon(work);
+    throw;
   } catch (...) {
     work.error = std::current_exception();
   }
+  (void)::pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, nullptr);
   if (::getpid() != owner_) {
     // The callable forked and its child returned into gonso: the child has
     // no caller to report to, and must not run the parent's exit handlers.
@@ -540,8 +557,22 @@ inline bool worker::perform(job& work) noexcept {
   return reusable_;
 }
 
+// The callable ended its thread (pthread_exit, or a cancellation it let
+// happen): tell the caller, who discards this worker, and let the unwind go
+// on to the thread's start, where the thread ends.
+inline void worker::abandon(job& work) noexcept {
+  work.error = std::make_exception_ptr(system_error(
+      ECANCELED, "the callable ended its gonso worker thread (pthread_exit or pthread_cancel); it returned no value"));
+  const bool restore = work.restore;
+  worker_ns_dir = -1;
+  reusable_ = false;
+  done_.post();  // `work` may be gone from here on
+  if (restore) home_reached_.post();
+}
+
 // Once per thread, before it joins anything.
 inline void worker::start() {
+  (void)::pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, nullptr);  // see perform
   tid_ = this_tid();
   ns_dir_.reset(::open("/proc/thread-self/ns", O_PATH | O_DIRECTORY | O_CLOEXEC));
   if (!ns_dir_) throw system_error(errno, "cannot open /proc/thread-self/ns");
