@@ -39,9 +39,9 @@ std::string kernel_credentials() {
   std::ifstream in("/proc/thread-self/status");
   std::string line;
   std::string out;
-  static constexpr std::array<const char*, 11> fields{"Uid:",       "Gid:",   "Groups:",     "CapInh:",
-                                                      "CapPrm:",    "CapEff:", "CapBnd:",     "CapAmb:",
-                                                      "NoNewPrivs:", "Seccomp:", "Seccomp_filters:"};
+  static constexpr std::array<const char*, 11> fields{
+      "Uid:",    "Gid:",    "Groups:",     "CapInh:",  "CapPrm:",         "CapEff:",
+      "CapBnd:", "CapAmb:", "NoNewPrivs:", "Seccomp:", "Seccomp_filters:"};
   while (std::getline(in, line)) {
     for (const char* field : fields) {
       if (line.rfind(field, 0) == 0) out += line + "\n";
@@ -97,7 +97,10 @@ std::vector<Change> changes() {
          const std::array<gid_t, 3> groups{4, 24, 27};
          check(::syscall(SYS_setgroups, groups.size(), groups.data()), "setgroups");
        }},
-      {"effective capabilities", [] { drop_effective({CAP_DAC_OVERRIDE, CAP_CHOWN}); }},
+      {"effective capabilities",
+       [] {
+         drop_effective({CAP_DAC_OVERRIDE, CAP_CHOWN});
+       }},
       {"permitted capabilities",
        [] {
          change_caps([](auto& data) {

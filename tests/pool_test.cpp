@@ -526,3 +526,43 @@ TEST_CASE("pool: Sets with user namespaces, the hook run in a child process", "[
   CHECK(hostname_here() == host);
   CHECK(text(test::snapshot()) == text(caller));
 }
+
+TEST_CASE("pool: put() takes back only a Set one of its get()s handed out, once; get() never repeats a namespace",
+          "[pool][privileged]") {
+  test::require_privilege();
+  const Set here = Set::current();
+  Pool pool(here, Kind::net, {.size = 4});
+  REQUIRE(pool.wait_ready(patience));
+  Pool other(here, Kind::net, {.size = 1});
+  const auto net_of = [](const Set& set) {
+    return text(test::identity_at(Kind::net, fmt::format("/proc/self/fd/{}", set.fd(Kind::net))));
+  };
+
+  // Room for what is put back.
+  std::vector<Set> drained;
+  while (pool.size() > 0) drained.push_back(pool.get());
+  Set taken = std::move(drained.back());
+  drained.pop_back();
+  const Set copy = taken;
+  const Set second_copy = taken;
+  CHECK(pool.put(std::move(taken)));  // the first return is kept
+  CHECK_FALSE(pool.put(copy));        // a copy of a Set already back
+  CHECK_FALSE(pool.put(second_copy));
+  // Sets this pool never handed out, though they fit its kinds and base.
+  CHECK_FALSE(pool.put(here.unshare(Kind::net)));  // made by the caller
+  CHECK_FALSE(pool.put(copy.dup(copy.kinds())));   // a dup is a Set of its own, not one handed out
+  CHECK_FALSE(pool.put(other.get()));              // another pool's
+  // A Set got again, then a stale copy of its first lease put: refused, so
+  // the namespace is never out twice.
+  const Set again = pool.get();
+  CHECK(net_of(again) == net_of(copy));
+  CHECK_FALSE(pool.put(copy));
+  std::set<std::string> seen{net_of(again)};
+  for (const Set& set : drained) CHECK(seen.insert(net_of(set)).second);
+  // Kept alive, so that no inode number is given to another namespace.
+  std::vector<Set> later;
+  for (int i = 0; i < 8; ++i) {
+    later.push_back(pool.get());
+    CHECK(seen.insert(net_of(later.back())).second);  // never a namespace handed out before
+  }
+}

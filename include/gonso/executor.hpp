@@ -2,6 +2,7 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -14,6 +15,24 @@
 #include <gonso/set.hpp>
 
 namespace gonso {
+
+namespace detail {
+/// The Executors whose runs led to the calling thread's code: the run in
+/// progress on this thread, and the ones that wait for it, through every
+/// thread in between. A run of one of them from here would wait for itself.
+struct executor_chain {
+  const void* executor;
+  const executor_chain* caller;
+};
+inline thread_local const executor_chain* executor_calls = nullptr;
+
+[[nodiscard]] inline bool called_from(const void* executor) noexcept {
+  for (const executor_chain* link = executor_calls; link != nullptr; link = link->caller) {
+    if (link->executor == executor) return true;
+  }
+  return false;
+}
+}  // namespace detail
 
 /// Options of an Executor.
 struct ExecutorOptions {
@@ -59,23 +78,51 @@ class Executor {
   Executor& operator=(Executor&&) noexcept = default;
   Executor(const Executor&) = delete;
   Executor& operator=(const Executor&) = delete;
-  ~Executor() = default;  // the worker joins first, then the anchor
+  /// Joins the worker, then the anchor. Called from one of its own callables
+  /// (or from code a callable of it waits for), it leaves that to the run in
+  /// progress, which ends the threads once its callable has returned.
+  ~Executor() {
+    if (state_ && detail::called_from(state_.get())) {
+      state_->orphaned = true;
+      (void)state_.release();  // deleted by run(), see there
+    }
+  }
 
   /// Runs `fn` (taking nothing or a gonso::RunContext&) on the executor's
   /// thread, inside the Set, and returns its value or rethrows its
-  /// exception. Throws std::logic_error on a moved-from Executor, and
-  /// std::system_error when a fresh thread cannot rejoin the Set.
+  /// exception. Throws std::logic_error on a moved-from Executor, and when
+  /// called from one of its own callables, directly or through runs of
+  /// other Executors (it would wait for itself); std::system_error when a
+  /// fresh thread cannot rejoin the Set.
   template <typename F>
   auto run(F&& fn) const -> detail::run_result_t<F> {
     using R = detail::run_result_t<F>;
     static_assert(!std::is_reference_v<R>,
                   "gonso::Executor::run: the callable must return by value; its result crosses threads");
     if (!state_) throw std::logic_error("cannot run on a moved-from gonso::Executor");
-    std::lock_guard lock(state_->mutex);
-    if (!state_->worker) state_->start();
-    detail::run_job<F, R> job(nullptr, {}, /*restoring=*/true, std::forward<F>(fn));
-    job.verify = state_->options.verify_each_run;
-    if (!state_->worker->execute(job)) state_->worker.reset();  // left the Set: join it now
+    // The callable may destroy or move this Executor: from here on only `st`.
+    state* const st = state_.get();
+    if (detail::called_from(st)) {
+      throw std::logic_error(
+          "cannot run on a gonso::Executor from one of its own callables: the run would wait for itself");
+    }
+    const detail::executor_chain link{st, detail::executor_calls};
+    auto inside = [&](RunContext& ctx) -> R {
+      const chain_guard guard(&link);
+      if constexpr (detail::takes_context<F>) {
+        return std::invoke(std::forward<F>(fn), ctx);
+      } else {
+        return std::invoke(std::forward<F>(fn));
+      }
+    };
+    detail::run_job<decltype(inside)&, R> job(nullptr, {}, /*restoring=*/true, inside);
+    {
+      std::lock_guard lock(st->mutex);
+      if (!st->worker) st->start();
+      job.verify = st->options.verify_each_run;
+      if (!st->worker->execute(job)) st->worker.reset();  // left the Set: join it now
+    }
+    if (st->orphaned) delete st;  // NOLINT(cppcoreguidelines-owning-memory): released by ~Executor
     return job.take();
   }
 
@@ -86,6 +133,16 @@ class Executor {
   }
 
  private:
+  // Puts a run's link on the executor thread's chain while its callable runs.
+  struct chain_guard {
+    explicit chain_guard(const detail::executor_chain* link) noexcept
+        : previous(std::exchange(detail::executor_calls, link)) {}
+    chain_guard(const chain_guard&) = delete;
+    chain_guard& operator=(const chain_guard&) = delete;
+    ~chain_guard() { detail::executor_calls = previous; }
+    const detail::executor_chain* previous;
+  };
+
   // Behind a pointer: the threads point at it, and the Executor moves.
   struct state {
     state(const Set& s, ExecutorOptions o) : set(s), options(o) {
@@ -111,6 +168,7 @@ class Executor {
     std::shared_ptr<const detail::anchor> anchor;
     std::mutex mutex;                        // one run at a time
     std::unique_ptr<detail::worker> worker;  // null after its thread ended
+    bool orphaned = false;                   // its Executor was destroyed by a callable of its own
   };
 
   std::unique_ptr<state> state_;

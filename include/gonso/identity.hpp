@@ -39,9 +39,7 @@ struct Identity {
 };
 
 /// "net:[4026531840]", as the kernel's namespace links read.
-[[nodiscard]] inline std::string to_string(const Identity& id) {
-  return fmt::format("{}:[{}]", id.kind, id.inode);
-}
+[[nodiscard]] inline std::string to_string(const Identity& id) { return fmt::format("{}:[{}]", id.kind, id.inode); }
 
 }  // namespace gonso
 

@@ -55,9 +55,10 @@ inline constexpr std::array<Kind, 8> all_kinds{Kind::cgroup, Kind::ipc,  Kind::m
 namespace detail {
 /// Throws std::invalid_argument naming `kind`'s value and what it was given to.
 [[noreturn]] inline void throw_not_a_kind(Kind kind, std::string_view given_to) {
-  throw std::invalid_argument(fmt::format("invalid namespace kind {:#x} given to {}: a Kind is exactly one of "
-                                          "CLONE_NEW{{CGROUP,IPC,NS,NET,PID,TIME,USER,UTS}}",
-                                          static_cast<std::uint32_t>(kind), given_to));
+  throw std::invalid_argument(
+      fmt::format("invalid namespace kind {:#x} given to {}: a Kind is exactly one of "
+                  "CLONE_NEW{{CGROUP,IPC,NS,NET,PID,TIME,USER,UTS}}",
+                  static_cast<std::uint32_t>(kind), given_to));
 }
 
 /// `kind`, when it is one; std::invalid_argument otherwise.
@@ -247,10 +248,10 @@ namespace gonso::detail {
 /// bits otherwise. Iterating would skip those bits silently.
 inline Kinds checked(Kinds kinds, std::string_view given_to) {
   if (const std::uint32_t unknown = kinds.unknown_bits(); unknown != 0) {
-    throw std::invalid_argument(fmt::format("invalid namespace kinds {:#x} given to {}: bits {:#x}{} are no "
-                                            "namespace kind",
-                                            static_cast<std::uint32_t>(kinds.clone_flags()), given_to, unknown,
-                                            clone_flag_names(unknown)));
+    throw std::invalid_argument(
+        fmt::format("invalid namespace kinds {:#x} given to {}: bits {:#x}{} are no "
+                    "namespace kind",
+                    static_cast<std::uint32_t>(kinds.clone_flags()), given_to, unknown, clone_flag_names(unknown)));
   }
   return kinds;
 }

@@ -23,6 +23,11 @@
 
 namespace gonso {
 
+namespace detail {
+/// The Pool whose after_create hook the calling thread (or child process) runs.
+inline thread_local const void* pool_in_hook = nullptr;
+}  // namespace detail
+
 /// Options of a Pool.
 struct PoolOptions {
   /// How many Sets the pool keeps ready. 0 is refused (std::invalid_argument):
@@ -36,7 +41,8 @@ struct PoolOptions {
   /// thread can join (cgroup, ipc, mnt, net, uts), and through
   /// Set::run_in_process otherwise (user, pid, time). It is called from the
   /// pool's refill thread and from threads calling get() on an empty pool,
-  /// possibly at once, so it must be thread-safe; it must not use the pool.
+  /// possibly at once, so it must be thread-safe; get(), put() and
+  /// wait_ready() of the same pool throw std::logic_error from it.
   /// Empty: none.
   std::function<void()> after_create{};
   /// After a failed refill, the pool waits this long before the next try,
@@ -123,6 +129,9 @@ class Pool {
   /// growing delays. When making a Set on the calling thread fails, that
   /// exception propagates as is.
   [[nodiscard]] Set get() {
+    refuse_from_hook("get() from");
+    // Allocated first, so that nothing after taking a Set can throw.
+    auto lease = std::make_shared<detail::pool_lease>(this);
     std::unique_lock lock(mutex_);
     if (error_) {
       const std::exception_ptr error = std::exchange(error_, nullptr);
@@ -131,10 +140,13 @@ class Pool {
     }
     if (ready_.empty()) {
       lock.unlock();
-      return create();
+      Set made = create();
+      made.lease_ = std::move(lease);
+      return made;
     }
     Set set = std::move(ready_.back());
     ready_.pop_back();
+    set.lease_ = std::move(lease);
     // Waking a thread that is busy anyway would cost a system call for nothing,
     // and waking a sleeping one costs more than the rest of get() (a futex
     // wake that crosses CPUs, 2-9 us on a small VM): only the get() that
@@ -148,16 +160,23 @@ class Pool {
 
   /// Hands a Set back for a later get(), which gets it as it is: put back only
   /// Sets left as fresh (e.g. taken and not used), since the hook does not
-  /// run again. Returns true when the Set is kept: when fewer than `size` are
-  /// ready and it is one this pool could have made (the same kinds, the
-  /// base's namespaces of the kinds not unshared, and namespaces other than
-  /// the base's of those unshared), so that a Set of the caller's own
-  /// namespaces is never handed out as a fresh one. Otherwise it is dropped
-  /// (closed) and false is returned.
+  /// run again. Returns true when the Set is kept. Only a Set that a get()
+  /// of this pool handed out (or a copy of it) is kept, and only once per
+  /// get(): the first put() of it, or of any of its copies, uses up its
+  /// return, whether kept or not. So a namespace the pool did not make (the
+  /// caller's own, a container's), a copy of a Set already back, or a Set of
+  /// another pool is never handed out as fresh, and no get() returns a
+  /// namespace that an earlier get() handed out and nobody returned. It is
+  /// also refused when its kinds or base namespaces are not the pool's, or
+  /// when `size` are ready. A refused Set is dropped (closed) and false is
+  /// returned.
   ///
   /// Throws std::invalid_argument for an empty Set: it is a caller's bug.
   bool put(Set set) {
+    refuse_from_hook("put() into");
     if (set.empty()) throw std::invalid_argument("cannot put an empty Set (moved-from?) into a Pool");
+    const std::shared_ptr<detail::pool_lease> lease = std::move(set.lease_);
+    if (!lease || lease->pool != this || !lease->out.exchange(false)) return false;
     return fits(set) && offer(set);
   }
 
@@ -175,6 +194,7 @@ class Pool {
   /// `timeout` passed first (longer than a year counts as a year). A refill
   /// that keeps failing does not end the wait early; get() reports it.
   [[nodiscard]] bool wait_ready(std::chrono::milliseconds timeout) const {
+    refuse_from_hook("wait_ready() on");
     std::unique_lock lock(mutex_);
     // A pool above half full has a sleeping refill (see get()): wake it.
     if (refill_waiting_ && ready_.size() < options_.size) refill_wanted_.notify_one();
@@ -183,15 +203,36 @@ class Pool {
   }
 
  private:
+  struct hook_guard {
+    explicit hook_guard(const Pool* pool) noexcept : previous(std::exchange(detail::pool_in_hook, pool)) {}
+    hook_guard(const hook_guard&) = delete;
+    hook_guard& operator=(const hook_guard&) = delete;
+    ~hook_guard() { detail::pool_in_hook = previous; }
+    const void* previous;
+  };
+
+  // The hook runs while the refill (or a get() on an empty pool) waits for
+  // it: a get() from there could recurse without end, a wait_ready() would
+  // wait for itself.
+  void refuse_from_hook(const char* verb) const {
+    if (detail::pool_in_hook == this) {
+      throw std::logic_error(fmt::format("cannot {} a gonso::Pool from its own after_create hook", verb));
+    }
+  }
+
   // One new Set: the namespaces, then the hook inside them.
   [[nodiscard]] Set create() const {
     Set set = base_.unshare(kinds_, options_.unshare);
     if (options_.after_create) {
+      const auto hook = [this] {
+        const hook_guard guard(this);
+        options_.after_create();
+      };
       // A thread can be in none of user, time or (for what it starts) pid.
       if (!(kinds_ & detail::process_only_kinds).empty()) {
-        set.run_in_process(options_.after_create);
+        set.run_in_process(hook);
       } else {
-        set.run(true, options_.after_create);
+        set.run(true, hook);
       }
     }
     return set;

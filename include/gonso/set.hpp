@@ -12,6 +12,7 @@
 
 #include <cxxabi.h>
 
+#include <atomic>
 #include <cerrno>
 #include <charconv>
 #include <chrono>
@@ -145,6 +146,14 @@ template <typename F>
 using run_result_t =
     typename std::conditional_t<takes_context<F>, std::invoke_result<F&&, RunContext&>, std::invoke_result<F&&>>::type;
 
+/// A Pool's mark on a Set one get() handed out: the pool, and whether the
+/// Set is still out (put() takes it back at most once).
+struct pool_lease {
+  explicit pool_lease(const void* by) noexcept : pool(by) {}
+  const void* const pool;
+  std::atomic<bool> out{true};
+};
+
 /// A run's callable and the place for its outcome, on the caller's stack.
 template <typename F, typename R>
 class run_job final : public job {
@@ -217,7 +226,7 @@ class Set {
   /// An empty Set: holds no namespace.
   Set() noexcept = default;
 
-  Set(const Set& other) : kinds_(other.kinds_), pidfd_(other.pidfd_) {
+  Set(const Set& other) : kinds_(other.kinds_), pidfd_(other.pidfd_), lease_(other.lease_) {
     for (Kind kind : other.kinds_) {
       const detail::ns_handle& from = other.ns_[index_of(kind)];
       detail::ns_handle& to = ns_[index_of(kind)];
@@ -232,12 +241,16 @@ class Set {
     return *this;
   }
   Set(Set&& other) noexcept
-      : kinds_(std::exchange(other.kinds_, Kinds{})), ns_(std::move(other.ns_)), pidfd_(std::move(other.pidfd_)) {}
+      : kinds_(std::exchange(other.kinds_, Kinds{})),
+        ns_(std::move(other.ns_)),
+        pidfd_(std::move(other.pidfd_)),
+        lease_(std::move(other.lease_)) {}
   Set& operator=(Set&& other) noexcept {
     if (this != &other) {
       kinds_ = std::exchange(other.kinds_, Kinds{});
       ns_ = std::move(other.ns_);  // closes the fds held so far at once
       pidfd_ = std::move(other.pidfd_);
+      lease_ = std::move(other.lease_);
     }
     return *this;
   }
@@ -907,12 +920,16 @@ class Set {
   }
 
   friend class Executor;  // joins ns_ once, for good
+  friend class Pool;      // hands out Sets with a lease_
 
   Kinds kinds_;
   detail::ns_handles ns_{};
   // The pidfd a Set came from (from_pidfd), shared by its copies; a hint for
   // joining, never trusted for identity.
   std::shared_ptr<const detail::unique_fd> pidfd_;
+  // Set by the Pool whose get() handed this Set out, shared by its copies:
+  // what lets that Pool take it back once, and no other Set.
+  std::shared_ptr<detail::pool_lease> lease_;
 };
 
 }  // namespace gonso

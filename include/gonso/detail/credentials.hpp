@@ -141,9 +141,8 @@ struct credentials {
   }
   // An ambient capability must be permitted and inheritable: only those can
   // be set, and most threads have none.
-  const std::uint64_t could_be_ambient =
-      (static_cast<std::uint64_t>(data[1].permitted & data[1].inheritable) << 32) |
-      (data[0].permitted & data[0].inheritable);
+  const std::uint64_t could_be_ambient = (static_cast<std::uint64_t>(data[1].permitted & data[1].inheritable) << 32) |
+                                         (data[0].permitted & data[0].inheritable);
   for (int cap = 0; cap <= last && could_be_ambient != 0; ++cap) {
     if ((could_be_ambient & (std::uint64_t{1} << cap)) == 0) continue;
     if (::prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_IS_SET, cap, 0, 0) == 1) c.ambient |= std::uint64_t{1} << cap;

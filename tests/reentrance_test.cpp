@@ -1,0 +1,115 @@
+// Calling into a gonso object from its own callable or hook either works or
+// throws std::logic_error at once: never a deadlock, never a hang.
+#include <atomic>
+#include <chrono>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "support.hpp"
+
+#include <gonso/executor.hpp>
+#include <gonso/pool.hpp>
+#include <gonso/set.hpp>
+#include <gonso/workers.hpp>
+
+using gonso::Kind;
+using gonso::Set;
+
+TEST_CASE("reentrance: an Executor run from its own callable, or through another's, is refused at once",
+          "[reentrance][executor][privileged]") {
+  test::require_privilege();
+  const Set net = Set::current(Kind::net).unshare(Kind::net);
+  const Set uts = Set::current(Kind::uts).unshare(Kind::uts);
+  const gonso::Executor a(net);
+  const gonso::Executor b(uts);
+  // Directly.
+  CHECK_THROWS_AS(a.run([&] { return a.run([] { return 1; }); }), std::logic_error);
+  // A cycle through another Executor, on its thread.
+  CHECK_THROWS_AS(a.run([&] { return b.run([&] { return a.run([] { return 1; }); }); }), std::logic_error);
+  // Nesting without a cycle works, each callable in its own Set.
+  const auto inner = a.run([&] { return b.run([] { return test::thread_ns(Kind::uts); }); });
+  CHECK(inner == uts.identity(Kind::uts));
+  // Both still work afterwards.
+  CHECK(a.run([] { return test::thread_ns(Kind::net); }) == net.identity(Kind::net));
+  CHECK(b.run([] { return test::thread_ns(Kind::uts); }) == uts.identity(Kind::uts));
+  // Set::run inside an Executor's callable is no cycle.
+  CHECK(a.run([&] { return uts.run(true, [] { return test::thread_ns(Kind::uts); }); }) == uts.identity(Kind::uts));
+  gonso::retire_idle_workers();
+}
+
+TEST_CASE("reentrance: an Executor destroyed by its own callable ends when that run returns",
+          "[reentrance][executor][privileged]") {
+  test::require_privilege();
+  const Set net = Set::current(Kind::net).unshare(Kind::net);
+  const std::size_t threads = test::thread_baseline();
+  const std::size_t fds = test::count_fds();
+  {
+    std::optional<gonso::Executor> executor(std::in_place, net);
+    const gonso::Executor& e = *executor;
+    const auto seen = e.run([&] {
+      executor.reset();
+      return test::thread_ns(Kind::net);
+    });
+    CHECK(seen == net.identity(Kind::net));
+    CHECK_FALSE(executor.has_value());
+  }
+  {
+    // Through another Executor's thread.
+    std::optional<gonso::Executor> executor(std::in_place, net);
+    const gonso::Executor other(net);
+    const gonso::Executor& e = *executor;
+    CHECK(e.run([&] {
+      return other.run([&] {
+        executor.reset();
+        return 5;
+      });
+    }) == 5);
+  }
+  gonso::retire_idle_workers();
+  CHECK(test::threads_settled_at(threads) == threads);
+  CHECK(test::count_fds() == fds);
+}
+
+TEST_CASE("reentrance: a Set destroyed by the callable running in it", "[reentrance][privileged]") {
+  test::require_privilege();
+  for (const bool restore : {true, false}) {
+    std::optional<Set> set(Set::current(Kind::net).unshare(Kind::net));
+    const gonso::Identity id = set->identity(Kind::net);
+    const Set& s = *set;
+    CHECK(s.run(restore, [&] {
+      set.reset();
+      return test::thread_ns(Kind::net);
+    }) == id);
+    CHECK(test::thread_ns(Kind::net) != id);
+  }
+  gonso::retire_idle_workers();
+}
+
+TEST_CASE("reentrance: a Pool used from its own after_create hook refuses at once", "[reentrance][pool][privileged]") {
+  test::require_privilege();
+  const std::size_t threads = test::thread_baseline();
+  for (const char* verb : {"get", "put", "wait_ready"}) {
+    INFO(verb);
+    std::atomic<gonso::Pool*> self{nullptr};  // set once the pool exists: the hook then uses it
+    gonso::PoolOptions options;
+    options.size = 1;
+    options.after_create = [&self, verb] {
+      gonso::Pool* pool = self.load();
+      if (pool == nullptr) return;
+      if (std::string(verb) == "get") (void)pool->get();
+      if (std::string(verb) == "put") (void)pool->put(Set::current(Kind::net));
+      if (std::string(verb) == "wait_ready") (void)pool->wait_ready(std::chrono::hours(1));
+    };
+    gonso::Pool pool(Set::current(Kind::net), Kind::net, options);
+    REQUIRE(pool.wait_ready(std::chrono::seconds(60)));
+    self = &pool;
+    (void)pool.get();  // the ready one; every Set made from now on runs the using hook
+    // Made on this thread, or the refill's failure rethrown: the hook's refusal either way.
+    CHECK_THROWS_WITH(pool.get(), Catch::Contains("from its own after_create hook"));
+    CHECK_THROWS_WITH(pool.get(), Catch::Contains("from its own after_create hook"));
+  }
+  gonso::retire_idle_workers();
+  CHECK(test::threads_settled_at(threads) == threads);
+}
