@@ -1,5 +1,7 @@
 // Set::run: the callable sees exactly the Set's namespaces, the caller never
 // moves, workers are reused only when restored, results and errors cross back.
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -516,6 +518,44 @@ TEST_CASE("a callable in a pid namespace cannot start threads, and says so", "[p
     }
   });
   CHECK_THAT(error, Catch::StartsWith("cannot start a gonso worker thread"));
+  CHECK_THAT(error, Catch::Contains("children go to another pid namespace"));
+}
+
+// The pid-namespace explanation is given only where it is the cause: a
+// thread limit (here a pids cgroup holding the process at its size) says so.
+TEST_CASE("a worker that hits a thread limit says which limit, not pid namespaces", "[privileged][process]") {
+  test::require_privilege();
+  const std::string pids_root = std::filesystem::exists("/sys/fs/cgroup/pids/cgroup.procs") ? "/sys/fs/cgroup/pids"
+                                : std::filesystem::exists("/sys/fs/cgroup/cgroup.subtree_control") ? "/sys/fs/cgroup"
+                                                                                                   : "";
+  if (pids_root.empty()) FAIL("no pids cgroup controller is mounted at /sys/fs/cgroup/pids or /sys/fs/cgroup");
+  const std::string group = fmt::format("{}/gonso-test-{}", pids_root, ::getpid());
+  REQUIRE(::mkdir(group.c_str(), 0755) == 0);
+  const Set net = Set::current(Kind::net).unshare(Kind::net);
+  // The child is single-threaded: the group holds it alone, and pids.max 1
+  // lets it start no thread.
+  const std::string message = net.run_in_process([&] {
+    const auto write = [](const std::string& path, const std::string& text) {
+      const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+      if (fd < 0) return false;
+      const bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+      ::close(fd);
+      return ok;
+    };
+    if (!write(group + "/pids.max", "1") || !write(group + "/cgroup.procs", std::to_string(::getpid()))) {
+      return std::string("cannot enter the test's pids cgroup");
+    }
+    try {
+      (void)Set::current(Kind::uts).run(true, [] { return 0; });
+      return std::string("no error");
+    } catch (const std::system_error& e) {
+      return std::string(e.what());
+    }
+  });
+  CHECK(::rmdir(group.c_str()) == 0);
+  CHECK_THAT(message, Catch::StartsWith("cannot start a gonso worker thread"));
+  CHECK_THAT(message, Catch::Contains("a limit on threads was reached"));
+  CHECK_THAT(message, !Catch::Contains("pid namespace"));
 }
 
 TEST_CASE("runs started while the process exits still work", "[privileged][fork]") {

@@ -154,7 +154,12 @@ class Executor {
 
     // A new worker, settled in the Set for good.
     void start() {
-      auto fresh = std::make_unique<detail::worker>(nullptr, nullptr);
+      std::unique_ptr<detail::worker> fresh;
+      try {
+        fresh = std::make_unique<detail::worker>(nullptr, nullptr);
+      } catch (const std::system_error& e) {
+        detail::throw_cannot_start_thread(e.code().value(), fmt::format("an executor thread for {}", set));
+      }
       auto settle = [&] { fresh->settle(set.ns_, set.kinds_, anchor); };
       detail::run_job<decltype(settle)&, void> job(nullptr, {}, /*restoring=*/true, settle);
       const bool settled = fresh->execute(job);

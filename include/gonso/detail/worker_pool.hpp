@@ -25,6 +25,7 @@
 #include <mutex>
 #include <new>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <thread>
 #include <vector>
@@ -89,6 +90,33 @@ inline void require_own(Kind kind, Kinds kinds, const ns_handles& target, const 
                      "cannot join {} namespace {} on a thread: the kernel lets only a single-threaded process "
                      "join a {} namespace; use Set::run_in_process or gonso::spawn, which join in a child process",
                      kind, wanted, kind);
+}
+
+/// Throws std::system_error(err) for a thread that could not be started,
+/// with the cause the kernel's errno stands for here.
+[[noreturn]] inline void throw_cannot_start_thread(int err, std::string_view what) {
+  std::string why;
+  if (err == EAGAIN) {
+    why = " (a limit on threads was reached: RLIMIT_NPROC, the pids cgroup's pids.max, or kernel.threads-max)";
+  } else if (err == EINVAL) {
+    // The kernel refuses a thread to a thread whose children go to another
+    // pid or time namespace than its own, as inside Set::run of a Set
+    // holding one.
+    const int dir = worker_ns_dir >= 0 ? worker_ns_dir : AT_FDCWD;
+    const char* prefix = worker_ns_dir >= 0 ? "" : "/proc/thread-self/ns/";
+    for (const char* kind : {"pid", "time"}) {
+      const ino_t own = read_ns_link(dir, (std::string(prefix) + kind).c_str());
+      const ino_t children = read_ns_link(dir, (std::string(prefix) + kind + "_for_children").c_str());
+      if (own != 0 && own != children) {
+        why = fmt::format(
+            " (this thread's children go to another {} namespace than its own, as inside Set::run of a Set "
+            "holding one, and the kernel then lets it start no thread)",
+            kind);
+        break;
+      }
+    }
+  }
+  throw system_error(err, "cannot start {}{}", what, why);
 }
 
 /// Work handed to a worker: the namespaces to join and, behind invoke(), the
@@ -373,9 +401,7 @@ class worker_pool {
     try {
       return std::make_unique<worker>(this, home(), once, std::move(creds));
     } catch (const std::system_error& e) {
-      throw system_error(e.code().value(),
-                         "cannot start a gonso worker thread (a callable running in a pid or time "
-                         "namespace cannot start threads)");
+      throw_cannot_start_thread(e.code().value(), "a gonso worker thread");
     }
   }
 
