@@ -6,7 +6,9 @@
 #include <net/if.h>
 #include <poll.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -24,6 +26,7 @@
 
 #include "support.hpp"
 
+#include <gonso/pool.hpp>
 #include <gonso/spawn.hpp>
 
 using gonso::Kind;
@@ -551,4 +554,106 @@ TEST_CASE("run_in_process returns its value when SIGCHLD is ignored", "[privileg
   ::sigaction(SIGCHLD, &old, nullptr);
   CHECK(values == 20);
   CHECK(error == std::errc::no_child_process);
+}
+
+namespace {
+/// The user namespace that owns the namespace of `fd`, by the kernel's
+/// NS_GET_USERNS and fstat: never gonso's answer.
+gonso::Identity owner_by_kernel(int fd) {
+  gonso::detail::unique_fd owner(::ioctl(fd, NS_GET_USERNS));
+  if (!owner) throw std::system_error(errno, std::generic_category(), "NS_GET_USERNS");
+  struct stat st {};
+  if (::fstat(owner.get(), &st) != 0) throw std::system_error(errno, std::generic_category(), "fstat");
+  return gonso::Identity{Kind::user, st.st_dev, st.st_ino};
+}
+gonso::Identity identity_by_kernel(Kind kind, int fd) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) throw std::system_error(errno, std::generic_category(), "fstat");
+  return gonso::Identity{kind, st.st_dev, st.st_ino};
+}
+
+/// Unshares every thread kind, one after the other, from a Set holding a
+/// user namespace of its own: each new one is owned by that user namespace,
+/// the rest carried over. Returns "" or what was wrong.
+std::string unshare_thread_kinds_under(const Set& box) {
+  const gonso::Identity user = identity_by_kernel(Kind::user, box.fd(Kind::user));
+  std::string wrong;
+  Set current = box;
+  for (Kind kind : {Kind::ipc, Kind::uts, Kind::net, Kind::cgroup, Kind::mnt}) {
+    const Set next = current.unshare(kind);
+    const gonso::Identity before =
+        current.contains(kind) ? identity_by_kernel(kind, current.fd(kind)) : test::thread_ns(kind);
+    if (identity_by_kernel(kind, next.fd(kind)) == before) {
+      wrong += fmt::format(" {} not fresh;", kind);
+    }
+    if (owner_by_kernel(next.fd(kind)) != user)
+      wrong += fmt::format(" {} not owned by the Set's user namespace;", kind);
+    for (Kind other : current.kinds()) {
+      if (other != kind && identity_by_kernel(other, next.fd(other)) != identity_by_kernel(other, current.fd(other))) {
+        wrong += fmt::format(" {} not carried over;", other);
+      }
+    }
+    current = next;
+  }
+  // And a process in the result sees them, user namespace and all.
+  const bool seen = current.run_in_process([&] {
+    for (Kind kind : current.kinds()) {
+      if (own_ns(kind) != identity_by_kernel(kind, current.fd(kind))) return false;
+    }
+    return true;
+  });
+  if (!seen) wrong += " a process in the Set is elsewhere;";
+  return wrong;
+}
+}  // namespace
+
+TEST_CASE("thread kinds unshared from a Set with a foreign user namespace are owned by it",
+          "[privileged][process][user]") {
+  test::require_privilege();
+  const test::Snapshot caller = test::snapshot();
+  const Set box = Set::current(Kind::net).unshare(Kind::user | Kind::net);
+  CHECK_FALSE(box.thread_joinable());
+  CHECK(Set::current().thread_joinable());
+  CHECK(unshare_thread_kinds_under(box).empty());
+  // A Pool of such Sets runs its hook in a child process, inside.
+  gonso::PoolOptions options;
+  options.size = 1;
+  options.after_create = [] {
+    if (::sethostname("pooled", 6) != 0) throw std::system_error(errno, std::generic_category(), "sethostname");
+  };
+  gonso::Pool pool(box, Kind::uts, options);
+  const Set pooled = pool.get();
+  CHECK(owner_by_kernel(pooled.fd(Kind::uts)) == identity_by_kernel(Kind::user, box.fd(Kind::user)));
+  CHECK(test::snapshot() == caller);
+}
+
+TEST_CASE("rootless: thread kinds unshared under the process's own user namespace", "[privileged][process][rootless]") {
+  test::require_privilege();  // to become unprivileged
+  int report[2];
+  REQUIRE(::pipe2(report, O_CLOEXEC) == 0);
+  std::fflush(nullptr);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::alarm(20);
+    std::string result;
+    try {
+      if (::setgroups(0, nullptr) != 0 || ::setgid(65534) != 0 || ::setuid(65534) != 0)
+        throw std::runtime_error("drop");
+      ::prctl(PR_SET_DUMPABLE, 1);
+      const Set box = Set::current(Kind::net).unshare(Kind::user | Kind::net);
+      result = "ok:" + unshare_thread_kinds_under(box);
+    } catch (const std::exception& e) {
+      result = std::string("error: ") + e.what();
+    }
+    (void)!::write(report[1], result.data(), result.size());
+    ::_exit(0);
+  }
+  ::close(report[1]);
+  std::string result;
+  char buf[512];
+  for (ssize_t n; (n = ::read(report[0], buf, sizeof buf)) > 0;) result.append(buf, static_cast<std::size_t>(n));
+  ::close(report[0]);
+  ::waitpid(child, nullptr, 0);
+  CHECK(result == "ok:");
 }

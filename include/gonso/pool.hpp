@@ -229,7 +229,7 @@ class Pool {
         options_.after_create();
       };
       // A thread can be in none of user, time or (for what it starts) pid.
-      if (!(kinds_ & detail::process_only_kinds).empty()) {
+      if (!(kinds_ & detail::process_only_kinds).empty() || !set.thread_joinable()) {
         set.run_in_process(hook);
       } else {
         set.run(true, hook);

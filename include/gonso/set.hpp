@@ -374,6 +374,27 @@ class Set {
 
   /// The kinds this Set holds.
   [[nodiscard]] Kinds kinds() const noexcept { return kinds_; }
+
+  /// Whether a thread of this process can join every namespace of this Set,
+  /// that is whether run() and Executor can work in it: false when it holds
+  /// a user or time namespace other than the calling thread's, which the
+  /// kernel lets only a single-threaded process join (run_in_process and
+  /// spawn do that in a child). Reads the caller's own from /proc.
+  [[nodiscard]] bool thread_joinable() const {
+    for (Kind kind : {Kind::user, Kind::time}) {
+      if (!kinds_.contains(kind)) continue;
+      // On a worker (a nested run) /proc may be another mount namespace's.
+      const bool worker = detail::worker_ns_dir >= 0;
+      const std::string link = std::string(worker ? "" : "/proc/thread-self/ns/") + std::string(name(kind));
+      Identity own{};
+      if (const int err = detail::stat_ns(worker ? detail::worker_ns_dir : AT_FDCWD, link.c_str(), kind, own);
+          err != 0) {
+        throw detail::system_error(err, "cannot read this thread's {} namespace", kind);
+      }
+      if (own != ns_[index_of(kind)].id) return false;
+    }
+    return true;
+  }
   /// False for a value that is not a kind (is_kind).
   [[nodiscard]] bool contains(Kind kind) const noexcept { return kinds_.contains(kind); }
   [[nodiscard]] bool empty() const noexcept { return kinds_.empty(); }
@@ -408,11 +429,14 @@ class Set {
   /// namespaces, and the other kinds of this Set carried over. The calling
   /// thread does not move. For cgroup, ipc, mnt, net and uts a worker thread
   /// joins this Set, unshares and returns to its own namespaces. When `kinds`
-  /// has user, pid or time, a child process does it all instead (a thread can
-  /// create none of those): it joins this Set, creates the user namespace
-  /// first and the others inside it, so that they are owned by it (as
-  /// `unshare --user --net` does), and is killed and reaped before unshare
-  /// returns. A new mount namespace gets options.propagation on `/`.
+  /// has user, pid or time, or when this Set holds a user or time namespace
+  /// no thread can join (thread_joinable), a child process does it all
+  /// instead: it joins this Set, its user namespace included, creates the new
+  /// user namespace first and the others inside it, so that they are owned
+  /// by it (as `unshare --user --net` does), and is killed and reaped before
+  /// unshare returns. So namespaces made from a Set holding a user namespace
+  /// are owned by that one, rootless too. A new mount namespace gets
+  /// options.propagation on `/`.
   ///
   /// Lifetimes: the Set's fds keep each namespace alive. A pid namespace also
   /// needs a live pid 1, so a new one comes with a minimal init (it only
@@ -431,7 +455,10 @@ class Set {
     if (kinds.empty()) throw std::invalid_argument("cannot unshare: no namespace kinds given");
     check_options(kinds, options);
     require_not_empty("unshare from");
-    if (!(kinds & detail::process_only_kinds).empty()) return unshare_in_process(kinds, options);
+    // A child process makes what no thread can, and makes every kind in a
+    // Set holding a foreign user or time namespace, which no thread can join
+    // first: the new namespaces are then owned by the Set's user namespace.
+    if (!(kinds & detail::process_only_kinds).empty() || !thread_joinable()) return unshare_in_process(kinds, options);
     Set fresh = run(true, [&] { return unshare_here(kinds, options); });
     Set result = dup(kinds_ - kinds);
     for (Kind kind : kinds) result.put(kind, std::move(fresh.ns_[index_of(kind)]));
