@@ -161,7 +161,7 @@ class run_job final : public job {
   run_job(const ns_handles* into, Kinds joining, bool restoring, F&& fn) noexcept
       : job(into, joining, restoring), fn_(std::addressof(fn)) {}
 
-  void invoke(RunContext& ctx) override {
+  GONSO_CATCHES_FORCED_UNWIND void invoke(RunContext& ctx) override {
     try {
       if constexpr (std::is_void_v<R>) {
         call(ctx);

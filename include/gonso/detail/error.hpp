@@ -7,6 +7,11 @@
 
 #include <fmt/format.h>
 
+// On a function that catches abi::__forced_unwind (pthread_exit, pthread_cancel)
+// by reference, as the C++ ABI has it be caught. That exception has no object,
+// and UBSan's null-reference check would take the binding for a bug.
+#define GONSO_CATCHES_FORCED_UNWIND __attribute__((no_sanitize("null")))  // NOLINT(cppcoreguidelines-macro-usage)
+
 namespace gonso::detail {
 
 /// A std::system_error in the generic category whose what() reads

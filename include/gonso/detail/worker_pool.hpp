@@ -536,7 +536,7 @@ inline void worker::loop() {
   }
 }
 
-inline bool worker::perform(job& work) {
+GONSO_CATCHES_FORCED_UNWIND inline bool worker::perform(job& work) {
   RunContext ctx(work.restore);
   Kinds joined;
   try {
