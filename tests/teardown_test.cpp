@@ -186,6 +186,7 @@ TEST_CASE("teardown: copies of a pid Set destroyed from other threads while prog
     auto original = std::make_shared<std::optional<Set>>(pid_set());
     auto copy = std::make_shared<std::optional<Set>>(**original);
     std::vector<Child> children;
+    children.reserve(3);
     for (int i = 0; i < 3; ++i) children.push_back(gonso::spawn(**copy, {"/bin/sleep", "100"}));
     CHECK(returns([copy] { copy->reset(); }));
     // The original still holds the namespace: a program starts and runs.
@@ -407,6 +408,6 @@ TEST_CASE("teardown soak: threads spawn into pid Sets and destroy them in every 
   }
   // Sets handed over last are destroyed here, on yet another thread.
   CHECK(returns([churn] { churn->handed_over.clear(); }));
-  CHECK(churn->destroyed.load() == threads * rounds * 3);
+  CHECK(churn->destroyed.load() == static_cast<long>(threads) * rounds * 3);
   check_back_to(before);
 }

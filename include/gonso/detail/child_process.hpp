@@ -242,7 +242,10 @@ struct child_registry {
 
   static child_registry& get() noexcept {
     static child_registry* const registry = [] {
-      auto* r = new child_registry;  // NOLINT(cppcoreguidelines-owning-memory): lives as long as the process
+      // In static storage, constructed once and never destroyed; nothing
+      // here allocates, so it cannot fail.
+      alignas(child_registry) static unsigned char storage[sizeof(child_registry)];
+      auto* r = ::new (static_cast<void*>(storage)) child_registry;
       // A forked child (run_in_process) must not find the lock held by a
       // thread that is not there; the parent's children are not its own.
       (void)::pthread_atfork([] { get().lock.lock(); }, [] { get().lock.unlock(); },
