@@ -9,7 +9,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <poll.h>
+
 #include <cerrno>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -60,7 +63,7 @@ namespace detail {
 
 /// Builds Child objects for gonso's own factories (spawn).
 struct child_access {
-  static Child make(unique_fd pidfd, pid_t pid, unique_fd in, unique_fd out, unique_fd err) noexcept;
+  static Child make(unique_fd pidfd, pid_t pid, unique_fd in, unique_fd out, unique_fd err);
 };
 
 }  // namespace detail
@@ -96,12 +99,12 @@ class Child {
       if (errno == EINTR) continue;
       throw detail::system_error(errno, "cannot adopt pid {}: not a child process of the caller", pid);
     }
-    return Child(std::move(pidfd), pid, {}, {}, {});
+    return detail::child_access::make(std::move(pidfd), pid, {}, {}, {});
   }
 
   Child(Child&& other) noexcept
       : pid_(std::exchange(other.pid_, -1)),
-        pidfd_(std::move(other.pidfd_)),
+        state_(std::move(other.state_)),
         stdin_(std::move(other.stdin_)),
         stdout_(std::move(other.stdout_)),
         stderr_(std::move(other.stderr_)),
@@ -112,7 +115,7 @@ class Child {
     if (this != &other) {
       finish();
       pid_ = std::exchange(other.pid_, -1);
-      pidfd_ = std::move(other.pidfd_);
+      state_ = std::move(other.state_);
       stdin_ = std::move(other.stdin_);
       stdout_ = std::move(other.stdout_);
       stderr_ = std::move(other.stderr_);
@@ -128,7 +131,7 @@ class Child {
   ~Child() { finish(); }
 
   /// True when this handle owns a process (reaped or not).
-  [[nodiscard]] bool valid() const noexcept { return pidfd_.valid(); }
+  [[nodiscard]] bool valid() const noexcept { return state_ != nullptr; }
   explicit operator bool() const noexcept { return valid(); }
 
   /// The process id in the caller's pid namespace (a program spawned into
@@ -140,7 +143,7 @@ class Child {
   /// The pidfd, still owned by this handle, or -1. Usable with poll(2)
   /// (readable once the process has ended), setns(2) and
   /// pidfd_send_signal(2); it stays open until the handle is destroyed.
-  [[nodiscard]] int pidfd() const noexcept { return pidfd_.get(); }
+  [[nodiscard]] int pidfd() const noexcept { return state_ ? state_->pidfd.get() : -1; }
 
   /// Blocks until the process ends, reaps it and returns how it ended;
   /// later calls return the same status. Retries on EINTR. Read the pipes
@@ -150,7 +153,7 @@ class Child {
   ExitStatus wait() {
     if (status_) return *status_;
     require_valid("wait for");
-    return *reap(0);
+    return *reap(true);
   }
 
   /// How the process ended, reaping it, or nullopt while it still runs.
@@ -159,7 +162,7 @@ class Child {
   [[nodiscard]] std::optional<ExitStatus> poll() {
     if (status_) return status_;
     require_valid("poll");
-    return reap(WNOHANG);
+    return reap(false);
   }
 
   /// Sends `sig` to the process through its pidfd (pidfd_send_signal(2)), so
@@ -171,7 +174,7 @@ class Child {
   void kill(int sig = SIGKILL) {
     require_valid("signal");
     if (status_) return;
-    if (::syscall(SYS_pidfd_send_signal, pidfd_.get(), sig, nullptr, 0U) != 0 && errno != ESRCH) {
+    if (::syscall(SYS_pidfd_send_signal, state_->pidfd.get(), sig, nullptr, 0U) != 0 && errno != ESRCH) {
       throw detail::system_error(errno, "cannot send signal {} to pid {}", sig, pid_);
     }
   }
@@ -203,24 +206,37 @@ class Child {
  private:
   friend struct detail::child_access;
 
-  Child(detail::unique_fd pidfd, pid_t pid, detail::unique_fd in, detail::unique_fd out, detail::unique_fd err) noexcept
-      : pid_(pid), pidfd_(std::move(pidfd)), stdin_(std::move(in)), stdout_(std::move(out)), stderr_(std::move(err)) {}
+  Child(std::shared_ptr<detail::child_state> state, pid_t pid, detail::unique_fd in, detail::unique_fd out,
+        detail::unique_fd err) noexcept
+      : pid_(pid), state_(std::move(state)), stdin_(std::move(in)), stdout_(std::move(out)), stderr_(std::move(err)) {}
 
   void require_valid(const char* verb) const {
-    if (!pidfd_) throw std::logic_error(fmt::format("cannot {} an empty gonso::Child (moved-from or default)", verb));
+    if (!state_) throw std::logic_error(fmt::format("cannot {} an empty gonso::Child (moved-from or default)", verb));
   }
 
-  // waitid(P_PIDFD) with `options` (0 or WNOHANG); caches the status.
-  std::optional<ExitStatus> reap(int options) {
-    siginfo_t info{};
-    while (::waitid(P_PIDFD, static_cast<id_t>(pidfd_.get()), &info, WEXITED | __WALL | options) != 0) {
-      if (errno == EINTR) continue;
-      throw detail::system_error(errno, "cannot wait for pid {} (is SIGCHLD ignored?)", pid_);
+  // Reaps through the shared state, which a dying pid namespace's init may
+  // have reaped already (see detail::child_state); caches the status.
+  std::optional<ExitStatus> reap(bool block) {
+    detail::child_state& state = *state_;
+    for (;;) {
+      (void)detail::try_reap(state);
+      {
+        const std::lock_guard<std::mutex> hold(state.lock);
+        if (state.error != 0) {
+          throw detail::system_error(state.error, "cannot wait for pid {} (is SIGCHLD ignored?)", pid_);
+        }
+        if (state.reaped) {
+          status_ =
+              state.code == CLD_EXITED ? ExitStatus::exited_with(state.status) : ExitStatus::killed_by(state.status);
+          return status_;
+        }
+      }
+      if (!block) return std::nullopt;
+      pollfd ended{state.pidfd.get(), POLLIN, 0};
+      if (::poll(&ended, 1, -1) < 0 && errno != EINTR) {
+        throw detail::system_error(errno, "cannot wait for pid {}", pid_);
+      }
     }
-    if (info.si_pid == 0) return std::nullopt;  // WNOHANG: still running
-    status_ =
-        info.si_code == CLD_EXITED ? ExitStatus::exited_with(info.si_status) : ExitStatus::killed_by(info.si_status);
-    return status_;
   }
 
   std::string read_pipe(const detail::unique_fd& fd, const char* stream) const {
@@ -231,27 +247,42 @@ class Child {
   // Kills and reaps an unreaped process, closes everything. Never throws.
   void finish() noexcept {
     stdin_.reset();
-    if (pidfd_ && !status_) {
-      (void)detail::kill_and_reap(pidfd_);
+    if (state_) {
+      if (!status_) {
+        (void)::syscall(SYS_pidfd_send_signal, state_->pidfd.get(), SIGKILL, nullptr, 0U);
+        (void)detail::wait_reaped(*state_);
+      }
+      detail::child_registry& registry = detail::child_registry::get();
+      registry.remove(state_.get());
+      // An init killed earlier may have been waiting for this very process.
+      registry.sweep_dying_inits();
     }
     stdout_.reset();
     stderr_.reset();
-    pidfd_.reset();
+    state_.reset();
     pid_ = -1;
     status_.reset();
   }
 
   pid_t pid_ = -1;
-  detail::unique_fd pidfd_;
+  std::shared_ptr<detail::child_state> state_;
   detail::unique_fd stdin_;
   detail::unique_fd stdout_;
   detail::unique_fd stderr_;
   std::optional<ExitStatus> status_;
 };
 
-inline Child detail::child_access::make(unique_fd pidfd, pid_t pid, unique_fd in, unique_fd out,
-                                        unique_fd err) noexcept {
-  return Child(std::move(pidfd), pid, std::move(in), std::move(out), std::move(err));
+inline Child detail::child_access::make(unique_fd pidfd, pid_t pid, unique_fd in, unique_fd out, unique_fd err) {
+  std::shared_ptr<child_state> state;
+  try {
+    state = std::make_shared<child_state>(std::move(pidfd), pid);
+  } catch (...) {
+    // Nothing may own a process that no handle can reap.
+    if (pidfd) (void)kill_and_reap(pidfd);
+    throw;
+  }
+  (void)child_registry::get().add(state);
+  return Child(std::move(state), pid, std::move(in), std::move(out), std::move(err));
 }
 
 }  // namespace gonso

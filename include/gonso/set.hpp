@@ -860,17 +860,27 @@ class Set {
     lifeline.read.reset();
 
     std::shared_ptr<void> init;  // owns the new pid namespace's init as soon as it exists
-    for (;;) {
-      detail::creator_message m;
+    // Every message is untrusted bytes, decoded and checked for its place in
+    // the conversation; pids in them are checked against the kernel's view.
+    detail::creator_protocol protocol(plan.fork_after, kinds.contains(Kind::user),
+                                      kinds.contains(Kind::pid) && !plan.fork_after);
+    for (bool over = false; !over;) {
+      std::array<std::byte, sizeof(detail::creator_message)> bytes{};
       std::size_t got = 0;
-      while (got < sizeof m) {
-        const ssize_t n = ::read(report.read.get(), reinterpret_cast<char*>(&m) + got, sizeof m - got);
+      while (got < bytes.size()) {
+        const ssize_t n = ::read(report.read.get(), bytes.data() + got, bytes.size() - got);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0)
           throw detail::system_error(n < 0 ? errno : ECHILD, "the child creating {} namespaces ended early", kinds);
         got += static_cast<std::size_t>(n);
       }
+      const detail::creator_message m = detail::decode_creator_message(bytes, plan.count);
+      over = protocol.accept(m);
       if (m.tag == detail::creator_message::creator_pid) {
+        if (!is_child_of(guard.child, m.value)) {
+          throw detail::system_error(EPROTO, "the child creating {} namespaces named pid {}, not its own child", kinds,
+                                     m.value);
+        }
         guard.creator = m.value;
       } else if (m.tag == detail::creator_message::init_pid) {
         init = adopt_init(guard.creator, m.value, std::move(lifeline.write));
@@ -881,9 +891,7 @@ class Set {
         const char byte = 'g';
         if (!detail::write_all(go.write.get(), &byte, 1))
           throw detail::system_error(errno, "cannot wake the child creating {} namespaces", kinds);
-      } else if (m.tag == detail::creator_message::ready) {
-        break;
-      } else {
+      } else if (m.tag == detail::creator_message::failed) {
         throw std::system_error(m.error, std::generic_category(), creator_error(m, plan, ns_, kinds));
       }
     }
@@ -900,9 +908,36 @@ class Set {
     return result;
   }
 
+  // (device, inode) of a pid namespace link, by stat(2); zero when it cannot be read.
+  static Identity pid_ns_at(const std::string& path) noexcept {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) return {};
+    return Identity{Kind::pid, st.st_dev, st.st_ino};
+  }
+
+  // Whether /proc says `pid` is a child of `parent` (its main thread's).
+  static bool is_child_of(pid_t parent, pid_t pid) {
+    const std::string path = fmt::format("/proc/{0}/task/{0}/children", parent);
+    detail::unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) return false;
+    const std::string text = detail::read_to_end(fd.get());
+    const char* at = text.data();
+    const char* const end = text.data() + text.size();
+    while (at < end) {
+      pid_t child = 0;
+      const auto [next, ec] = std::from_chars(at, end, child);
+      if (ec != std::errc{}) return false;
+      if (child == pid) return true;
+      at = next;
+      while (at < end && *at == ' ') ++at;
+    }
+    return false;
+  }
+
   // `init` is the init's pid when the creator could tell it; otherwise the
   // init is the creator's only child.
   static std::shared_ptr<void> adopt_init(pid_t creator, pid_t init, detail::unique_fd lifeline) {
+    const bool reported = init > 0;
     if (init <= 0) {
       const std::string path = fmt::format("/proc/{0}/task/{0}/children", creator);
       detail::unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
@@ -916,6 +951,16 @@ class Set {
     detail::unique_fd pidfd(detail::pidfd_open(init));
     if (!pidfd)
       throw detail::system_error(errno, "cannot open a pidfd for the init of the new pid namespace (pid {})", init);
+    // The pid came from the child: take it only if it is in the namespace
+    // the creator's children go to, and, when reported by the creator, the
+    // caller's own child (CLONE_PARENT), which the caller reaps.
+    const Identity ns_of_init = pid_ns_at(fmt::format("/proc/{}/ns/pid", init));
+    const Identity ns_made = pid_ns_at(fmt::format("/proc/{}/ns/pid_for_children", creator));
+    siginfo_t info{};
+    const bool own = ::waitid(P_PIDFD, static_cast<id_t>(pidfd.get()), &info, WEXITED | WNOHANG | WNOWAIT) == 0;
+    if (ns_of_init.inode == 0 || ns_of_init.inode != ns_made.inode || (reported && !own)) {
+      throw detail::system_error(EPROTO, "pid {} is not the init of the new pid namespace", init);
+    }
     return std::make_shared<detail::pid_init>(std::move(lifeline), std::move(pidfd));
   }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/mount.h>
@@ -20,6 +21,7 @@
 #include <cstring>
 #include <filesystem>
 #include <optional>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -29,6 +31,7 @@
 
 #include <gonso/child.hpp>
 #include <gonso/detail/child_process.hpp>
+#include <gonso/detail/child_report.hpp>
 #include <gonso/detail/error.hpp>
 #include <gonso/detail/ns_file.hpp>
 #include <gonso/detail/unique_fd.hpp>
@@ -372,29 +375,145 @@ inline constexpr std::size_t shared_child_stack = std::size_t{16} * 1024;
   return pid;
 }
 
-/// Reads every record until all writers are gone: exec closed the pipe, or
-/// the processes exited. A read error counts as the end.
-inline std::vector<spawn_record> read_records(int fd) noexcept {
-  std::vector<spawn_record> records;
-  char buf[sizeof(spawn_record) * 4];
-  std::size_t have = 0;
-  for (;;) {
-    const ssize_t n = ::read(fd, buf + have, sizeof buf - have);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return records;
-    have += static_cast<std::size_t>(n);
-    std::size_t used = 0;
-    for (; have - used >= sizeof(spawn_record); used += sizeof(spawn_record)) {
-      spawn_record record{};
-      std::memcpy(&record, buf + used, sizeof record);
-      try {
-        records.push_back(record);
-      } catch (...) {
-        return records;  // out of memory for a few bytes: what was read must do
+/// The most records a spawn child writes: the program's pid (from a middle
+/// process), then one failure.
+inline constexpr std::size_t max_spawn_records = 2;
+
+/// What the records a child sent may name, from the plan: how many join
+/// steps, /etc/netns files, and whether a pid is to be expected at all.
+struct spawn_limits {
+  std::size_t join_steps = 0;
+  std::size_t etc_files = 0;  // pairs: an index names the first of two
+  bool expect_pid = false;
+};
+
+/// What the records say, validated.
+struct spawn_outcome {
+  pid_t program = -1;                   // the pid record's value, when there was one
+  std::optional<spawn_record> failure;  // the first failure
+};
+
+/// Checks one failure record against the plan: a known step, an errno in
+/// range, and a value that names something the plan has. Throws
+/// std::system_error(EPROTO) otherwise, so that a bad index never reaches
+/// spawn_error.
+inline void check_spawn_failure(const spawn_record& record, const spawn_limits& limits) {
+  const auto bad = [](const char* why) {
+    throw system_error(EPROTO, "malformed record from the child of spawn: {}", why);
+  };
+  if (!valid_errno(record.err)) bad("an errno out of range");
+  const std::int64_t value = record.value;
+  switch (record.what) {
+    case spawn_step::join:
+      if (value < 0 || static_cast<std::uint64_t>(value) >= limits.join_steps) bad("a join step the plan has not");
+      return;
+    case spawn_step::stdio:
+      if (value < 0 || value > 2) bad("a standard stream other than 0, 1 or 2");
+      return;
+    case spawn_step::etc:
+      if (value == -1) return;  // making the mount namespace failed
+      if (value < 0 || value % 2 != 0 || static_cast<std::uint64_t>(value) + 1 >= limits.etc_files) {
+        bad("an /etc/netns file the plan has not");
       }
+      return;
+    case spawn_step::fork:
+    case spawn_step::chdir:
+    case spawn_step::cloexec:
+    case spawn_step::exec:
+      if (value != 0) bad("a value where none belongs");
+      return;
+    case spawn_step::pid:
+      break;
+  }
+  bad("an unknown step");
+}
+
+/// Decodes the bytes a child of spawn() wrote on its pipe. Pure and bounded:
+/// whole records only, at most max_spawn_records, each validated (see
+/// check_spawn_failure); at most one pid record, only where one is expected,
+/// with a value above 0. Throws std::system_error(EPROTO) for anything else.
+/// A pid is only a claim: the caller checks that it names its own child in
+/// the Set (see verify_program).
+[[nodiscard]] inline spawn_outcome decode_spawn_records(std::span<const std::byte> bytes, const spawn_limits& limits) {
+  const auto bad = [](const char* why) {
+    throw system_error(EPROTO, "malformed record from the child of spawn: {}", why);
+  };
+  if (bytes.size() % sizeof(spawn_record) != 0) bad("a record cut short");
+  if (bytes.size() > max_spawn_records * sizeof(spawn_record)) bad("more records than a child writes");
+  spawn_outcome out;
+  bool pid_seen = false;
+  for (std::size_t at = 0; at < bytes.size(); at += sizeof(spawn_record)) {
+    spawn_record record{};
+    std::memcpy(&record, bytes.data() + at, sizeof record);
+    if (record.what == spawn_step::pid) {
+      if (!limits.expect_pid) bad("a pid where none is expected");
+      if (pid_seen) bad("a second pid");
+      if (out.failure) bad("a pid after a failure");
+      if (record.value <= 0 || record.err != 0) bad("a pid that is no process id");
+      pid_seen = true;
+      out.program = record.value;
+      continue;
     }
-    std::memmove(buf, buf + used, have - used);
-    have -= used;
+    check_spawn_failure(record, limits);
+    if (out.failure) bad("a second failure");
+    out.failure = record;
+  }
+  return out;
+}
+
+/// Reads what the child writes until all writers are gone (exec closed the
+/// pipe, or the processes exited), but never more than max_spawn_records
+/// records and one byte: a writer that goes on is refused. A read error
+/// counts as the end. Then decodes it (decode_spawn_records).
+inline spawn_outcome read_records(int fd, const spawn_limits& limits) {
+  std::array<std::byte, max_spawn_records * sizeof(spawn_record) + 1> buf{};
+  std::size_t have = 0;
+  while (have < buf.size()) {
+    const ssize_t n = ::read(fd, buf.data() + have, buf.size() - have);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    have += static_cast<std::size_t>(n);
+  }
+  return decode_spawn_records(std::span<const std::byte>(buf.data(), have), limits);
+}
+
+/// Whether `pidfd` (for `pid`) is a process the caller may take as the
+/// program: its own child (or one already reaped elsewhere, when the
+/// application ignores SIGCHLD) that no Child holds yet, and inside the Set's
+/// pid and time namespaces where those were joined. A pid (or pidfd) comes
+/// from a child, so it is never taken on trust. Opens no fd (the caller may
+/// be out of them). Throws std::system_error(EPROTO) when it is not.
+inline void verify_program(const unique_fd& pidfd, pid_t pid, const Set& set, const join_plan& plan) {
+  siginfo_t info{};
+  int r = 0;
+  while ((r = ::waitid(P_PIDFD, static_cast<id_t>(pidfd.get()), &info, WEXITED | WNOHANG | WNOWAIT | __WALL)) != 0 &&
+         errno == EINTR) {
+  }
+  if (r != 0) {
+    pollfd ended{pidfd.get(), POLLIN, 0};
+    // ECHILD for a process that has ended: ours, reaped by the kernel
+    // (SIGCHLD ignored); for one still running: someone else's.
+    if (errno != ECHILD || ::poll(&ended, 1, 0) != 1) {
+      throw system_error(EPROTO, "the child of spawn named pid {}, which is not the caller's child", pid);
+    }
+  }
+  {
+    child_registry& registry = child_registry::get();
+    const std::lock_guard<std::mutex> hold(registry.lock);
+    for (const auto& state : registry.live) {
+      if (state->pid == pid) throw system_error(EPROTO, "the child of spawn named pid {}, which a Child holds", pid);
+    }
+  }
+  for (std::size_t i = 0; i < plan.count; ++i) {
+    const Kind kind = plan.steps[i].kind;
+    if (kind != Kind::pid && kind != Kind::time) continue;
+    Identity seen{};
+    const std::string path = fmt::format("/proc/{}/ns/{}", pid, name(kind));
+    // A zombie keeps its namespace links; a pid reused since cannot be ours
+    // (ours is unreaped, so its number is not free).
+    if (stat_ns(AT_FDCWD, path.c_str(), kind, seen) == 0 && seen.inode != set.identity(kind).inode) {
+      throw system_error(EPROTO, "the child of spawn named pid {}, which is not in the Set's {} namespace", pid, kind);
+    }
   }
 }
 
@@ -568,6 +687,7 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
   // else. A child born in another pid namespace sees its parent as pid 0 and
   // skips the check.
   const pid_t parent = detail::bind_syscall();
+  const detail::spawn_limits limits{plan.join.count, plan.etc_files.size(), plan.join.fork_after};
 
   if (detail::may_share_memory(plan)) {
     detail::shared_spawn job{&plan, parent};
@@ -578,11 +698,16 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
     ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
     if (pid > 0) {
       close_childs_ends();
+      // The record and the numbers in `job` were written by the child: each
+      // is checked before it is believed (decode_spawn_records, verify_program).
       const bool failed = job.failure.what != detail::spawn_step{};
+      const auto failure = [&] {
+        return detail::decode_spawn_records(std::as_bytes(std::span(&job.failure, 1)), limits).failure.value();
+      };
       if (!plan.join.fork_after) {
         if (failed) {
           (void)detail::reap(pidfd);  // it has ended, or is ending
-          throw detail::spawn_error(job.failure, plan, set, argv, search);
+          throw detail::spawn_error(failure(), plan, set, argv, search);
         }
         return detail::child_access::make(std::move(pidfd), pid, std::move(mine[0]), std::move(mine[1]),
                                           std::move(mine[2]));
@@ -591,15 +716,25 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
       // ended; its pidfd is ours (it shared our fd table), so the program is
       // held even if it ended and was reaped already.
       (void)detail::reap(pidfd);
-      detail::unique_fd program(job.program_pidfd);
+      detail::unique_fd program;
+      if (job.program_pidfd > 2) {
+        // Owned (and so closed) only once it is shown to be a pidfd: any
+        // other fd of ours stays untouched. Only gonso's own code wrote
+        // `job` (the memory stops being shared when the program is exec'd),
+        // but it is checked all the same.
+        siginfo_t info{};
+        const int r = ::waitid(P_PIDFD, static_cast<id_t>(job.program_pidfd), &info, WEXITED | WNOHANG | WNOWAIT);
+        if (r == 0 || (errno != EBADF && errno != EINVAL)) program.reset(job.program_pidfd);
+      }
       if (failed) {
         if (program) (void)detail::reap(program);
-        throw detail::spawn_error(job.failure, plan, set, argv, search);
+        throw detail::spawn_error(failure(), plan, set, argv, search);
       }
       if (!program) {
         // Killed (say by another's SIGKILL) before it could clone the program.
         throw detail::system_error(ECHILD, "cannot spawn {}: the child setting it up ended with no report", argv[0]);
       }
+      detail::verify_program(program, job.program, set, plan.join);
       return detail::child_access::make(std::move(program), job.program, std::move(mine[0]), std::move(mine[1]),
                                         std::move(mine[2]));
     }
@@ -633,17 +768,21 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
   }
   report.write.reset();
   close_childs_ends();
-  const std::vector<detail::spawn_record> records = detail::read_records(report.read.get());
-
-  pid_t program = plan.join.fork_after ? -1 : pid;
-  const detail::spawn_record* failure = nullptr;
-  for (const detail::spawn_record& record : records) {
-    if (record.what == detail::spawn_step::pid) {
-      program = record.value;
-    } else if (failure == nullptr) {
-      failure = &record;
+  detail::spawn_outcome outcome;
+  try {
+    outcome = detail::read_records(report.read.get(), limits);
+  } catch (const std::system_error&) {
+    // Bad bytes: end what is surely ours. A pid the child claimed is not.
+    if (pidfd) {
+      (void)detail::kill_and_reap(pidfd);
+    } else {
+      ::kill(pid, SIGKILL);
+      (void)detail::reap(pid);
     }
+    throw;
   }
+  const pid_t program = plan.join.fork_after ? outcome.program : pid;
+  const detail::spawn_record* failure = outcome.failure ? &*outcome.failure : nullptr;
   int middle_status = 0;
   if (plan.join.fork_after) {
     // The middle process has reported and exited (or failed): reap it. The
@@ -659,6 +798,8 @@ inline std::vector<spawn_record> read_records(int fd) noexcept {
         const int err = errno;
         throw detail::system_error(err, "cannot open a pidfd for pid {} ({})", program, argv[0]);
       }
+      // Before it is reaped or held: the pid came from the child.
+      detail::verify_program(pidfd, program, set, plan.join);
     }
   }
   if (failure != nullptr) {

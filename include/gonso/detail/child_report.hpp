@@ -11,11 +11,16 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <initializer_list>
+#include <span>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <type_traits>
 
@@ -31,12 +36,86 @@ template <typename R>
 inline constexpr bool reportable = std::is_void_v<R> || std::is_same_v<R, std::string> ||
                                    (std::is_trivially_copyable_v<R> && !std::is_pointer_v<R>);
 
-// One message per run: a tag byte, then the tag's payload.
+// One message per run: a tag byte, the length of the body (u32, native
+// order), then the body. The length makes a cut-short report (a child killed
+// while writing) tell itself apart from a whole one.
 enum report_tag : char {
   tag_value = 'V',      // the value's bytes (void: none)
   tag_exception = 'E',  // u32 length of the type name, the name, then what()
   tag_join = 'J',       // i32 errno, then the message
 };
+inline constexpr std::size_t report_header = 1 + sizeof(std::uint32_t);
+
+/// The largest body a report may have. The callable runs in the child that
+/// writes the report, so its bytes are untrusted: the parent never reads or
+/// allocates more than this, whatever a child sends.
+inline constexpr std::size_t max_report_body = std::size_t{64} << 20;  // 64 MiB
+
+/// The largest errno a kernel returns (its MAX_ERRNO); errnos from children
+/// outside 1 to this are refused.
+inline constexpr int max_errno = 4095;
+[[nodiscard]] constexpr bool valid_errno(std::int64_t err) noexcept { return err >= 1 && err <= max_errno; }
+
+/// A report that cannot be what a gonso child writes: EPROTO, naming why.
+[[noreturn]] inline void malformed_report(const char* why) {
+  throw system_error(EPROTO, "malformed report from a gonso child process: {}", why);
+}
+
+/// A report, parsed but not yet turned into a value or an exception; its
+/// views point into the bytes parsed.
+struct parsed_report {
+  enum class kind { none, value, exception, join };
+  kind what = kind::none;  // none: the child wrote nothing
+  std::string_view body;   // the value's bytes
+  std::string_view type;   // the exception's type name
+  std::string_view text;   // what(), or the join error's message
+  int err = 0;             // the join error's errno, 1 to max_errno
+};
+
+/// Parses the bytes a child wrote. Pure and bounded: reads only `bytes`,
+/// allocates nothing, and throws std::system_error(EPROTO) for anything that
+/// is not one whole well-formed report (unknown tag, cut short, trailing
+/// bytes, a body over max_report_body, a name longer than its message, an
+/// errno out of range).
+[[nodiscard]] inline parsed_report parse_report(std::span<const char> bytes) {
+  parsed_report out;
+  if (bytes.empty()) return out;
+  if (bytes.size() < report_header) malformed_report("cut short in its header");
+  std::uint32_t length = 0;
+  std::memcpy(&length, bytes.data() + 1, sizeof length);
+  if (length > max_report_body) malformed_report("its body is longer than the limit");
+  if (bytes.size() - report_header < length) malformed_report("cut short in its body");
+  if (bytes.size() - report_header > length) malformed_report("trailing bytes after its body");
+  const std::string_view body(bytes.data() + report_header, length);
+  switch (bytes[0]) {
+    case tag_value:
+      out.what = parsed_report::kind::value;
+      out.body = body;
+      return out;
+    case tag_exception: {
+      std::uint32_t name = 0;
+      if (body.size() < sizeof name) malformed_report("an exception without its type's length");
+      std::memcpy(&name, body.data(), sizeof name);
+      if (body.size() - sizeof name < name) malformed_report("an exception type longer than the message");
+      out.what = parsed_report::kind::exception;
+      out.type = body.substr(sizeof name, name);
+      out.text = body.substr(sizeof name + name);
+      return out;
+    }
+    case tag_join: {
+      std::int32_t err = 0;
+      if (body.size() < sizeof err) malformed_report("a join error without its errno");
+      std::memcpy(&err, body.data(), sizeof err);
+      if (!valid_errno(err)) malformed_report("a join error with an errno out of range");
+      out.what = parsed_report::kind::join;
+      out.err = err;
+      out.text = body.substr(sizeof err);
+      return out;
+    }
+    default:
+      malformed_report("an unknown tag");
+  }
+}
 
 /// Where a child reports: a pipe for the report, whose ends are both
 /// non-blocking, and an eventfd, its bell. The parent leaves the report in
@@ -105,7 +184,8 @@ class report_sink {
 
 /// The parent's side of a report_channel: sleeps until the child behind
 /// `pidfd` has ended or rang the bell, and returns what the data pipe holds,
-/// read as it comes once the bell rang. Returns once the child has ended: a
+/// read as it comes once the bell rang, never more than one report of
+/// max_report_body (EMSGSIZE beyond it). Returns once the child has ended: a
 /// process it forked and left running (holding the pipe) does not hold the
 /// caller up. A `pidfd` of -1 says the child has ended already. Throws
 /// std::system_error on a poll or read error.
@@ -134,6 +214,10 @@ class report_sink {
     while (data_open) {
       const ssize_t n = ::read(data, buf, sizeof buf);
       if (n > 0) {
+        if (out.size() + static_cast<std::size_t>(n) > report_header + max_report_body) {
+          throw system_error(EMSGSIZE, "the report of a gonso child process exceeds the limit of {} bytes",
+                             max_report_body);
+        }
         out.append(buf, static_cast<std::size_t>(n));
       } else if (n == 0) {
         data_open = false;
@@ -147,10 +231,36 @@ class report_sink {
   }
 }
 
+/// Writes one report: the header, then the body's parts. Value-initialised
+/// header: no byte of it is left undefined.
+inline bool write_report(report_sink& sink, char tag, std::initializer_list<std::string_view> parts) noexcept {
+  std::size_t length = 0;
+  for (const std::string_view part : parts) length += part.size();
+  char header[report_header] = {};
+  header[0] = tag;
+  const auto size = static_cast<std::uint32_t>(length);
+  std::memcpy(header + 1, &size, sizeof size);
+  if (!sink.write(header, sizeof header)) return false;
+  for (const std::string_view part : parts) {
+    if (!sink.write(part.data(), part.size())) return false;
+  }
+  return true;
+}
+
 inline void report_join_error(report_sink& sink, int err, const std::string& message) noexcept {
-  const char tag = tag_join;
   const auto code = static_cast<std::int32_t>(err);
-  (void)(sink.write(&tag, 1) && sink.write(&code, sizeof code) && sink.write(message.data(), message.size()));
+  (void)write_report(
+      sink, tag_join,
+      {std::string_view(reinterpret_cast<const char*>(&code), sizeof code), std::string_view(message).substr(0, 4096)});
+}
+
+inline void report_exception(report_sink& sink, std::string_view type, std::string_view text) noexcept {
+  // Cut to fit: a what() text may be anything, the report may not.
+  type = type.substr(0, 4096);
+  text = text.substr(0, max_report_body - sizeof(std::uint32_t) - type.size());
+  const auto length = static_cast<std::uint32_t>(type.size());
+  (void)write_report(sink, tag_exception,
+                     {std::string_view(reinterpret_cast<const char*>(&length), sizeof length), type, text});
 }
 
 /// The demangled name of the exception being handled, e.g. "std::runtime_error".
@@ -168,19 +278,21 @@ inline std::string current_exception_type() {
 template <typename R, typename F>
 void run_and_report(F&& fn, report_sink& sink) noexcept {
   try {
-    const char tag = tag_value;
     if constexpr (std::is_void_v<R>) {
       std::forward<F>(fn)();
-      (void)sink.write(&tag, 1);
+      (void)write_report(sink, tag_value, {});
     } else if constexpr (std::is_same_v<R, std::string>) {
       const std::string value = std::forward<F>(fn)();
-      (void)(sink.write(&tag, 1) && sink.write(value.data(), value.size()));
+      if (value.size() > max_report_body) {
+        report_exception(sink, "std::length_error",
+                         fmt::format("the callable's result of {} bytes exceeds run_in_process's limit of {} bytes",
+                                     value.size(), max_report_body));
+        return;
+      }
+      (void)write_report(sink, tag_value, {std::string_view(value)});
     } else {
       const R value = std::forward<F>(fn)();
-      char message[1 + sizeof(R)];
-      message[0] = tag;
-      std::memcpy(message + 1, &value, sizeof(R));
-      (void)sink.write(message, sizeof message);
+      (void)write_report(sink, tag_value, {std::string_view(reinterpret_cast<const char*>(&value), sizeof(R))});
     }
   } catch (...) {
     std::string type;
@@ -192,52 +304,47 @@ void run_and_report(F&& fn, report_sink& sink) noexcept {
       text = e.what();
     } catch (...) {
     }
-    const char tag = tag_exception;
-    const auto length = static_cast<std::uint32_t>(type.size());
-    (void)(sink.write(&tag, 1) && sink.write(&length, sizeof length) && sink.write(type.data(), type.size()) &&
-           sink.write(text.data(), text.size()));
+    report_exception(sink, type, text);
   }
 }
 
-/// Turns what a child wrote, and how it ended, into the callable's value or
-/// the matching exception.
+/// Turns what a child wrote, and how it ended (a wait status, or -1 when
+/// unknown), into the callable's value or the matching exception. The bytes
+/// are untrusted (see parse_report): a value must have exactly the size of
+/// R (and a bool be 0 or 1), else std::system_error(EPROTO); a malformed
+/// report from a child that a signal killed is reported as that signal.
 template <typename R>
-R decode_report(const std::string& report, int status) {
-  if (!report.empty()) {
-    const char* body = report.data() + 1;
-    const std::size_t size = report.size() - 1;
-    switch (report[0]) {
-      case tag_value:
-        if constexpr (std::is_void_v<R>) {
-          return;
-        } else if constexpr (std::is_same_v<R, std::string>) {
-          return std::string(body, size);
-        } else {
-          if (size == sizeof(R)) {
-            R value;
-            std::memcpy(&value, body, sizeof(R));
-            return value;
-          }
+R decode_report(std::span<const char> report, int status) {
+  parsed_report parsed;
+  try {
+    parsed = parse_report(report);
+  } catch (const std::system_error&) {
+    if (status != -1 && WIFSIGNALED(status)) throw ProcessError::killed(WTERMSIG(status));
+    throw;
+  }
+  switch (parsed.what) {
+    case parsed_report::kind::value:
+      if constexpr (std::is_void_v<R>) {
+        if (!parsed.body.empty()) malformed_report("a value for a callable that returns void");
+        return;
+      } else if constexpr (std::is_same_v<R, std::string>) {
+        return std::string(parsed.body);
+      } else {
+        if (parsed.body.size() != sizeof(R)) malformed_report("a value of the wrong size");
+        if constexpr (std::is_same_v<R, bool>) {
+          // Any other byte would be undefined behaviour as a bool.
+          if (parsed.body[0] != 0 && parsed.body[0] != 1) malformed_report("a bool that is neither 0 nor 1");
         }
-        break;
-      case tag_exception: {
-        std::uint32_t length = 0;
-        if (size < sizeof length) break;
-        std::memcpy(&length, body, sizeof length);
-        if (size - sizeof length < length) break;
-        const char* type = body + sizeof length;
-        throw ProcessError::thrown(std::string(type, length),
-                                   std::string(type + length, size - sizeof length - length));
+        R value;
+        std::memcpy(&value, parsed.body.data(), sizeof(R));
+        return value;
       }
-      case tag_join: {
-        std::int32_t err = 0;
-        if (size < sizeof err) break;
-        std::memcpy(&err, body, sizeof err);
-        throw std::system_error(err, std::generic_category(), std::string(body + sizeof err, size - sizeof err));
-      }
-      default:
-        break;
-    }
+    case parsed_report::kind::exception:
+      throw ProcessError::thrown(std::string(parsed.type), std::string(parsed.text));
+    case parsed_report::kind::join:
+      throw std::system_error(parsed.err, std::generic_category(), std::string(parsed.text));
+    case parsed_report::kind::none:
+      break;
   }
   if (status == -1) throw system_error(ECHILD, "cannot learn how the child process ended (is SIGCHLD ignored?)");
   if (WIFSIGNALED(status)) throw ProcessError::killed(WTERMSIG(status));

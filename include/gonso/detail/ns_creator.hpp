@@ -12,10 +12,16 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <span>
 #include <string>
+#include <system_error>
 
 #include <gonso/detail/child_process.hpp>
+#include <gonso/detail/child_report.hpp>
+#include <gonso/detail/error.hpp>
 #include <gonso/detail/pid_init.hpp>
 #include <gonso/kind.hpp>
 
@@ -26,7 +32,9 @@ namespace gonso::detail {
 inline constexpr Kinds process_only_kinds = Kind::pid | Kind::time | Kind::user;
 
 /// One message from the creating child to the parent. Small enough for a
-/// pipe write to be atomic, so that two writers never interleave.
+/// pipe write to be atomic, so that two writers never interleave. The
+/// padding after the tag is a member of its own, zero, so that no byte sent
+/// is left undefined.
 struct creator_message {
   enum tag_t : char {
     creator_pid = 'p',   // value: pid (in the parent's view) of the process that creates
@@ -36,9 +44,11 @@ struct creator_message {
     failed = 'e',        // value: which step, error: errno
   };
   char tag = failed;
+  char reserved[3] = {};
   std::int32_t value = 0;
   std::int32_t error = 0;
 };
+static_assert(sizeof(creator_message) == 12, "no implicit padding");
 
 /// The steps a creator can fail at, for the parent's message.
 enum creator_step : std::int32_t {
@@ -50,6 +60,95 @@ enum creator_step : std::int32_t {
   step_time_offsets,
   step_propagation,
   step_fork_init,
+};
+
+/// Decodes one message of the creating child. Pure: exactly one message's
+/// bytes; a known tag; zero padding; a failed step that exists (a join step
+/// below `join_steps`) with an errno in range; a pid above 0; no value on
+/// the others. Throws std::system_error(EPROTO) otherwise. A pid is only a
+/// claim the parent then checks (Set::adopt_init, creator_protocol).
+[[nodiscard]] inline creator_message decode_creator_message(std::span<const std::byte> bytes, std::size_t join_steps) {
+  const auto bad = [](const char* why) {
+    throw system_error(EPROTO, "malformed message from the child creating namespaces: {}", why);
+  };
+  creator_message m;
+  if (bytes.size() != sizeof m) bad("not one whole message");
+  std::memcpy(&m, bytes.data(), sizeof m);
+  if (m.reserved[0] != 0 || m.reserved[1] != 0 || m.reserved[2] != 0) bad("padding that is not zero");
+  switch (m.tag) {
+    case creator_message::creator_pid:
+    case creator_message::init_pid:
+      if (m.value <= 0 || m.error != 0) bad("a pid that is no process id");
+      return m;
+    case creator_message::user_created:
+    case creator_message::ready:
+      if (m.value != 0 || m.error != 0) bad("a value where none belongs");
+      return m;
+    case creator_message::failed: {
+      const bool join =
+          m.value >= step_join && static_cast<std::int64_t>(m.value) < static_cast<std::int64_t>(join_steps);
+      if (!join && (m.value < step_fork || m.value > step_fork_init)) bad("a step that does not exist");
+      if (!valid_errno(m.error)) bad("an errno out of range");
+      return m;
+    }
+    default:
+      bad("an unknown tag");
+  }
+  return m;  // not reached
+}
+
+/// The order the creating child speaks in, checked message by message: at
+/// most one of each, the creator's pid first and only when it had to fork,
+/// the init's pid only when a pid namespace is made by the creator itself,
+/// user_created only with a user namespace, and `ready` after it. Bounds the
+/// conversation: a child cannot make the parent loop or write maps twice.
+class creator_protocol {
+ public:
+  creator_protocol(bool forks, bool user, bool init_reported) noexcept
+      : forks_(forks), user_(user), init_reported_(init_reported) {}
+
+  /// Throws std::system_error(EPROTO) for a message out of order. Returns
+  /// true once the conversation is over (ready or failed).
+  bool accept(const creator_message& m) {
+    const auto bad = [](const char* why) {
+      throw system_error(EPROTO, "the child creating namespaces spoke out of order: {}", why);
+    };
+    if (over_) bad("a message after the last");
+    switch (m.tag) {
+      case creator_message::creator_pid:
+        if (!forks_ || seen_ != 0) bad("the creator's pid, not first or not expected");
+        break;
+      case creator_message::init_pid:
+        if (!init_reported_ || init_) bad("the init's pid, unexpected or twice");
+        init_ = true;
+        break;
+      case creator_message::user_created:
+        if (!user_ || user_seen_) bad("user_created, unexpected or twice");
+        user_seen_ = true;
+        break;
+      case creator_message::ready:
+        if (user_ != user_seen_ || init_reported_ != init_) bad("ready before every step");
+        over_ = true;
+        break;
+      default:
+        over_ = true;  // failed
+        break;
+    }
+    if (forks_ && seen_ == 0 && m.tag != creator_message::creator_pid && m.tag != creator_message::failed) {
+      bad("a message before the creator's pid");
+    }
+    ++seen_;
+    return over_;
+  }
+
+ private:
+  bool forks_;
+  bool user_;
+  bool init_reported_;
+  bool init_ = false;
+  bool user_seen_ = false;
+  bool over_ = false;
+  int seen_ = 0;
 };
 
 /// What the child is to create, all prepared before the fork.
@@ -64,7 +163,10 @@ struct creator_task {
 };
 
 inline void creator_send(int fd, char tag, std::int32_t value = 0, std::int32_t error = 0) noexcept {
-  const creator_message m{tag, value, error};
+  creator_message m{};
+  m.tag = tag;
+  m.value = value;
+  m.error = error;
   (void)write_all(fd, &m, sizeof m);
 }
 
@@ -81,7 +183,8 @@ inline void creator_send(int fd, char tag, std::int32_t value = 0, std::int32_t 
 }
 
 [[noreturn]] inline void creator_fail(int fd, std::int32_t step) noexcept {
-  creator_send(fd, creator_message::failed, step, errno);
+  // An end of file has no errno of its own; the parent takes none outside 1-4095.
+  creator_send(fd, creator_message::failed, step, errno != 0 ? errno : EIO);
   ::_exit(1);
 }
 

@@ -47,7 +47,8 @@ namespace gonso::detail {
 
 /// Ownership of one such init, shared by every Set that holds its pid
 /// namespace. When the last owner goes, the init (and with it everything in
-/// the namespace) is killed and, when it is the caller's child, reaped.
+/// the namespace) is killed and, when it is the caller's child, reaped, along
+/// with the caller's own children the namespace was waiting for.
 class pid_init {
  public:
   pid_init(unique_fd lifeline, unique_fd pidfd) noexcept
@@ -59,9 +60,12 @@ class pid_init {
     // In a forked copy of the owner (one that calls exit()), letting go of the
     // lifeline is all: the owner's Sets still hold the namespace.
     if (!pidfd_ || ::getpid() != owner_) return;
-    // Reaped here only if the init became our child (we are a subreaper);
-    // otherwise its new parent reaps it and waitid says ECHILD at once.
-    (void)kill_and_reap(pidfd_);
+    // Reaped here only if the init is our child (see creator_main);
+    // otherwise its parent reaps it and waitid says ECHILD at once. Never a
+    // plain blocking wait: the dying init may be waiting for programs that
+    // only this process can reap (reap_killed_init).
+    (void)::syscall(SYS_pidfd_send_signal, pidfd_.get(), SIGKILL, nullptr, 0U);
+    reap_killed_init(pidfd_);
   }
 
  private:
