@@ -7,7 +7,10 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
+#include <cstdlib>
 #include <functional>
+#include <set>
 #include <string>
 #include <system_error>
 #include <utility>
@@ -135,4 +138,47 @@ TEST_CASE("callable exit: values and exceptions of any type cross back as they a
     CHECK(net.run(restore, [] { return 5; }) == 5);
   }
   gonso::retire_idle_workers();
+}
+
+TEST_CASE("callable exit: every way out of a run_in_process callable is reported, and the next run works",
+          "[callables][privileged][process]") {
+  test::require_privilege();
+  const Set net = Set::current(Kind::net).unshare(Kind::net);
+  const test::Snapshot caller = test::snapshot();
+  const std::set<pid_t> kids = test::children();
+  const auto error_of = [&](const std::function<int()>& fn) -> std::string {
+    try {
+      (void)net.run_in_process(fn);
+    } catch (const gonso::ProcessError& e) {
+      return e.what();
+    }
+    return "no error";
+  };
+  for (const Exit& exit : thread_exits()) {
+    INFO(exit.what);
+    if (std::string(exit.what).find("pending") != std::string::npos) {
+      // The child's only thread returned; nothing runs after it there to be
+      // cancelled in its place, so its value counts.
+      CHECK(net.run_in_process(exit.leave) == 2);
+    } else {
+      CHECK_THAT(error_of(exit.leave), Catch::Contains("ended its thread"));
+    }
+  }
+  CHECK_THAT(error_of([]() -> int { ::_exit(4); }), Catch::Contains("status 4"));
+  // The test runner's handlers are copied into the child: back to the default.
+  CHECK_THAT(error_of([]() -> int {
+               (void)std::signal(SIGABRT, SIG_DFL);
+               std::abort();
+             }),
+             Catch::Contains("signal 6"));
+  CHECK_THAT(error_of([]() -> int {
+               (void)std::signal(SIGTERM, SIG_DFL);
+               ::raise(SIGTERM);
+               return 0;
+             }),
+             Catch::Contains("signal 15"));
+  CHECK_THAT(error_of([]() -> int { throw 17; }), Catch::Contains("int"));
+  CHECK(net.run_in_process([] { return test::thread_ns(Kind::net); }) == net.identity(Kind::net));
+  CHECK(test::snapshot() == caller);
+  CHECK(test::eventually([&] { return test::children() == kids; }));
 }

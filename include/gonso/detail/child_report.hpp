@@ -274,9 +274,12 @@ inline std::string current_exception_type() {
   return name;
 }
 
-/// Runs `fn` in the child and writes its outcome to `sink`.
+/// Runs `fn` in the child and writes its outcome to `sink`. A callable
+/// that ends its thread (pthread_exit, pthread_cancel) ends the child, the
+/// only thread there, with a report saying so: the unwind must not go on
+/// past the fork, into the caller's frames copied with it.
 template <typename R, typename F>
-void run_and_report(F&& fn, report_sink& sink) noexcept {
+GONSO_CATCHES_FORCED_UNWIND void run_and_report(F&& fn, report_sink& sink) noexcept {
   try {
     if constexpr (std::is_void_v<R>) {
       std::forward<F>(fn)();
@@ -294,6 +297,10 @@ void run_and_report(F&& fn, report_sink& sink) noexcept {
       const R value = std::forward<F>(fn)();
       (void)write_report(sink, tag_value, {std::string_view(reinterpret_cast<const char*>(&value), sizeof(R))});
     }
+  } catch (abi::__forced_unwind&) {
+    report_exception(sink, "abi::__forced_unwind",
+                     "the callable ended its thread (pthread_exit or pthread_cancel), and with it the child process");
+    child_exit(1);  // before the handler ends: leaving it would abort the process
   } catch (...) {
     std::string type;
     std::string text;
