@@ -57,41 +57,6 @@ class NetnsName {
   std::string name_;
 };
 
-// /run/netns as it was: gonso and `ip netns add` make it a mount of its own
-// (shared) the first time. When it was no mount point (or did not exist)
-// before and nothing is left in it, that mount (and the folder) goes again.
-class RunNetnsAsFound {
- public:
-  RunNetnsAsFound() : existed_(std::filesystem::exists(run_netns)), mounts_(test::mounts_at(run_netns)) {}
-  RunNetnsAsFound(const RunNetnsAsFound&) = delete;
-  RunNetnsAsFound& operator=(const RunNetnsAsFound&) = delete;
-  ~RunNetnsAsFound() {
-    if (!empty()) return;  // someone else's names: leave it be
-    while (test::mounts_at(run_netns) > mounts_) {
-      if (::umount2(run_netns.c_str(), MNT_DETACH) != 0) break;
-    }
-    if (!existed_) ::rmdir(run_netns.c_str());
-  }
-
- private:
-  static bool empty() {
-    std::error_code ec;
-    return std::filesystem::directory_iterator(run_netns, ec) == std::filesystem::directory_iterator();
-  }
-  bool existed_;
-  std::size_t mounts_;
-};
-
-// A case that touches /run/netns: `body` runs with /run/netns restored after
-// it, and the machine is then checked to be as it was.
-template <typename Body>
-void netns_case(Body&& body) {
-  test::leaves_machine_as_found([&] {
-    const RunNetnsAsFound restore;
-    body();
-  });
-}
-
 // The names `ip netns list` shows, sorted ("NAME" or "NAME (id: N)" a line).
 std::vector<std::string> ip_netns_names() {
   std::vector<std::string> names;
@@ -135,7 +100,7 @@ std::vector<std::string> run_netns_entries() {
 
 TEST_CASE("iproute2 to gonso: `ip netns add X`, then gonso opens X and runs inside it", "[netns][privileged][tools]") {
   test::require_privilege();
-  netns_case([] {
+  test::netns_case([] {
     const NetnsName x;
     const auto added = test::run_tool(fmt::format("ip netns add {} 2>&1", x.str()));
     INFO(added.out);
@@ -164,7 +129,7 @@ TEST_CASE("iproute2 to gonso: `ip netns add X`, then gonso opens X and runs insi
 TEST_CASE("gonso to iproute2: netns::create(Y) is listed and entered by `ip netns`, and remove(Y) unlists it",
           "[netns][privileged][tools]") {
   test::require_privilege();
-  netns_case([] {
+  test::netns_case([] {
     const NetnsName y;
     const Set created = gonso::netns::create(y.str());
     CHECK(created.kinds() == Kinds(Kind::net));
@@ -204,7 +169,7 @@ TEST_CASE("gonso to iproute2: netns::create(Y) is listed and entered by `ip netn
 
 TEST_CASE("netns::list() names what `ip netns list` shows", "[netns][privileged][tools]") {
   test::require_privilege();
-  netns_case([] {
+  test::netns_case([] {
     const NetnsName a, b, by_ip;
     (void)gonso::netns::create(a.str());
     (void)gonso::netns::create(b.str());
@@ -229,7 +194,7 @@ TEST_CASE("netns::list() names what `ip netns list` shows", "[netns][privileged]
 
 TEST_CASE("netns::add() names a namespace that exists already", "[netns][privileged][tools]") {
   test::require_privilege();
-  netns_case([] {
+  test::netns_case([] {
     const NetnsName first, second;
     const Set existing = Set::current(Kind::net).unshare(Kind::net);
     const gonso::Identity id = existing.identity(Kind::net);
@@ -261,7 +226,7 @@ TEST_CASE("netns::add() names a namespace that exists already", "[netns][privile
 }
 
 TEST_CASE("netns: bad names are refused before anything is touched", "[netns]") {
-  netns_case([] {
+  test::netns_case([] {
     const std::string escape = test::own_prefix() + "escaped";
     const std::vector<std::string> bad = {
         "",
@@ -300,7 +265,7 @@ TEST_CASE("netns: bad names are refused before anything is touched", "[netns]") 
 
 TEST_CASE("netns: the longest name that fits, 255 bytes, is a good one", "[netns][privileged][tools]") {
   test::require_privilege();
-  netns_case([] {
+  test::netns_case([] {
     const NetnsName longest(255);
     REQUIRE(longest.str().size() == 255);
     const Set created = gonso::netns::create(longest.str());
@@ -314,7 +279,7 @@ TEST_CASE("netns: the longest name that fits, 255 bytes, is a good one", "[netns
 
 TEST_CASE("netns: unknown names, files that are no network namespace, deleting twice", "[netns][privileged]") {
   test::require_privilege();
-  netns_case([] {
+  test::netns_case([] {
     const NetnsName missing;
     auto e = test::system_error_of([&] { (void)gonso::netns::open(missing.str()); });
     CHECK(e.code() == std::errc::no_such_file_or_directory);
@@ -349,7 +314,7 @@ TEST_CASE("netns: unknown names, files that are no network namespace, deleting t
 
 TEST_CASE("util-linux: `lsns -t net` lists gonso's named namespace", "[netns][privileged][tools]") {
   test::require_privilege();
-  netns_case([] {
+  test::netns_case([] {
     const NetnsName name;
     const Set created = gonso::netns::create(name.str());
     const std::string inode = std::to_string(created.identity(Kind::net).inode);

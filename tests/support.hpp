@@ -670,4 +670,42 @@ void leaves_machine_as_found(Body&& body) {
   if (failure) std::rethrow_exception(failure);
 }
 
+inline const std::string netns_dir = "/run/netns";  // NOLINT(cert-err58-cpp): a test constant
+
+/// /run/netns as it was: gonso and `ip netns add` make it a mount of its own
+/// (shared) the first time. When it was no mount point (or did not exist)
+/// before and nothing is left in it, that mount (and the folder) goes again,
+/// so that a test passes whatever state /run/netns starts in.
+class RunNetnsAsFound {
+ public:
+  RunNetnsAsFound() : existed_(std::filesystem::exists(netns_dir)), mounts_(test::mounts_at(netns_dir)) {}
+  RunNetnsAsFound(const RunNetnsAsFound&) = delete;
+  RunNetnsAsFound& operator=(const RunNetnsAsFound&) = delete;
+  ~RunNetnsAsFound() {
+    if (!empty()) return;  // someone else's names: leave it be
+    while (test::mounts_at(netns_dir) > mounts_) {
+      if (::umount2(netns_dir.c_str(), MNT_DETACH) != 0) break;
+    }
+    if (!existed_) ::rmdir(netns_dir.c_str());
+  }
+
+ private:
+  static bool empty() {
+    std::error_code ec;
+    return std::filesystem::directory_iterator(netns_dir, ec) == std::filesystem::directory_iterator();
+  }
+  bool existed_;
+  std::size_t mounts_;
+};
+
+/// A case that touches /run/netns: `body` runs with /run/netns restored after
+/// it, and the machine is then checked to be as it was.
+template <typename Body>
+void netns_case(Body&& body) {
+  test::leaves_machine_as_found([&] {
+    const RunNetnsAsFound restore;
+    body();
+  });
+}
+
 }  // namespace test
