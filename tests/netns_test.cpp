@@ -353,7 +353,7 @@ namespace {
 
 struct RunNetnsRace {
   bool setup_failed = false;
-  int name_bound = 0, name_touched_at = -1;
+  int name_bound = 0, name_touched_at = -1, name_last_errno = 0;
   int dir_added = 0, dir_refused = 0, dir_other_errno = 0, dir_touched_at = -1;
   std::size_t name_swaps = 0, dir_swaps = 0;
   bool elsewhere_clean = false;
@@ -394,7 +394,8 @@ RunNetnsRace race_run_netns(int tries) {
     for (int i = 0; (i < tries || r.name_bound == 0) && i < 10 * tries && r.name_touched_at < 0; ++i) {
       try {
         gonso::netns::add(net, "x");
-      } catch (const std::system_error&) {
+      } catch (const std::system_error& e) {
+        r.name_last_errno = e.code().value();
       }
       if (!test::nsfs_mounts_at(run_netns + "/x").empty()) {
         ++r.name_bound;
@@ -461,11 +462,11 @@ TEST_CASE("netns races: names and /run/netns swapped for symlinks lead gonso now
     const Set box = Set::current().unshare(Kind::mnt);
     const RunNetnsRace r = box.run_in_process([] { return race_run_netns(2000); });
     REQUIRE_FALSE(r.setup_failed);
-    INFO(
-        fmt::format("name: {} bound, {} swaps, touched at {}; /run/netns: {} added, {} refused, {} swaps, "
-                    "touched at {}, other errno {}",
-                    r.name_bound, r.name_swaps, r.name_touched_at, r.dir_added, r.dir_refused, r.dir_swaps,
-                    r.dir_touched_at, r.dir_other_errno));
+    INFO(fmt::format(
+        "name: {} bound, {} swaps, touched at {}, last errno {}; /run/netns: {} added, {} refused, {} swaps, "
+        "touched at {}, other errno {}",
+        r.name_bound, r.name_swaps, r.name_touched_at, r.name_last_errno, r.dir_added, r.dir_refused, r.dir_swaps,
+        r.dir_touched_at, r.dir_other_errno));
     CHECK(r.name_touched_at == -1);
     CHECK(r.dir_touched_at == -1);
     CHECK(r.dir_other_errno == 0);

@@ -772,6 +772,9 @@ class SymlinkSwapper {
       // Only a symlink is taken away again, never a file of gonso's.
       struct stat st {};
       if (::lstat(victim.c_str(), &st) == 0 && S_ISLNK(st.st_mode)) ::unlink(victim.c_str());
+      // Every 8th round the name stays free a little, so that gonso gets to
+      // create it now and then, and the swap lands after that too.
+      if (swaps_ % 8 == 0) std::this_thread::sleep_for(std::chrono::microseconds(20));
     }
     ::unlink(link.c_str());
   }

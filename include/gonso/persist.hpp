@@ -130,14 +130,25 @@ inline void persist_at(const Set& set, Kind kind, int dir, const std::string& na
 
 // Undoes persist_at(). The mount is detached through /proc/self/fd/N of the
 // O_PATH fd checked above: the kernel resolves that to exactly the mount
-// the fd is on, not to whatever the name leads to by then. The name is then
-// unlinked relative to the folder's fd, which never follows it.
+// the fd is on, not to whatever the name leads to by then (umount2 with
+// UMOUNT_NOFOLLOW on the name would act on what the name is at that time).
+// The name is then unlinked relative to the folder's fd, never followed.
 inline void unpersist_at(int dir, const std::string& name, const std::filesystem::path& file, int nstype = 0) {
   const unique_fd fd = open_persisted(dir, name, file, nstype);
   if (::umount2(fd_path(fd.get()).c_str(), MNT_DETACH) != 0) {
     throw system_error(errno, "cannot unmount {}", file.native());
   }
-  if (::unlinkat(dir, name.c_str(), 0) != 0) throw system_error(errno, "cannot remove {}", file.native());
+  // Once unmounted, the name may be taken over by whoever can write the
+  // folder: only the regular file it covered is removed, and a name gone or
+  // replaced meanwhile (a symlink, a folder) is left to whoever did that.
+  struct stat st {};
+  if (::fstatat(dir, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    if (errno == ENOENT) return;
+    throw system_error(errno, "cannot remove {}", file.native());
+  }
+  if (S_ISREG(st.st_mode) && ::unlinkat(dir, name.c_str(), 0) != 0 && errno != ENOENT) {
+    throw system_error(errno, "cannot remove {}", file.native());
+  }
 }
 
 }  // namespace detail

@@ -95,7 +95,7 @@ namespace detail {
 /// Pairs of paths, /etc/netns/NAME/x then /etc/x, for every file of
 /// /etc/netns/NAME, listed in the caller's mount namespace as iproute2 does.
 /// The folder is opened with no symlink followed in any component (a link
-/// there is refused with ELOOP, not listed), and listed through that fd;
+/// there is refused with ENOTDIR, not listed), and listed through that fd;
 /// a missing folder is an empty overlay.
 [[nodiscard]] inline std::vector<std::string> etc_overlay(const std::string& netns) {
   check_netns_name(netns);
