@@ -692,7 +692,8 @@ TEST_CASE("bad input: spawn and Child", "[badinput][spawn]") {
 
 TEST_CASE("bad input: persist and netns", "[badinput][privileged][persist][netns]") {
   test::require_privilege();
-  test::leaves_machine_as_found([] {
+  // netns::add makes /run/netns a mount of its own when it is none yet: undone after.
+  test::netns_case([] {
     const test::PrivateTmpfs dir;
     const test::SharedTmpfs shared;
     const fs::path regular = dir.path() / "regular";
@@ -756,7 +757,7 @@ TEST_CASE("bad input: persist and netns", "[badinput][privileged][persist][netns
             "cannot remove persisted " + missing.native()),
         refused(
             "unpersist a namespace file that is no mount", [] { gonso::unpersist("/proc/thread-self/ns/net"); },
-            std::errc::invalid_argument, "cannot unmount /proc/thread-self/ns/net"),
+            std::errc::invalid_argument, "cannot remove /proc/thread-self/ns/net: it is not a persisted namespace"),
         refused(
             "unpersist_dir of a folder with none", [&] { gonso::unpersist_dir(folder); },
             std::errc::no_such_file_or_directory, "holds no persisted namespace",

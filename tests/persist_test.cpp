@@ -4,16 +4,21 @@
 // Namespaces are checked against stat(2) of the files, NS_GET_ID asked here
 // with ioctl(2), /proc and the real tools, never against gonso alone. Every
 // case leaves the mount table and the temporary directory as it found them.
+#include <fcntl.h>
 #include <linux/types.h>
+#include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -21,6 +26,7 @@
 #include <ostream>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <thread>
 #include <unordered_map>
@@ -167,7 +173,7 @@ TEST_CASE("persist(set, dir): the namespaces outlive their Set and threads, and 
     std::map<Kind, gonso::Identity> ids;
     std::map<Kind, Raw> raws;
     {
-      const Set original = Set::current(kinds).unshare(kinds);
+      const Set original = test::unshare_persistable(Set::current(kinds), kinds);
       original.dup(Kind::uts).run(true, [] { set_hostname("gonso-persisted"); });
       for (Kind kind : kinds) {
         ids[kind] = original.identity(kind);
@@ -266,7 +272,7 @@ TEST_CASE("persist(set, kind, file) and unpersist(file): one namespace on one fi
       gonso::Identity id{};
       Raw raw{};
       {
-        const Set fresh = Set::current(kind).unshare(kind);
+        const Set fresh = test::unshare_persistable(Set::current(kind), kind);
         id = fresh.identity(kind);
         raw = raw_of_fd(fresh.fd(kind));
         gonso::persist(fresh, kind, file);
@@ -451,8 +457,18 @@ TEST_CASE("util-linux: what `unshare --net=FILE --mount=FILE` persisted, gonso o
     const auto mnt_file = fs.path() / "mnt";
     make_empty_file(net_file);  // unshare(1) binds onto files that exist
     make_empty_file(mnt_file);
-    const auto made =
-        test::run_tool(fmt::format("unshare --net={} --mount={} true 2>&1", net_file.string(), mnt_file.string()));
+    // Inside a container the kernel refuses unshare(1) too when its new mount
+    // namespace got a lower id than ours (ids come in per-CPU batches; a
+    // mount namespace is bound only into an older one): it runs again, on
+    // whichever CPU it lands, until it is not refused.
+    test::ToolResult made;
+    for (int tries = 0; tries < 50 && !made.ok(); ++tries) {
+      for (const auto& file : {net_file, mnt_file}) {
+        while (::umount2(file.c_str(), MNT_DETACH | UMOUNT_NOFOLLOW) == 0) {
+        }
+      }
+      made = test::run_tool(fmt::format("unshare --net={} --mount={} true 2>&1", net_file.string(), mnt_file.string()));
+    }
     INFO(made.out);
     REQUIRE(made.ok());
 
@@ -485,7 +501,8 @@ TEST_CASE("util-linux: `nsenter --net=FILE` enters what gonso persisted, with it
     const auto dir = fs.path() / "ns";
     std::string net_link, mnt_link;
     {
-      const Set s = Set::current(Kind::net | Kind::uts | Kind::mnt).unshare(Kind::net | Kind::uts | Kind::mnt);
+      const Kinds kinds = Kind::net | Kind::uts | Kind::mnt;
+      const Set s = test::unshare_persistable(Set::current(kinds), kinds);
       s.dup(Kind::uts).run(true, [] { set_hostname("gonso-nsenter"); });
       net_link = link_text(Kind::net, raw_of_fd(s.fd(Kind::net)));
       mnt_link = link_text(Kind::mnt, raw_of_fd(s.fd(Kind::mnt)));
@@ -702,4 +719,302 @@ TEST_CASE("owner(), parent() and owner_uid() of namespaces gonso made",
 
   sleeper.kill(SIGKILL);
   CHECK(sleeper.wait().signal() == SIGKILL);
+}
+
+// ---------------------------------------------------------------------------
+// Races: whoever can write the folder swaps names for symlinks while gonso
+// works. gonso acts only on what it created or checked, through fds, so a
+// symlink's target never gets a mount and nothing of gonso's is left.
+
+namespace {
+
+constexpr int race_tries = 2000;
+
+bool is_nsfs_path(const std::filesystem::path& path) {
+  struct statfs fs {};
+  return ::statfs(path.c_str(), &fs) == 0 && fs.f_type == static_cast<decltype(fs.f_type)>(0x6e736673);
+}
+
+// The victim a symlink leads to: a regular file with known content.
+struct Victim {
+  explicit Victim(std::filesystem::path p) : path(std::move(p)) {
+    std::ofstream(path) << "precious";
+    before = stat_of(path);
+  }
+  // Never a mount, the same inode, the same content: as the kernel sees it.
+  [[nodiscard]] bool untouched() const {
+    return test::mounts_at(path.string()) == 0 && !is_nsfs_path(path) && same_file(stat_of(path), before) &&
+           slurp(path) == "precious";
+  }
+  std::filesystem::path path;
+  Raw before{};
+};
+
+}  // namespace
+
+TEST_CASE("persist() races: a symlink swapped in for the file being made never gets the mount",
+          "[persist][privileged][race]") {
+  test::require_privilege();
+  test::leaves_machine_as_found([] {
+    const test::PrivateTmpfs fs;
+    const Victim victim(fs.path() / "victim");
+    const Set net = Set::current(Kind::net).unshare(Kind::net);
+    const Raw net_raw = raw_of_fd(net.fd(Kind::net));
+    const auto file = fs.path() / "ns";
+    int bound = 0;
+    int touched_at = -1;
+    std::size_t swaps = 0;
+    {
+      test::SymlinkSwapper attacker(fs.path(), "ns", victim.path);
+      for (int i = 0; i < race_tries && touched_at < 0; ++i) {
+        try {
+          gonso::persist(net, Kind::net, file);
+        } catch (const std::system_error&) {
+          // EEXIST (the symlink was there) or ENOENT (the new file was
+          // renamed over before the mount): refused, nothing bound.
+        }
+        if (is_nsfs_path(victim.path)) touched_at = i;
+        // A mount point's name cannot be renamed over or removed: still ours.
+        if (test::nsfs_mounts_at(file.string()) == std::vector<std::string>{link_text(Kind::net, net_raw)}) {
+          ++bound;
+          CHECK(same_file(stat_of(file), net_raw));
+          gonso::unpersist(file);
+        }
+      }
+      swaps = attacker.stop();
+    }
+    INFO(fmt::format("{} binds and {} swaps in {} tries; the victim was mounted at try {}", bound, swaps, race_tries,
+                     touched_at));
+    CHECK(touched_at == -1);
+    CHECK(victim.untouched());
+    CHECK(bound > 0);
+    CHECK(swaps > 0);
+    CHECK(nsfs_mounts_under(fs.path()).empty());
+    ::unlink(file.c_str());  // a symlink the attacker may have left
+  });
+}
+
+TEST_CASE("persist() races: a folder on the path swapped for a symlink leads the mount onto no existing file",
+          "[persist][privileged][race]") {
+  // Folders on the way to the file are the caller's to choose and followed
+  // as symlinks; the file is always a new one, so the worst a swap does is
+  // send it to another folder, never onto something that exists.
+  test::require_privilege();
+  test::leaves_machine_as_found([] {
+    namespace fs = std::filesystem;
+    const test::PrivateTmpfs tmp;
+    fs::create_directory(tmp.path() / "sub");
+    fs::create_directory(tmp.path() / "elsewhere");
+    const Victim victim(tmp.path() / "elsewhere" / "ns");
+    fs::create_directory_symlink(tmp.path() / "elsewhere", tmp.path() / "sub.other");
+    const Set net = Set::current(Kind::net).unshare(Kind::net);
+    const auto file = tmp.path() / "sub" / "ns";
+    std::atomic<bool> stop{false};
+    std::atomic<std::size_t> swaps{0};
+    std::thread attacker([&] {
+      while (!stop) {
+        if (::renameat2(AT_FDCWD, (tmp.path() / "sub").c_str(), AT_FDCWD, (tmp.path() / "sub.other").c_str(),
+                        RENAME_EXCHANGE) == 0) {
+          ++swaps;
+        }
+        std::this_thread::yield();
+      }
+    });
+    int bound = 0;
+    int touched_at = -1;
+    // Until both sides of the swap were seen, at most ten times as long.
+    int refused = 0;
+    for (int i = 0; (i < race_tries || bound == 0 || refused == 0) && i < 10 * race_tries && touched_at < 0; ++i) {
+      bool made = false;
+      try {
+        gonso::persist(net, Kind::net, file);
+        made = true;
+      } catch (const std::system_error& e) {
+        CHECK(e.code() == std::errc::file_exists);  // it was sent to the victim's folder
+        ++refused;
+      }
+      if (is_nsfs_path(victim.path) || test::mounts_at(victim.path.string()) != 0) touched_at = i;
+      if (made) {
+        ++bound;
+        // Through whichever name the real folder has now; the victim's
+        // folder has no persisted namespace to remove (EINVAL).
+        bool gone = false;
+        for (int tries = 0; tries < 10000 && !gone; ++tries) {
+          try {
+            gonso::unpersist(file);
+            gone = true;
+          } catch (const std::system_error& e) {
+            CHECK(e.code() == std::errc::invalid_argument);
+          }
+        }
+        CHECK(gone);
+      }
+    }
+    stop = true;
+    attacker.join();
+    INFO(fmt::format("{} binds and {} swaps in {} tries; the victim was mounted at try {}", bound, swaps.load(),
+                     race_tries, touched_at));
+    CHECK(touched_at == -1);
+    CHECK(victim.untouched());
+    CHECK(bound > 0);
+    CHECK(swaps > 0);
+    CHECK(nsfs_mounts_under(tmp.path()).empty());
+    const auto real = fs::is_symlink(tmp.path() / "sub") ? tmp.path() / "sub.other" : tmp.path() / "sub";
+    CHECK_FALSE(fs::exists(real / "ns"));  // every file gonso made was removed again
+  });
+}
+
+TEST_CASE("unpersist() races: a symlink to another persisted namespace swapped in is never unmounted",
+          "[persist][privileged][race]") {
+  test::require_privilege();
+  test::leaves_machine_as_found([] {
+    const test::PrivateTmpfs fs;
+    const auto keep = fs.path() / "keep";
+    const Set kept = Set::current(Kind::net).unshare(Kind::net);
+    gonso::persist(kept, Kind::net, keep);
+    const Raw kept_raw = raw_of_file(keep);
+    const Set net = Set::current(Kind::net).unshare(Kind::net);
+    const auto file = fs.path() / "ns";
+    int removed = 0;
+    int lost_at = -1;
+    std::size_t swaps = 0;
+    {
+      test::SymlinkSwapper attacker(fs.path(), "ns", keep);
+      for (int i = 0; i < race_tries && lost_at < 0; ++i) {
+        try {
+          gonso::persist(net, Kind::net, file);
+        } catch (const std::system_error&) {
+        }
+        try {
+          gonso::unpersist(file);
+          ++removed;
+        } catch (const std::system_error& e) {
+          // The symlink (EINVAL: not followed, so no persisted namespace), or nothing there.
+          CHECK((e.code() == std::errc::invalid_argument || e.code() == std::errc::no_such_file_or_directory));
+        }
+        if (test::nsfs_mounts_at(keep.string()) != std::vector<std::string>{link_text(Kind::net, kept_raw)}) {
+          lost_at = i;
+        }
+      }
+      swaps = attacker.stop();
+    }
+    INFO(fmt::format("{} removals and {} swaps in {} tries; keep lost at try {}", removed, swaps, race_tries, lost_at));
+    CHECK(lost_at == -1);
+    CHECK(raw_of_file(keep) == kept_raw);
+    CHECK(removed > 0);
+    CHECK(swaps > 0);
+    if (is_nsfs_path(file) && !std::filesystem::is_symlink(file)) gonso::unpersist(file);
+    ::unlink(file.c_str());
+    gonso::unpersist(keep);
+    CHECK(nsfs_mounts_under(fs.path()).empty());
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Inside a container: a mount namespace that is not the initial one, as a
+// monitoring agent's. The kernel binds a mount namespace only into an older
+// one (by id), and ids come from per-CPU batches: there, a namespace made
+// later can be older than the caller's. gonso says so before mounting.
+
+namespace {
+
+struct OrderFindings {
+  bool in_box = false;         // the child's mount namespace is the box, not the initial one
+  std::uint64_t own = 0;       // its id
+  std::uint64_t older = 0;     // a mount namespace made later with a lower id, 0 if none came
+  std::uint64_t newer = 0;     // one with a higher id
+  int older_errno = 0;         // persist() of the older one
+  bool older_message = false;  // ... named the rule
+  bool older_left = true;      // ... left a file or a mount
+  bool newer_bound = false;    // persist() of the newer one: an nsfs mount of it on the file
+  bool newer_gone = false;     // ... and unpersist() took it away
+  bool setup_failed = false;
+};
+
+// A mount namespace made on a thread pinned to `cpu`; its fd, or -1.
+int mnt_ns_made_on(std::size_t cpu) {
+  int fd = -1;
+  std::thread maker([&] {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    if (::sched_setaffinity(0, sizeof set, &set) == 0 && ::unshare(CLONE_FS | CLONE_NEWNS) == 0) {
+      fd = ::open("/proc/thread-self/ns/mnt", O_RDONLY | O_CLOEXEC);
+    }
+  });
+  maker.join();
+  return fd;
+}
+
+OrderFindings persist_by_mnt_order() {
+  OrderFindings f;
+  // Everything the child makes lives in its own mount namespace (the box).
+  if (::mount("gonso-test", "/mnt", "tmpfs", MS_NOSUID | MS_NODEV, "size=64k") != 0 ||
+      ::mount(nullptr, "/mnt", nullptr, MS_PRIVATE, nullptr) != 0) {
+    f.setup_failed = true;
+    return f;
+  }
+  f.own = test::own_mnt_id();
+  f.in_box = f.own > 1;
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  (void)::sched_getaffinity(0, sizeof allowed, &allowed);
+  gonso::detail::unique_fd older, newer;
+  for (int round = 0; round < 50 && (!older || !newer); ++round) {
+    for (std::size_t cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+      if (CPU_ISSET(cpu, &allowed) == 0) continue;
+      gonso::detail::unique_fd fd(mnt_ns_made_on(cpu));
+      const std::uint64_t id = fd ? test::kernel_ns_id(fd.get()) : 0;
+      if (id != 0 && id < f.own && !older) {
+        f.older = id;
+        older = std::move(fd);
+      } else if (id > f.own && !newer) {
+        f.newer = id;
+        newer = std::move(fd);
+      }
+    }
+  }
+  if (older) {
+    const Set set = Set::from_file(Kind::mnt, fmt::format("/proc/self/fd/{}", older.get()));
+    try {
+      gonso::persist(set, Kind::mnt, "/mnt/older");
+    } catch (const std::system_error& e) {
+      f.older_errno = e.code().value();
+      f.older_message = std::string_view(e.what()).find("only into an older one") != std::string_view::npos;
+    }
+    f.older_left = ::access("/mnt/older", F_OK) == 0 || !nsfs_mounts_under("/mnt").empty();
+  }
+  if (newer) {
+    const Set set = Set::from_file(Kind::mnt, fmt::format("/proc/self/fd/{}", newer.get()));
+    gonso::persist(set, Kind::mnt, "/mnt/newer");
+    f.newer_bound = test::nsfs_mounts_at("/mnt/newer") ==
+                    std::vector<std::string>{fmt::format("mnt:[{}]", set.identity(Kind::mnt).inode)};
+    gonso::unpersist("/mnt/newer");
+    f.newer_gone = ::access("/mnt/newer", F_OK) != 0 && nsfs_mounts_under("/mnt").empty();
+  }
+  return f;
+}
+
+}  // namespace
+
+TEST_CASE("persist() of a mount namespace in a container: older than the caller's is refused first, naming the rule",
+          "[persist][privileged][process]") {
+  test::require_privilege();
+  test::leaves_machine_as_found([] {
+    const Set box = Set::current().unshare(Kind::mnt);
+    const OrderFindings f = box.run_in_process([] { return persist_by_mnt_order(); });
+    REQUIRE_FALSE(f.setup_failed);
+    INFO(fmt::format("box id {}, older {}, newer {}", f.own, f.older, f.newer));
+    CHECK(f.in_box);
+    REQUIRE(f.newer != 0);
+    CHECK(f.newer_bound);
+    CHECK(f.newer_gone);
+    if (f.older == 0) {
+      WARN("no mount namespace older than the box came in 50 rounds over every CPU: the refusal was not exercised");
+    } else {
+      CHECK(f.older_errno == EINVAL);
+      CHECK(f.older_message);
+      CHECK_FALSE(f.older_left);
+    }
+  });
 }

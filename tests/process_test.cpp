@@ -19,6 +19,7 @@
 #include <fstream>
 #include <memory>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -470,6 +471,41 @@ TEST_CASE("run_in_process binds /etc/netns/NAME over /etc when asked", "[privile
   CHECK(slurp("/etc/hosts") == host_hosts);
   options.etc_of_netns = "..";
   CHECK_THROWS_AS(net.run_in_process([] {}, options), std::invalid_argument);
+}
+
+TEST_CASE("run_in_process follows no symlink in /etc/netns/NAME: the overlay is refused, the link's target not bound",
+          "[privileged][process][netns]") {
+  test::require_privilege();
+  namespace fs = std::filesystem;
+  const test::TempDir elsewhere;
+  std::ofstream(elsewhere.path() / "hosts") << "192.0.2.66 from elsewhere\n";
+  const std::string host_hosts = slurp("/etc/hosts");
+  const Set net = Set::current().unshare(Kind::net);
+  gonso::ProcessOptions options;
+  // 1. An entry that is a symlink: iproute2 would bind what it leads to.
+  const std::string name = fmt::format("gonso-etc-link-{}", ::getpid());
+  const test::EtcNetnsFiles etc(name, {});
+  fs::create_symlink(elsewhere.path() / "hosts", fs::path("/etc/netns") / name / "hosts");
+  options.etc_of_netns = name;
+  bool ran = false;
+  auto e = test::system_error_of([&] { ran = net.run_in_process([] { return true; }, options); });
+  CHECK_FALSE(ran);
+  CHECK(e.code().value() == ELOOP);
+  CHECK_THAT(e.what(), Catch::Contains("/etc/netns/" + name + "/hosts"));
+  // 2. /etc/netns/NAME itself a symlink to a folder: refused before the fork.
+  const std::string linked = fmt::format("gonso-etc-dirlink-{}", ::getpid());
+  const fs::path link = fs::path("/etc/netns") / linked;
+  fs::create_directory_symlink(elsewhere.path(), link);
+  options.etc_of_netns = linked;
+  const std::set<pid_t> children = test::children();
+  e = test::system_error_of([&] { ran = net.run_in_process([] { return true; }, options); });
+  fs::remove(link);
+  CHECK_FALSE(ran);
+  CHECK(e.code().value() == ENOTDIR);  // not a folder of its own
+  CHECK(test::children() == children);
+  // Nothing of it reached this process's /etc either.
+  CHECK(slurp("/etc/hosts") == host_hosts);
+  CHECK(test::mounts_at("/etc/hosts") == 0);
 }
 
 TEST_CASE("run_in_process returns when the child ends, not when its forks let go", "[privileged][process]") {

@@ -140,7 +140,10 @@ std::vector<Attempt> try_everything(const gonso::Set& target, pid_t root_process
   const int net_fd = target.fd(gonso::Kind::net);
   const int setns_by_hand = errno_of(::setns(net_fd, CLONE_NEWNET));
   const int unshare_by_hand = errno_of(::unshare(CLONE_NEWNET));
-  const int shared_by_hand = errno_of(::mount("", gonso::netns::directory, "none", MS_SHARED | MS_REC, nullptr));
+  // Naming a namespace starts with making /run/netns a shared mount; by hand
+  // on a folder that exists whatever state /run/netns is in (absent, a plain
+  // folder, a mount already), so that the errno compared does not depend on it.
+  const int shared_by_hand = errno_of(::mount("", dir.c_str(), "none", MS_SHARED | MS_REC, nullptr));
   int bind_by_hand = 0;
   {
     const auto file = dir / "by-hand";
@@ -466,6 +469,8 @@ struct SymlinkFindings {
   bool ip_followed_dir_link = false;     ///< same with `ip netns add`
   bool gonso_mounted_target = false;     ///< the target of the /run/netns link became a mount
   bool ip_mounted_target = false;
+  int add_through_dir_link = 0;     ///< errno of add() with /run/netns a link
+  int remove_through_dir_link = 0;  ///< errno of remove() of a name persisted in the link's target
 };
 
 bool is_nsfs(const char* path) {
@@ -514,11 +519,14 @@ SymlinkFindings plant_symlinks() {
     if (ip) {
       if (!test::run_tool("ip netns add linked 2>&1").ok()) throw std::runtime_error("ip netns add failed");
     } else {
-      gonso::netns::add(net, "linked");
+      f.add_through_dir_link = gonso_errno([&] { gonso::netns::add(net, "linked"); }).first;
     }
     (ip ? f.ip_followed_dir_link : f.gonso_followed_dir_link) = is_nsfs((target + "/linked").c_str());
     (ip ? f.ip_mounted_target : f.gonso_mounted_target) = test::is_mount_point_here(target);
   }
+  // What ip persisted in the link's target is not removed through the link.
+  f.remove_through_dir_link = gonso_errno([&] { gonso::netns::remove("linked"); }).first;
+  f.ns_untouched = f.ns_untouched && is_nsfs("/run/ip-target/linked");
   return f;
 }
 
@@ -540,19 +548,21 @@ TEST_CASE("security: symlinks planted in /run/netns lead gonso nowhere else", "[
     CHECK(f.remove_dir_link == EINVAL);
     CHECK(f.file_untouched);
     CHECK(f.dir_untouched);
-    // A link to a real persisted namespace passes statfs (which follows it),
-    // but umount2(UMOUNT_NOFOLLOW) unmounts the link itself, which is no
-    // mount: EINVAL, and the namespace elsewhere stays bound.
+    // A link to a real persisted namespace: opened with O_NOFOLLOW, it is the
+    // link itself, on tmpfs, which is no persisted namespace: EINVAL, and the
+    // namespace elsewhere stays bound.
     CHECK(f.remove_ns_link == EINVAL);
     CHECK(f.unpersist_ns_link == EINVAL);
     CHECK(f.ns_untouched);
-    // /run/netns itself a link (only root can make one in /run): gonso
-    // follows it exactly as iproute2's `ip netns add` does.
-    CHECK(f.gonso_followed_dir_link == f.ip_followed_dir_link);
-    CHECK(f.gonso_mounted_target == f.ip_mounted_target);
-    WARN("/run/netns a symlink: gonso's name landed in its target: "
-         << f.gonso_followed_dir_link << ", ip's: " << f.ip_followed_dir_link
-         << "; the target made a mount by gonso: " << f.gonso_mounted_target << ", by ip: " << f.ip_mounted_target);
+    // /run/netns itself a link (only root can make one in /run): iproute2's
+    // `ip netns add` follows it; gonso owns that path and follows no
+    // component of it, so it refuses, and the link's target gets nothing.
+    CHECK(f.add_through_dir_link == ENOTDIR);
+    CHECK(f.remove_through_dir_link == ENOTDIR);
+    CHECK_FALSE(f.gonso_followed_dir_link);
+    CHECK_FALSE(f.gonso_mounted_target);
+    WARN("/run/netns a symlink: ip's name landed in its target: "
+         << f.ip_followed_dir_link << "; the target made a mount by ip: " << f.ip_mounted_target);
   });
 }
 

@@ -8,6 +8,7 @@
 #include <linux/capability.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -16,8 +17,10 @@
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -669,5 +672,118 @@ void leaves_machine_as_found(Body&& body) {
   CHECK(after.temp_folders == before.temp_folders);
   if (failure) std::rethrow_exception(failure);
 }
+
+inline const std::string netns_dir = "/run/netns";  // NOLINT(cert-err58-cpp): a test constant
+
+/// /run/netns as it was: gonso and `ip netns add` make it a mount of its own
+/// (shared) the first time. When it was no mount point (or did not exist)
+/// before and nothing is left in it, that mount (and the folder) goes again,
+/// so that a test passes whatever state /run/netns starts in.
+class RunNetnsAsFound {
+ public:
+  RunNetnsAsFound() : existed_(std::filesystem::exists(netns_dir)), mounts_(test::mounts_at(netns_dir)) {}
+  RunNetnsAsFound(const RunNetnsAsFound&) = delete;
+  RunNetnsAsFound& operator=(const RunNetnsAsFound&) = delete;
+  ~RunNetnsAsFound() {
+    if (!empty()) return;  // someone else's names: leave it be
+    while (test::mounts_at(netns_dir) > mounts_) {
+      if (::umount2(netns_dir.c_str(), MNT_DETACH) != 0) break;
+    }
+    if (!existed_) ::rmdir(netns_dir.c_str());
+  }
+
+ private:
+  static bool empty() {
+    std::error_code ec;
+    return std::filesystem::directory_iterator(netns_dir, ec) == std::filesystem::directory_iterator();
+  }
+  bool existed_;
+  std::size_t mounts_;
+};
+
+/// A case that touches /run/netns: `body` runs with /run/netns restored after
+/// it, and the machine is then checked to be as it was.
+template <typename Body>
+void netns_case(Body&& body) {
+  test::leaves_machine_as_found([&] {
+    const RunNetnsAsFound restore;
+    body();
+  });
+}
+
+/// NS_GET_ID of a namespace fd, asked here with ioctl(2) rather than
+/// through gonso; 0 when the kernel lacks it.
+inline std::uint64_t kernel_ns_id(int fd) {
+  std::uint64_t id = 0;
+  return ::ioctl(fd, _IOR(0xb7, 13, std::uint64_t), &id) == 0 ? id : 0;
+}
+/// NS_GET_ID of the calling thread's mount namespace.
+inline std::uint64_t own_mnt_id() {
+  const int fd = ::open("/proc/thread-self/ns/mnt", O_RDONLY | O_CLOEXEC);
+  const std::uint64_t id = fd < 0 ? 0 : kernel_ns_id(fd);
+  if (fd >= 0) ::close(fd);
+  return id;
+}
+
+/// from.unshare(kinds) (kinds holding mnt), made again until the kernel will
+/// bind its mount namespace from the calling thread: it binds one only into
+/// an older mount namespace (a lower id), and the ids come in per-CPU
+/// batches, so inside a container a namespace made after the caller's may
+/// still be older (gonso then refuses, as persist_test.cpp checks). Each try
+/// runs on a worker the scheduler places anew; 200 tries bound it.
+inline gonso::Set unshare_persistable(const gonso::Set& from, gonso::Kinds kinds) {
+  const std::uint64_t own = own_mnt_id();
+  if (!kinds.contains(gonso::Kind::mnt)) return from.unshare(kinds);
+  for (int tries = 0;; ++tries) {
+    gonso::Set fresh = from.unshare(kinds);
+    if (own == 0 || kernel_ns_id(fresh.fd(gonso::Kind::mnt)) > own || tries == 200) return fresh;
+  }
+}
+
+/// A thread that keeps swapping the name `victim_name` in `dir`: a symlink
+/// to `target` renamed onto it, then removed, over and over, until
+/// destroyed. Returns how many swaps it made.
+class SymlinkSwapper {
+ public:
+  SymlinkSwapper(std::filesystem::path dir, std::string victim_name, std::filesystem::path target)
+      : dir_(std::move(dir)), name_(std::move(victim_name)), target_(std::move(target)) {
+    thread_ = std::thread([this] { run(); });
+  }
+  SymlinkSwapper(const SymlinkSwapper&) = delete;
+  SymlinkSwapper& operator=(const SymlinkSwapper&) = delete;
+  ~SymlinkSwapper() { stop(); }
+  std::size_t stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+    return swaps_;
+  }
+
+ private:
+  void run() {
+    const std::string link = (dir_ / (name_ + ".swap")).string();
+    const std::string victim = (dir_ / name_).string();
+    while (!stop_) {
+      ::unlink(link.c_str());
+      if (::symlink(target_.c_str(), link.c_str()) != 0) continue;
+      // Onto whatever is there (the file just made, or nothing); a mount
+      // point refuses (EBUSY).
+      if (::rename(link.c_str(), victim.c_str()) == 0) ++swaps_;
+      std::this_thread::yield();
+      // Only a symlink is taken away again, never a file of gonso's.
+      struct stat st {};
+      if (::lstat(victim.c_str(), &st) == 0 && S_ISLNK(st.st_mode)) ::unlink(victim.c_str());
+      // Every 8th round the name stays free a little, so that gonso gets to
+      // create it now and then, and the swap lands after that too.
+      if (swaps_ % 8 == 0) std::this_thread::sleep_for(std::chrono::microseconds(20));
+    }
+    ::unlink(link.c_str());
+  }
+  std::filesystem::path dir_;
+  std::string name_;
+  std::filesystem::path target_;
+  std::atomic<bool> stop_{false};
+  std::size_t swaps_ = 0;
+  std::thread thread_;
+};
 
 }  // namespace test
