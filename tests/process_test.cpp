@@ -508,6 +508,32 @@ TEST_CASE("run_in_process follows no symlink in /etc/netns/NAME: the overlay is 
   CHECK(test::mounts_at("/etc/hosts") == 0);
 }
 
+// As `ip netns exec`: an /etc file that is a symlink (resolv.conf into /run
+// is common) is covered where it leads, in the child's mount namespace only.
+TEST_CASE("run_in_process covers an /etc file that is a symlink where it leads, in the child only",
+          "[privileged][process][netns]") {
+  test::require_privilege();
+  namespace fs = std::filesystem;
+  const test::TempDir elsewhere;
+  const fs::path target = elsewhere.path() / "resolv.conf";
+  std::ofstream(target) << "nameserver 192.0.2.1\n";
+  const std::string file = fmt::format("gonso-test-{}-resolv.conf", ::getpid());
+  const fs::path link = fs::path("/etc") / file;
+  fs::create_symlink(target, link);
+  struct Remove {
+    fs::path path;
+    ~Remove() { ::unlink(path.c_str()); }
+  } remove_link{link};
+  const std::string name = fmt::format("gonso-etc-target-{}", ::getpid());
+  const test::EtcNetnsFiles etc(name, {{file, "nameserver 192.0.2.53\n"}});
+  const Set net = Set::current().unshare(Kind::net);
+  gonso::ProcessOptions options;
+  options.etc_of_netns = name;
+  CHECK(net.run_in_process([&] { return slurp(link); }, options) == "nameserver 192.0.2.53\n");
+  CHECK(slurp(link) == "nameserver 192.0.2.1\n");  // the host's is untouched
+  CHECK(test::mounts_at(target.native()) == 0);
+}
+
 TEST_CASE("run_in_process returns when the child ends, not when its forks let go", "[privileged][process]") {
   test::require_privilege();
   const Set net = Set::current().unshare(Kind::net);

@@ -122,12 +122,15 @@ namespace detail {
 
 /// In a child that has its namespaces: a mount namespace of its own that
 /// still sees the host's later mounts (slave), with the `count` paths of
-/// `pairs` (source, target, source, ...) bound on top. Each side is opened
-/// with no symlink followed in any component, the last included (ELOOP; a
-/// symlink in /etc/netns/NAME, or an /etc file that is one, is refused where
-/// iproute2 would follow it), and the source's inode is mounted onto the
-/// target's through their fds (open_tree(2), move_mount(2)), so that nothing
-/// swapped between the check and the mount is acted on. Returns 0, or the
+/// `pairs` (source, target, source, ...) bound on top. A source is opened
+/// with no symlink followed in any component, the last included (ELOOP: a
+/// symlink in /etc/netns/NAME is refused where iproute2 would follow it).
+/// A target in /etc is followed as iproute2 follows it (/etc/resolv.conf is
+/// often a symlink into /run), once: that is only the system's /etc, and
+/// the bind lands in this child's own mount namespace. The source's inode
+/// is then mounted onto the target's through their fds (open_tree(2),
+/// move_mount(2)), so that nothing swapped between opening and mounting is
+/// acted on. Returns 0, or the
 /// errno with `failed` the index of the failing pair's source (or SIZE_MAX
 /// for the namespace itself). Async-signal-safe.
 [[nodiscard]] GONSO_CHILD_CODE inline int bind_etc_overlay(const char* const* pairs, std::size_t count,
@@ -154,7 +157,8 @@ namespace detail {
   for (std::size_t i = 0; i + 1 < count; i += 2) {
     int err = 0;
     const int source = open_checked(pairs[i]);
-    const int target = source < 0 ? -1 : open_checked(pairs[i + 1]);
+    const int target =
+        source < 0 ? -1 : static_cast<int>(::syscall(SYS_openat, AT_FDCWD, pairs[i + 1], O_PATH | O_CLOEXEC));
     const int tree = target < 0 ? -1
                                 : static_cast<int>(::syscall(SYS_open_tree, source, "",
                                                              1 /* OPEN_TREE_CLONE */ | O_CLOEXEC | AT_EMPTY_PATH));
