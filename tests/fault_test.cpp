@@ -136,7 +136,7 @@ TEST_CASE("fault: a callable that drops CAP_SYS_ADMIN breaks its restore; the wo
     SECTION("Set::run") {
       for (int i = 0; i < injections; ++i) {
         (void)land(box);  // an idle worker: the next run takes it from the pool
-        // Without CAP_SYS_ADMIN setns() home fails with EPERM (kernel-rules.md).
+        // Without CAP_SYS_ADMIN setns() home fails with EPERM (the README's kernel rules).
         const auto [tid, was_inside, value] = box.run(true, [&] {
           const bool in = inside(box);
           test::drop_cap_sys_admin_on_this_thread();

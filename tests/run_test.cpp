@@ -215,7 +215,7 @@ TEST_CASE("a restore that fails discards the thread", "[privileged]") {
   const Set net = Set::current().unshare(Kind::net);
   const Set uts = Set::current().dup(Kind::uts);
 
-  // Without CAP_SYS_ADMIN the worker cannot setns() back (kernel-rules.md).
+  // Without CAP_SYS_ADMIN the worker cannot setns() back (the README's kernel rules).
   const pid_t crippled = net.run(true, [] {
     test::drop_cap_sys_admin_on_this_thread();
     return test::tid();

@@ -58,7 +58,7 @@ TEST_CASE("current() reads the calling thread, not the main thread", "[privilege
   gonso::Identity seen{}, thread_net{};
   std::string error;
   std::thread([&] {
-    // A plain thread may unshare its own net namespace (kernel-rules.md).
+    // A plain thread may unshare its own net namespace (the README's kernel rules).
     if (::unshare(CLONE_NEWNET) != 0) {
       error = std::strerror(errno);
       return;

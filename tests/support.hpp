@@ -57,7 +57,7 @@ namespace test {
 inline pid_t tid() { return static_cast<pid_t>(::syscall(SYS_gettid)); }
 
 /// The link name a thread's joined state shows for a kind: joining pid or time
-/// changes only the *_for_children links (kernel-rules.md).
+/// changes only the *_for_children links (the README's kernel rules).
 inline std::string link_of(gonso::Kind kind) {
   if (kind == gonso::Kind::pid) return "pid_for_children";
   if (kind == gonso::Kind::time) return "time_for_children";
@@ -318,7 +318,7 @@ class ForeignNamespaces {
     const pid_t parent = ::getpid();
     // Like fork(), but the child starts in the new namespaces. clone(2) reads
     // its low byte as the exit signal, where CLONE_NEWTIME lies: the child
-    // unshares that one itself (allowed whatever its threads, kernel-rules.md).
+    // unshares that one itself (allowed whatever its threads, the README's kernel rules).
     const int clone_flags = flags & ~CLONE_NEWTIME;
     pid_ = static_cast<pid_t>(::syscall(SYS_clone, clone_flags | SIGCHLD, nullptr, nullptr, nullptr, 0));
     if (pid_ < 0) {

@@ -31,7 +31,7 @@ using test::text;
 
 std::string text(gonso::Kinds kinds) { return fmt::format("{}", kinds); }
 
-/// The kinds a thread can unshare on its own (kernel-rules.md, "Per kind").
+/// The kinds a thread can unshare on its own (the README's kernel rules, "Per kind").
 constexpr Kind thread_unshareable[] = {Kind::cgroup, Kind::ipc, Kind::mnt, Kind::net, Kind::uts};
 
 /// What a worker running inside `set` sees, read from /proc by the callable.
@@ -184,7 +184,7 @@ TEST_CASE("unshare: from a Set that is not the caller's", "[unshare][privileged]
 
 // Kernel fact relied on: a new mount namespace copies the creator's mounts with
 // their propagation, so the copy of a shared mount is a peer of the original
-// (kernel-rules.md, "Mount"). test::SharedTmpfs is such a shared mount, and
+// (the README's kernel rules, "Mount"). test::SharedTmpfs is such a shared mount, and
 // its destructor detaches whatever propagated onto it.
 TEST_CASE("unshare: mount propagation of a new mount namespace", "[unshare][mount][privileged]") {
   test::require_privilege();

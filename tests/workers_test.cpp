@@ -458,7 +458,7 @@ TEST_CASE("workers: many mixed runs leak no fd and no thread", "[workers][leak][
   std::vector<std::string> wrong;
   {
     // A Set of each sort: one restorable kind, two at once, and mnt, whose
-    // workers are never reused (kernel-rules.md, "Mount").
+    // workers are never reused (the README's kernel rules, "Mount").
     const std::vector<std::pair<gonso::Set, gonso::Kinds>> sets = [] {
       std::vector<std::pair<gonso::Set, gonso::Kinds>> v;
       for (gonso::Kinds kinds : {gonso::Kinds(Kind::uts), Kind::net | Kind::ipc, gonso::Kinds(Kind::mnt)}) {

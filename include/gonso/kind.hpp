@@ -238,7 +238,7 @@ class Kinds {
 [[nodiscard]] constexpr Kinds operator|(Kind a, Kind b) noexcept { return Kinds(a) | Kinds(b); }
 
 /// Every kind but user: what a thread can hold and what Set::current() reads
-/// by default (a thread cannot join a user namespace, see kernel-rules.md).
+/// by default (a thread cannot join a user namespace, see the README's kernel rules).
 inline constexpr Kinds default_kinds = Kinds::all() - Kind::user;
 
 }  // namespace gonso

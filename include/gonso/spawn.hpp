@@ -555,7 +555,7 @@ inline void verify_program(const unique_fd& pidfd, pid_t pid, const Set& set, co
 ///
 /// The program is a direct child of the caller, also in a pid or time
 /// namespace: there the child joins and clones the program with
-/// CLONE_PARENT, so that it is inside the namespace (kernel-rules.md, "pid").
+/// CLONE_PARENT, so that it is inside the namespace (the README's kernel rules, "pid").
 /// It gets fds 0, 1 and 2 only (as `options` says), every other fd of the
 /// caller being close-on-exec for it; default signal dispositions and an
 /// empty signal mask; and no death signal: like posix_spawn(3)'s, it outlives

@@ -305,7 +305,7 @@ auto on_helper_thread(F&& fn) {
 }
 
 // Net namespaces die in kernel workers after their last fd is closed, at
-// ~250 µs of CPU each (kernel-rules.md), and a figure may have dropped
+// ~250 µs of CPU each (the README's kernel rules), and a figure may have dropped
 // hundreds: on 2 vCPUs that work would be billed to the next figure. Waits
 // until the machine is quiet (under 10% busy for 100 ms), but not for long on
 // one busy for other reasons. Returns whether it got quiet.

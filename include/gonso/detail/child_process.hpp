@@ -484,7 +484,7 @@ using ns_refs = std::array<ns_ref, all_kinds.size()>;
 /// caller's code, unsafe in a child that may only make system calls; glibc's
 /// posix_spawn skips them too), and a sanitizer does not start a thread in
 /// it (ThreadSanitizer does after forking a single-threaded process, and a
-/// second thread makes setns of mnt, user and time fail, kernel-rules.md).
+/// second thread makes setns of mnt, user and time fail, the README's kernel rules).
 inline pid_t raw_fork() noexcept { return static_cast<pid_t>(::syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0)); }
 
 /// Makes the calling child die with its parent thread, and checks that the

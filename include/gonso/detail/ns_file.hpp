@@ -30,7 +30,7 @@ struct ns_handle {
 
 /// The name of a kind's link in /proc/thread-self/ns as setns(2) sees it.
 /// Joining a pid or time namespace changes only what the thread's children
-/// get (kernel-rules.md), so a thread's joined state is read from the
+/// get (the README's kernel rules), so a thread's joined state is read from the
 /// *_for_children links.
 [[nodiscard]] constexpr const char* thread_link(Kind kind) noexcept {
   switch (kind) {
@@ -106,7 +106,7 @@ struct ns_handle {
 
 /// The inode of the namespace link `path` (relative to `dirfd`), from
 /// readlink(2): unlike stat(2) it does not make the namespace's nsfs inode,
-/// which halves the cost of a look here (kernel-rules.md). 0 on any failure.
+/// which halves the cost of a look here (the README's kernel rules). 0 on any failure.
 [[nodiscard]] inline ino_t read_ns_link(int dirfd, const char* path) noexcept {
   char text[64];
   const ssize_t n = ::readlinkat(dirfd, path, text, sizeof text);

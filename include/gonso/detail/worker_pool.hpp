@@ -70,7 +70,7 @@ inline thread_local int worker_ns_dir = -1;
 
 /// Throws std::system_error(EINVAL) unless the namespace `kinds` holds of
 /// `kind` (user or time) is the calling thread's own. A thread of a
-/// multithreaded process can join no other (kernel-rules.md), and every
+/// multithreaded process can join no other (the README's kernel rules), and every
 /// thread of a process shares its user and time namespaces, so the caller's
 /// are the ones a worker would have. `home`, when there is one, knows them
 /// already: reading them from /proc costs more than the rest of a run.
@@ -667,7 +667,7 @@ inline void worker::join(const job& work, Kinds& joined) {
     return link_identity(kind, target[index_of(kind)].id.device);
   };
   if (work.pidfd >= 0) {
-    // One setns(2) on a pidfd joins several kinds at once (kernel-rules.md:
+    // One setns(2) on a pidfd joins several kinds at once (the README's kernel rules:
     // ~1.0 us for four kinds against ~2.9 us for four calls). Never mnt this
     // way: from a thread that shares its fs_struct it would move the root and
     // cwd of every thread. The process may have moved since the Set was
@@ -694,7 +694,7 @@ inline bool worker::go_home(Kinds joined) noexcept {
 // anchor's pidfd does not undo.
 inline bool worker::still_in_place() const noexcept {
   // Root and cwd are still the process's, which also means the mount
-  // namespace is: unsharing one unshares them (kernel-rules.md, mount).
+  // namespace is: unsharing one unshares them (the README's kernel rules, mount).
   // A worker that joined its home's mount namespace has root and cwd of its
   // own by design, and goes back to them through the pidfd.
   if (!joined_mnt_ && ::syscall(SYS_kcmp, tid_, home_tid_, KCMP_FS, 0UL, 0UL) != 0) return false;
