@@ -338,36 +338,41 @@ TEST_CASE("bad input: Kind values that are no kind, and Kinds with bits that are
     };
 
     std::vector<Case> cases;
-    for (const auto& [kind, value] : bad_kinds) {
+    // Copies, not structured bindings, which lambdas cannot capture in C++20.
+    for (const auto& bad : bad_kinds) {
+      const Kind kind = bad.first;
+      const std::string& value = bad.second;
       const std::string named = "invalid namespace kind " + value;
       const auto add = [&](const std::string& where, std::function<void()> call) {
         cases.push_back(invalid(fmt::format("{} given to {}", value, where), std::move(call), named));
       };
-      add("name", [kind = kind] { (void)gonso::name(kind); });
-      add("Set::fd", [&, kind = kind] { (void)own.fd(kind); });
-      add("Set::identity", [&, kind = kind] { (void)own.identity(kind); });
-      add("Set::owner", [&, kind = kind] { (void)own.owner(kind); });
-      add("Set::parent", [&, kind = kind] { (void)own.parent(kind); });
-      add("Set::from_file", [kind = kind] { (void)Set::from_file(kind, "/proc/thread-self/ns/net"); });
-      add("Set::from_fd", [&, kind = kind] { (void)Set::from_fd(kind, own.fd(Kind::net)); });
-      add("persist", [&, kind = kind] { gonso::persist(fresh, kind, dir.path() / "file"); });
+      add("name", [kind] { (void)gonso::name(kind); });
+      add("Set::fd", [&, kind] { (void)own.fd(kind); });
+      add("Set::identity", [&, kind] { (void)own.identity(kind); });
+      add("Set::owner", [&, kind] { (void)own.owner(kind); });
+      add("Set::parent", [&, kind] { (void)own.parent(kind); });
+      add("Set::from_file", [kind] { (void)Set::from_file(kind, "/proc/thread-self/ns/net"); });
+      add("Set::from_fd", [&, kind] { (void)Set::from_fd(kind, own.fd(Kind::net)); });
+      add("persist", [&, kind] { gonso::persist(fresh, kind, dir.path() / "file"); });
       CHECK_FALSE(own.contains(kind));
       CHECK_FALSE(Kinds::all().contains(kind));
       CHECK_FALSE(gonso::is_kind(kind));
       // Formatting one is total, so that messages about it can be written.
       CHECK(fmt::format("{}", kind) == fmt::format("Kind({})", value));
     }
-    for (const auto& [kinds, part] : bad_sets) {
+    for (const auto& bad : bad_sets) {
+      const Kinds kinds = bad.first;
+      const std::string& part = bad.second;
       const auto add = [&](const std::string& where, std::function<void()> call) {
         cases.push_back(invalid(fmt::format("{} given to {}", part, where), std::move(call), part));
       };
-      add("Set::current", [kinds = kinds] { (void)Set::current(kinds); });
-      add("Set::from_pid", [kinds = kinds] { (void)Set::from_pid(::getpid(), kinds); });
-      add("Set::from_pidfd", [&, kinds = kinds] { (void)Set::from_pidfd(self.get(), kinds); });
-      add("Set::from_dir", [kinds = kinds] { (void)Set::from_dir("/proc/thread-self/ns", kinds); });
-      add("Set::dup", [&, kinds = kinds] { (void)own.dup(kinds); });
-      add("Set::unshare", [&, kinds = kinds] { (void)own.unshare(kinds); });
-      add("Pool", [&, kinds = kinds] { gonso::Pool pool(own, kinds); });
+      add("Set::current", [kinds] { (void)Set::current(kinds); });
+      add("Set::from_pid", [kinds] { (void)Set::from_pid(::getpid(), kinds); });
+      add("Set::from_pidfd", [&, kinds] { (void)Set::from_pidfd(self.get(), kinds); });
+      add("Set::from_dir", [kinds] { (void)Set::from_dir("/proc/thread-self/ns", kinds); });
+      add("Set::dup", [&, kinds] { (void)own.dup(kinds); });
+      add("Set::unshare", [&, kinds] { (void)own.unshare(kinds); });
+      add("Pool", [&, kinds] { gonso::Pool pool(own, kinds); });
       CHECK(kinds.unknown_bits() != 0);
     }
     check_cases(cases);

@@ -545,8 +545,9 @@ TEST_CASE("pool: put() takes back only a Set one of its get()s handed out, once;
   drained.pop_back();
   const Set copy = taken;
   const Set second_copy = taken;
-  CHECK(pool.put(std::move(taken)));  // the first return is kept
-  CHECK_FALSE(pool.put(copy));        // a copy of a Set already back
+  const bool kept = pool.put(std::move(taken));  // the first return is kept
+  CHECK(kept);
+  CHECK_FALSE(pool.put(copy));  // a copy of a Set already back
   CHECK_FALSE(pool.put(second_copy));
   // Sets this pool never handed out, though they fit its kinds and base.
   CHECK_FALSE(pool.put(here.unshare(Kind::net)));  // made by the caller
