@@ -17,6 +17,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <set>
@@ -311,56 +312,24 @@ TEST_CASE("thread run() on a Set with a new user namespace names the process mod
   CHECK(u.run_in_process([] { return own_ns(Kind::net); }) == u.identity(Kind::net));
 }
 
-TEST_CASE("rootless: an unprivileged process makes and uses its own namespaces", "[privileged][process][rootless]") {
-  test::require_privilege();  // to become unprivileged
+namespace {
+/// Runs `body` in a forked child that has become uid and gid 65534 (and
+/// stays dumpable, so that its own id maps can be written), and returns the
+/// text it returns, or "error: " and what it threw.
+std::string as_nobody_in_child(const std::function<std::string()>& body) {
   int report[2];
-  REQUIRE(::pipe2(report, O_CLOEXEC) == 0);
+  if (::pipe2(report, O_CLOEXEC) != 0) throw std::system_error(errno, std::generic_category(), "pipe2");
+  std::fflush(nullptr);
   const pid_t child = ::fork();
-  REQUIRE(child >= 0);
+  if (child < 0) throw std::system_error(errno, std::generic_category(), "fork");
   if (child == 0) {
     ::alarm(20);
     std::string result;
     try {
-      // Drop to nobody, and stay dumpable so that our maps can be written.
       if (::setgroups(0, nullptr) != 0 || ::setgid(65534) != 0 || ::setuid(65534) != 0)
         throw std::runtime_error("drop");
       ::prctl(PR_SET_DUMPABLE, 1);
-      const Set box = Set::current().unshare(Kind::user | Kind::net | Kind::uts | Kind::mnt | Kind::ipc);
-      result = box.run_in_process([] {
-        const std::string name = "rootless";
-        if (::sethostname(name.data(), name.size()) != 0)
-          throw std::system_error(errno, std::generic_category(), "sethostname");
-        const int s = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-        ifreq ifr{};
-        std::strcpy(ifr.ifr_name, "lo");
-        if (s < 0 || ::ioctl(s, SIOCGIFFLAGS, &ifr) != 0)
-          throw std::system_error(errno, std::generic_category(), "SIOCGIFFLAGS");
-        ifr.ifr_flags = static_cast<short>(ifr.ifr_flags | IFF_UP);
-        if (::ioctl(s, SIOCSIFFLAGS, &ifr) != 0)
-          throw std::system_error(errno, std::generic_category(), "SIOCSIFFLAGS");
-        ::ioctl(s, SIOCGIFFLAGS, &ifr);
-        ::close(s);
-        char host[64] = {};
-        ::gethostname(host, sizeof host - 1);
-        return fmt::format("uid={} host={} lo_up={} setgroups={}", ::getuid(), host, (ifr.ifr_flags & IFF_UP) != 0,
-                           slurp("/proc/self/setgroups"));
-      });
-      result += fmt::format(" outside_uid={}", ::getuid());
-      // A program spawned there, in a pid namespace of its own as well: pid 2
-      // (1 is the namespace's init).
-      const Set boxed_pid = box.unshare(Kind::pid);
-      gonso::SpawnOptions out;
-      out.out = gonso::Stdio::pipe;
-      gonso::Child sh = gonso::spawn(boxed_pid, {"sh", "-c", "echo $(id -u) $$ $(hostname)"}, out);
-      result += " spawned=" + sh.read_stdout();
-      result += fmt::format(" {}", sh.wait());
-      // Mapping ids that are not one's own needs privilege: a clear EPERM.
-      try {
-        (void)Set::current().unshare(Kind::user, {.uid_map = {{0, 0, 1}}});
-        result += " mapped-root!";
-      } catch (const std::system_error& e) {
-        result += fmt::format(" map-other={}", e.code() == std::errc::operation_not_permitted);
-      }
+      result = body();
     } catch (const std::exception& e) {
       result = std::string("error: ") + e.what();
     }
@@ -373,8 +342,53 @@ TEST_CASE("rootless: an unprivileged process makes and uses its own namespaces",
   for (ssize_t n; (n = ::read(report[0], buf, sizeof buf)) > 0;) result.append(buf, static_cast<std::size_t>(n));
   ::close(report[0]);
   ::waitpid(child, nullptr, 0);
-  INFO(result);
-  CHECK(result ==
+  return result;
+}
+}  // namespace
+
+TEST_CASE("rootless: an unprivileged process makes and uses its own namespaces", "[privileged][process][rootless]") {
+  test::require_privilege();  // to become unprivileged
+  const std::string report = as_nobody_in_child([] {
+    std::string result;
+    const Set box = Set::current().unshare(Kind::user | Kind::net | Kind::uts | Kind::mnt | Kind::ipc);
+    result = box.run_in_process([] {
+      const std::string name = "rootless";
+      if (::sethostname(name.data(), name.size()) != 0)
+        throw std::system_error(errno, std::generic_category(), "sethostname");
+      const int s = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+      ifreq ifr{};
+      std::strcpy(ifr.ifr_name, "lo");
+      if (s < 0 || ::ioctl(s, SIOCGIFFLAGS, &ifr) != 0)
+        throw std::system_error(errno, std::generic_category(), "SIOCGIFFLAGS");
+      ifr.ifr_flags = static_cast<short>(ifr.ifr_flags | IFF_UP);
+      if (::ioctl(s, SIOCSIFFLAGS, &ifr) != 0) throw std::system_error(errno, std::generic_category(), "SIOCSIFFLAGS");
+      ::ioctl(s, SIOCGIFFLAGS, &ifr);
+      ::close(s);
+      char host[64] = {};
+      ::gethostname(host, sizeof host - 1);
+      return fmt::format("uid={} host={} lo_up={} setgroups={}", ::getuid(), host, (ifr.ifr_flags & IFF_UP) != 0,
+                         slurp("/proc/self/setgroups"));
+    });
+    result += fmt::format(" outside_uid={}", ::getuid());
+    // A program spawned there, in a pid namespace of its own as well: pid 2
+    // (1 is the namespace's init).
+    const Set boxed_pid = box.unshare(Kind::pid);
+    gonso::SpawnOptions out;
+    out.out = gonso::Stdio::pipe;
+    gonso::Child sh = gonso::spawn(boxed_pid, {"sh", "-c", "echo $(id -u) $$ $(hostname)"}, out);
+    result += " spawned=" + sh.read_stdout();
+    result += fmt::format(" {}", sh.wait());
+    // Mapping ids that are not one's own needs privilege: a clear EPERM.
+    try {
+      (void)Set::current().unshare(Kind::user, {.uid_map = {{0, 0, 1}}});
+      result += " mapped-root!";
+    } catch (const std::system_error& e) {
+      result += fmt::format(" map-other={}", e.code() == std::errc::operation_not_permitted);
+    }
+    return result;
+  });
+  INFO(report);
+  CHECK(report ==
         "uid=0 host=rootless lo_up=true setgroups=deny\n outside_uid=65534 spawned=0 2 rootless\n exited 0 "
         "map-other=true");
 }
@@ -691,31 +705,8 @@ TEST_CASE("thread kinds unshared from a Set with a foreign user namespace are ow
 
 TEST_CASE("rootless: thread kinds unshared under the process's own user namespace", "[privileged][process][rootless]") {
   test::require_privilege();  // to become unprivileged
-  int report[2];
-  REQUIRE(::pipe2(report, O_CLOEXEC) == 0);
-  std::fflush(nullptr);
-  const pid_t child = ::fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    ::alarm(20);
-    std::string result;
-    try {
-      if (::setgroups(0, nullptr) != 0 || ::setgid(65534) != 0 || ::setuid(65534) != 0)
-        throw std::runtime_error("drop");
-      ::prctl(PR_SET_DUMPABLE, 1);
-      const Set box = Set::current(Kind::net).unshare(Kind::user | Kind::net);
-      result = "ok:" + unshare_thread_kinds_under(box);
-    } catch (const std::exception& e) {
-      result = std::string("error: ") + e.what();
-    }
-    (void)!::write(report[1], result.data(), result.size());
-    ::_exit(0);
-  }
-  ::close(report[1]);
-  std::string result;
-  char buf[512];
-  for (ssize_t n; (n = ::read(report[0], buf, sizeof buf)) > 0;) result.append(buf, static_cast<std::size_t>(n));
-  ::close(report[0]);
-  ::waitpid(child, nullptr, 0);
-  CHECK(result == "ok:");
+  CHECK(as_nobody_in_child([] {
+          const Set box = Set::current(Kind::net).unshare(Kind::user | Kind::net);
+          return "ok:" + unshare_thread_kinds_under(box);
+        }) == "ok:");
 }
