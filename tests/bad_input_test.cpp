@@ -491,9 +491,6 @@ TEST_CASE("bad input: Set members, unshare options and run_in_process", "[badinp
               (void)here.unshare(Kind::user, options);
             },
             "time offsets"),
-        refused(
-            "a user namespace nested in a foreign one", [&] { (void)user.unshare(Kind::user); },
-            std::errc::not_supported, "nested in"),
 
         invalid(
             "fd of a kind not in the Set", [&] { (void)net.fd(Kind::uts); }, "holds no uts namespace"),

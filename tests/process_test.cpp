@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -432,18 +433,139 @@ TEST_CASE("joining a user namespace makes the process its root where 0 is mapped
   CHECK(seen == "0 0 0 true");
 }
 
+namespace {
+// The first line of an id map with its padding squeezed: "0 1000 10".
+std::string first_map_line(const std::string& path) {
+  const auto lines = test::words_by_line(slurp(path));
+  std::string line;
+  for (const std::string& word : lines.empty() ? std::vector<std::string>{} : lines.front())
+    line += (line.empty() ? "" : " ") + word;
+  return line;
+}
+
+// What a process inside a Set sees of its own user namespace, from the
+// kernel: its identity, the owner of its ipc and uts namespaces
+// (NS_GET_USERNS), its net namespace, its uid and uid_map (whose outside ids
+// the kernel shows in the parent namespace's terms), commas for spaces.
+struct UserView {
+  std::string text;
+  static UserView here() {
+    const auto ino = [](int fd) {
+      struct stat st {};
+      const bool ok = fd >= 0 && ::fstat(fd, &st) == 0;
+      if (fd >= 0) ::close(fd);
+      return ok ? std::to_string(st.st_ino) : std::string("?");
+    };
+    const auto owner_ino = [&](const char* path) {
+      const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+      const int owner = fd >= 0 ? ::ioctl(fd, NS_GET_USERNS) : -1;
+      if (fd >= 0) ::close(fd);
+      return ino(owner);
+    };
+    std::string map = first_map_line("/proc/self/uid_map");
+    std::replace(map.begin(), map.end(), ' ', ',');
+    return {fmt::format("user={} ipc_owner={} uts_owner={} net={} uid={} map={}",
+                        ino(::open("/proc/self/ns/user", O_RDONLY | O_CLOEXEC)), owner_ino("/proc/self/ns/ipc"),
+                        owner_ino("/proc/self/ns/uts"), ino(::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC)),
+                        ::getuid(), map)};
+  }
+};
+
+// The inode of the parent of the user namespace a program spawned into
+// `set` is in, asked from outside (inside, the parent is out of its sight).
+std::string user_parent_seen_from_outside(const Set& set) {
+  gonso::Child sleeper = gonso::spawn(set, {"sleep", "30"});
+  std::string result = "?";
+  const int user = ::open(fmt::format("/proc/{}/ns/user", sleeper.pid()).c_str(), O_RDONLY | O_CLOEXEC);
+  const int parent = user >= 0 ? ::ioctl(user, NS_GET_PARENT) : -1;
+  struct stat st {};
+  if (parent >= 0 && ::fstat(parent, &st) == 0) result = std::to_string(st.st_ino);
+  if (parent >= 0) ::close(parent);
+  if (user >= 0) ::close(user);
+  sleeper.kill();
+  (void)sleeper.wait();
+  return result;
+}
+
+std::string field(const std::string& view, const std::string& name) {
+  const auto at = view.find(name + "=");
+  if (at == std::string::npos) return "missing " + name;
+  const auto end = view.find(' ', at);
+  return view.substr(at + name.size() + 1, end == std::string::npos ? std::string::npos : end - at - name.size() - 1);
+}
+}  // namespace
+
+TEST_CASE("a user namespace nests in a Set's foreign one, owned by it", "[privileged][process][user]") {
+  test::require_privilege();
+  const test::Snapshot before = test::snapshot();
+  // The outer namespace maps 65536 ids from 100000; the nested one maps ten
+  // of those from the outer's 1000: the kernel shows 101000 from outside.
+  gonso::UnshareOptions outer_ids;
+  outer_ids.uid_map = outer_ids.gid_map = {{0, 100000, 65536}};
+  const Set outer = Set::current(Kind::net).unshare(Kind::user | Kind::net, outer_ids);
+  gonso::UnshareOptions nested_ids;
+  nested_ids.uid_map = nested_ids.gid_map = {{0, 1000, 10}};
+  const Set nested = outer.unshare(Kind::user | Kind::ipc | Kind::uts, nested_ids);
+  const std::string out = outer.run_in_process([] { return UserView::here().text; });
+  const std::string in = nested.run_in_process([] { return UserView::here().text; });
+  INFO("outer: " << out << "\nnested: " << in);
+  CHECK(field(in, "user") != field(out, "user"));
+  CHECK(user_parent_seen_from_outside(nested) == field(out, "user"));
+  CHECK(field(in, "ipc_owner") == field(in, "user"));
+  CHECK(field(in, "uts_owner") == field(in, "user"));
+  CHECK(field(in, "net") == field(out, "net"));  // carried over
+  CHECK(field(in, "uid") == "0");
+  CHECK(field(in, "map") == "0,1000,10");  // in the outer namespace's ids
+  // From the caller's side, the nested namespace's ids are the host's 101000...
+  gonso::SpawnOptions quiet;
+  gonso::Child sleeper = gonso::spawn(nested, {"sleep", "30"}, quiet);
+  CHECK(first_map_line(fmt::format("/proc/{}/uid_map", sleeper.pid())) == "0 101000 10");
+  CHECK(first_map_line(fmt::format("/proc/{}/gid_map", sleeper.pid())) == "0 101000 10");
+  sleeper.kill();
+  (void)sleeper.wait();
+
+  SECTION("default maps: the caller's id as the Set's namespace sees it becomes root") {
+    const Set deeper = nested.unshare(Kind::user);  // a third level, nested in the nested one
+    const std::string third = deeper.run_in_process([] { return UserView::here().text; });
+    INFO("third: " << third);
+    CHECK(user_parent_seen_from_outside(deeper) == field(in, "user"));
+    CHECK(field(third, "uid") == "0");
+    CHECK(field(third, "map") == "0,0,1");  // root of the nested namespace, in its ids
+    CHECK(field(third, "net") == field(out, "net"));
+  }
+  SECTION("ids the Set's namespace does not map are refused, naming it") {
+    gonso::UnshareOptions unmapped;
+    unmapped.uid_map = {{0, 20, 1}};  // the nested namespace maps only 0..9
+    const std::system_error e = test::system_error_of([&] { (void)nested.unshare(Kind::user, unmapped); });
+    CHECK_THAT(e.what(),
+               Catch::Contains("nested in") && Catch::Contains(fmt::format("{}", nested.identity(Kind::user))));
+    CHECK(e.code().value() != 0);
+  }
+  CHECK(test::snapshot() == before);  // the caller never moved
+  CHECK(within(std::chrono::seconds(2), no_children_left));
+}
+
+TEST_CASE("rootless: a user namespace nests in one the caller made", "[privileged][process][rootless]") {
+  test::require_privilege();  // to become unprivileged
+  const std::string report = as_nobody_in_child([] {
+    const Set outer = Set::current().unshare(Kind::user | Kind::net);
+    const Set nested = outer.unshare(Kind::user | Kind::uts);
+    const std::string out = outer.run_in_process([] { return UserView::here().text; });
+    const std::string in = nested.run_in_process([] {
+      const std::string name = "nested";
+      const bool named = ::sethostname(name.data(), name.size()) == 0;
+      return fmt::format("{} named={}", UserView::here().text, named);
+    });
+    return fmt::format("parent_is_outer={} same_net={} uid={} map={} named={} outside_uid={}",
+                       user_parent_seen_from_outside(nested) == field(out, "user"),
+                       field(in, "net") == field(out, "net"), field(in, "uid"), field(in, "map"), field(in, "named"),
+                       ::getuid());
+  });
+  CHECK(report == "parent_is_outer=true same_net=true uid=0 map=0,0,1 named=true outside_uid=65534");
+}
+
 TEST_CASE("unshare refuses what it cannot do right, clearly", "[privileged][process]") {
   test::require_privilege();
-  SECTION("a user namespace nested in a foreign one") {
-    const Set outer = Set::current().unshare(Kind::user | Kind::net);
-    try {
-      (void)outer.unshare(Kind::user | Kind::uts);
-      FAIL("nested user namespace made");
-    } catch (const std::system_error& e) {
-      CHECK(e.code() == std::errc::not_supported);
-      CHECK_THAT(e.what(), Catch::Contains("nested"));
-    }
-  }
   SECTION("from a thread whose children go to another pid namespace") {
     const Set pidns = Set::current().unshare(Kind::pid);
     const std::string error = pidns.run(true, [] {

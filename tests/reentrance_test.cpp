@@ -2,6 +2,7 @@
 // throws std::logic_error at once: never a deadlock, never a hang.
 #include <atomic>
 #include <chrono>
+#include <future>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -112,4 +113,68 @@ TEST_CASE("reentrance: a Pool used from its own after_create hook refuses at onc
   }
   gonso::retire_idle_workers();
   CHECK(test::threads_settled_at(threads) == threads);
+}
+
+TEST_CASE("reentrance: a Pool destroyed by its own after_create hook ends without waiting for itself",
+          "[reentrance][pool][privileged]") {
+  test::require_privilege();
+  const std::size_t threads = test::thread_baseline();
+  const std::size_t fds = test::count_fds();
+  const gonso::Identity host = test::thread_ns(Kind::net);
+  gonso::PoolOptions options;
+  options.size = 1;
+  std::optional<gonso::Pool> pool;
+  SECTION("from the refill thread's hook") {
+    std::atomic<bool> armed{false};
+    std::atomic<bool> destroyed{false};
+    options.after_create = [&] {
+      if (!armed.exchange(false)) return;
+      pool.reset();
+      destroyed = true;
+    };
+    pool.emplace(Set::current(Kind::net), Kind::net, options);
+    REQUIRE(pool->wait_ready(std::chrono::seconds(60)));
+    armed = true;
+    { const Set taken = pool->get(); }  // leaves none: the refill wakes, and its hook destroys the pool
+    CHECK(test::eventually([&] { return destroyed.load(); }));
+    CHECK_FALSE(pool.has_value());
+  }
+  SECTION("from the hook of a get() on an empty pool, while the refill is busy") {
+    std::atomic<int> calls{-1};  // below 0: not armed yet
+    std::atomic<bool> refill_held{false};
+    std::promise<void> release;
+    const std::shared_future<void> released = release.get_future().share();
+    options.after_create = [&] {
+      if (calls.load() < 0) return;
+      const int n = calls.fetch_add(1);
+      if (n == 0) {  // the refill thread's: held until the end
+        refill_held = true;
+        released.wait();
+      } else if (n == 1) {  // the get()'s
+        pool.reset();
+      }
+    };
+    pool.emplace(Set::current(Kind::net), Kind::net, options);
+    REQUIRE(pool->wait_ready(std::chrono::seconds(60)));
+    gonso::Pool& p = *pool;
+    calls = 0;
+    { const Set taken = p.get(); }
+    REQUIRE(test::eventually([&] { return refill_held.load(); }));
+    {
+      const Set made = p.get();  // none ready: made here, and its hook destroys the pool
+      CHECK_FALSE(pool.has_value());
+      CHECK(made.run(true, [] { return test::thread_ns(Kind::net); }) != host);  // still a fresh one
+    }
+    release.set_value();  // the refill's hook returns; its thread ends by itself
+  }
+  // The refill's worker comes home once its hook returned, maybe after a
+  // first retire: retire until it did.
+  const bool fds_back = test::eventually([&] {
+    gonso::retire_idle_workers();
+    return test::count_fds() == fds;
+  });
+  CHECK(test::threads_settled_at(threads) == threads);
+  INFO("open fds: " << test::fd_list());
+  CHECK(fds_back);
+  CHECK(test::thread_ns(Kind::net) == host);
 }

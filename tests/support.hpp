@@ -124,6 +124,15 @@ inline std::size_t count_entries(const char* dir) {
 /// Open fds of the process (the directory iterator's own fd is counted every
 /// time, so comparisons stay fair).
 inline std::size_t count_fds() { return count_entries("/proc/self/fd"); }
+// "fd -> target" for each open fd, to show what a leak check found.
+inline std::string fd_list() {
+  std::string out;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd", ec)) {
+    out += entry.path().filename().string() + " -> " + std::filesystem::read_symlink(entry.path(), ec).string() + "; ";
+  }
+  return out;
+}
 inline std::size_t count_threads() { return count_entries("/proc/self/task"); }
 
 /// Polls `done` until it holds, for at most `limit`: the kernel releases an

@@ -190,7 +190,7 @@ TEST_CASE("untrusted: namespace-creator messages are checked one by one and in o
       message(M::failed, 3, EPERM),   // a join step past the plan
       message(M::failed, -1, EPERM),  // a step below 0
       message(M::failed, 50, EPERM),  // between the join steps and step_fork
-      message(M::failed, detail::step_fork_init + 1, EPERM),
+      message(M::failed, detail::step_write_maps + 1, EPERM),
       message(M::failed, detail::step_fork, 0),     // errno 0
       message(M::failed, detail::step_fork, 4096),  // errno out of range
       message(M::creator_pid, 0, 0),                // no process id

@@ -56,7 +56,6 @@ enum class Propagation {
   unchanged,  ///< keep what was inherited: mounts inside may appear on the host
 };
 
-/// Options of Set::unshare.
 /// One line of a uid_map or gid_map: ids [inside, inside + count) of a new
 /// user namespace are ids [outside, outside + count) of its parent.
 struct IdRange {
@@ -70,13 +69,17 @@ struct UnshareOptions {
   /// Applied to `/` of a new mount namespace. util-linux unshare(1) also
   /// defaults to rprivate, so that mounts made inside never leak to the host.
   Propagation propagation = Propagation::rprivate;
-  /// uid_map of a new user namespace. Empty (the default): the caller's
-  /// effective uid becomes root, as `unshare --map-root-user` does. Mapping
-  /// more than one's own id needs CAP_SETUID.
+  /// uid_map of a new user namespace, in ids of its parent: the caller's
+  /// user namespace, or the Set's when the Set holds another one (a nested
+  /// user namespace). Empty (the default): the caller's effective uid, as
+  /// that parent sees it, becomes root, as `unshare --map-root-user` does.
+  /// Mapping more than one's own id needs CAP_SETUID over the parent (which
+  /// a nested namespace's maps have: they are written from inside the Set).
   std::vector<IdRange> uid_map{};
-  /// gid_map of a new user namespace; empty maps the caller's effective gid
-  /// to 0. Without CAP_SETGID, gonso first writes "deny" to setgroups, as the
-  /// kernel requires.
+  /// gid_map of a new user namespace, likewise; empty maps the caller's
+  /// effective gid to 0. Without CAP_SETGID, gonso first writes "deny" to
+  /// setgroups, as the kernel requires; a nested namespace keeps its
+  /// parent's setgroups setting.
   std::vector<IdRange> gid_map{};
   /// CLOCK_MONOTONIC and CLOCK_BOOTTIME inside a new time namespace run ahead
   /// of the caller's by these offsets (written before any process enters).
@@ -195,8 +198,8 @@ using run_result_t =
 /// A Pool's mark on a Set one get() handed out: the pool, and whether the
 /// Set is still out (put() takes it back at most once).
 struct pool_lease {
-  explicit pool_lease(const void* by) noexcept : pool(by) {}
-  const void* const pool;
+  explicit pool_lease(std::uint64_t by) noexcept : pool(by) {}
+  const std::uint64_t pool;
   std::atomic<bool> out{true};
 };
 
@@ -850,6 +853,9 @@ class Set {
         return "cannot set mount propagation of / in the new mount namespace";
       case step_fork_init:
         return "cannot start the init of the new pid namespace";
+      case step_write_maps:
+        return fmt::format("cannot write the id maps of a user namespace nested in {} from inside it",
+                           ns[index_of(Kind::user)].id);
       default:
         return "cannot create namespaces";
     }
@@ -863,17 +869,13 @@ class Set {
                                  "namespace (as inside Set::run of a Set holding one); call unshare outside",
                                  kinds);
     }
+    // A user namespace nested in the Set's, when that is not the caller's:
+    // the caller may not write its maps, a helper in the Set's does.
+    bool nested_user = false;
     if (kinds.contains(Kind::user) && kinds_.contains(Kind::user)) {
       Identity own{};
-      if (detail::stat_ns(AT_FDCWD, "/proc/thread-self/ns/user", Kind::user, own) == 0 &&
-          own != ns_[index_of(Kind::user)].id) {
-        // The maps of a user namespace can be written only from its parent
-        // namespace or itself; this process is in neither.
-        throw detail::system_error(ENOTSUP,
-                                   "cannot unshare a user namespace nested in {}: gonso writes id maps from the "
-                                   "caller's user namespace, which is not its parent",
-                                   ns_[index_of(Kind::user)].id);
-      }
+      nested_user = detail::stat_ns(AT_FDCWD, "/proc/thread-self/ns/user", Kind::user, own) != 0 ||
+                    own != ns_[index_of(Kind::user)].id;
     }
     const detail::join_plan plan = detail::plan_join(ns_, kinds_);
     detail::pipe_fds report = detail::make_pipe();
@@ -890,9 +892,16 @@ class Set {
     task.propagation = propagation_flag(options.propagation);
     task.time_offsets = &offsets;
     // Prepared before the fork: the child may not allocate.
-    const std::string uid_map = map_text(options.uid_map, ::geteuid());
-    const std::string gid_map = map_text(options.gid_map, ::getegid());
+    // Maps in the ids of the new namespace's parent; for a nested one the
+    // helper fills in its own id there when none are given.
+    const std::string uid_map =
+        nested_user && options.uid_map.empty() ? std::string() : map_text(options.uid_map, ::geteuid());
+    const std::string gid_map =
+        nested_user && options.gid_map.empty() ? std::string() : map_text(options.gid_map, ::getegid());
     const bool deny_setgroups = !has_capability(CAP_SETGID);
+    task.maps_from_inside = nested_user;
+    task.uid_map = &uid_map;
+    task.gid_map = &gid_map;
 
     creator_guard guard;
     const pid_t parent = ::getpid();
@@ -908,7 +917,7 @@ class Set {
     std::shared_ptr<void> init;  // owns the new pid namespace's init as soon as it exists
     // Every message is untrusted bytes, decoded and checked for its place in
     // the conversation; pids in them are checked against the kernel's view.
-    detail::creator_protocol protocol(plan.fork_after, kinds.contains(Kind::user),
+    detail::creator_protocol protocol(plan.fork_after, kinds.contains(Kind::user) && !nested_user,
                                       kinds.contains(Kind::pid) && !plan.fork_after);
     for (bool over = false; !over;) {
       std::array<std::byte, sizeof(detail::creator_message)> bytes{};

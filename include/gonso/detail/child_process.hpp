@@ -4,6 +4,7 @@
 #pragma once
 
 #include <fcntl.h>
+#include <linux/nsfs.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -420,6 +421,46 @@ using ns_refs = std::array<ns_ref, all_kinds.size()>;
   return plan_join(refs, kinds);
 }
 
+/// For a target user namespace nested below another one the child is not
+/// in: a namespace owned by one of those ancestors can be joined only from
+/// inside that ancestor (setns needs CAP_SYS_ADMIN over its owner and in
+/// one's own user namespace, and a process in a user namespace has no
+/// capability over its ancestors). So the ancestors between the child's own
+/// user namespace and `user_fd` are joined from the outermost down, and the
+/// `deferred` steps retried inside each. Async-signal-safe; only run when
+/// something was refused with EPERM, never by a privileged child.
+GONSO_CHILD_CODE inline void join_user_ancestors(int user_fd, const join_plan& plan,
+                                                 std::array<bool, all_kinds.size()>& deferred) noexcept {
+  bool any = false;
+  for (std::size_t i = 0; i < plan.count; ++i) any = any || deferred[i];
+  struct stat own {};
+  if (!any || ::stat("/proc/thread-self/ns/user", &own) != 0) return;
+  constexpr std::size_t deepest = 32;  // the kernel nests user namespaces at most 32 deep
+  std::array<int, deepest> chain{};
+  std::size_t depth = 0;
+  for (int at = user_fd; depth < deepest;) {
+    const auto up = static_cast<int>(::syscall(SYS_ioctl, at, NS_GET_PARENT));
+    if (up < 0) break;  // the top of what this process may see
+    struct stat st {};
+    if (::fstat(up, &st) != 0 || (st.st_dev == own.st_dev && st.st_ino == own.st_ino)) {
+      ::close(up);
+      break;
+    }
+    chain[depth++] = up;  // NOLINT(cppcoreguidelines-pro-bounds-constant-array-index): depth < deepest
+    at = up;
+  }
+  while (depth > 0) {
+    const int ancestor = chain[--depth];  // NOLINT(cppcoreguidelines-pro-bounds-constant-array-index)
+    const bool joined = ::syscall(SYS_setns, ancestor, CLONE_NEWUSER) == 0;
+    ::close(ancestor);
+    for (std::size_t i = 0; joined && i < plan.count; ++i) {
+      if (deferred[i] && ::syscall(SYS_setns, plan.steps[i].fd, clone_flag(plan.steps[i].kind)) == 0) {
+        deferred[i] = false;
+      }
+    }
+  }
+}
+
 /// Joins the planned namespaces in a single-threaded child. Async-signal-safe.
 /// Without privilege every setns() but the user namespace's fails with EPERM
 /// until the child has entered the user namespace; with privilege, entering
@@ -443,6 +484,7 @@ using ns_refs = std::array<ns_ref, all_kinds.size()>;
     return errno;
   }
   if (user_step < plan.count) {
+    join_user_ancestors(plan.steps[user_step].fd, plan, deferred);
     if (::syscall(SYS_setns, plan.steps[user_step].fd, CLONE_NEWUSER) != 0) {
       failed = user_step;
       return errno;

@@ -60,6 +60,7 @@ enum creator_step : std::int32_t {
   step_time_offsets,
   step_propagation,
   step_fork_init,
+  step_write_maps,  // by the helper in the Set's user namespace (nested user namespaces)
 };
 
 /// Decodes one message of the creating child. Pure: exactly one message's
@@ -87,7 +88,7 @@ enum creator_step : std::int32_t {
     case creator_message::failed: {
       const bool join =
           m.value >= step_join && static_cast<std::int64_t>(m.value) < static_cast<std::int64_t>(join_steps);
-      if (!join && (m.value < step_fork || m.value > step_fork_init)) bad("a step that does not exist");
+      if (!join && (m.value < step_fork || m.value > step_write_maps)) bad("a step that does not exist");
       if (!valid_errno(m.error)) bad("an errno out of range");
       return m;
     }
@@ -160,6 +161,12 @@ struct creator_task {
   int lifeline = -1;                          // read end, for the pid namespace's init
   unsigned long propagation = 0;              // MS_PRIVATE, MS_SLAVE, MS_SHARED, or 0 to keep
   const std::string* time_offsets = nullptr;  // for /proc/self/timens_offsets; may be empty
+  // A user namespace nested in the Set's, which is not the caller's: its id
+  // maps are written by a helper that stays in the Set's user namespace
+  // (its parent), not by the caller. Empty maps mean "0 <own id there> 1".
+  bool maps_from_inside = false;
+  const std::string* uid_map = nullptr;
+  const std::string* gid_map = nullptr;
 };
 
 inline void creator_send(int fd, char tag, std::int32_t value = 0, std::int32_t error = 0) noexcept {
@@ -188,6 +195,86 @@ inline void creator_send(int fd, char tag, std::int32_t value = 0, std::int32_t 
   ::_exit(1);
 }
 
+/// Writes "0 <id> 1\n" into `buf`, without allocating; returns its length.
+[[nodiscard]] inline std::size_t own_id_map_line(char (&buf)[32], unsigned id) noexcept {
+  char digits[12];
+  std::size_t n = 0;
+  do {
+    digits[n++] = static_cast<char>('0' + id % 10);
+    id /= 10;
+  } while (id != 0);
+  std::size_t len = 0;
+  buf[len++] = '0';
+  buf[len++] = ' ';
+  while (n != 0) buf[len++] = digits[--n];
+  buf[len++] = ' ';
+  buf[len++] = '1';
+  buf[len++] = '\n';
+  return len;
+}
+
+/// One write(2) of a whole map into `file` under the process directory `dir`.
+[[nodiscard]] inline bool write_map(int dir, const char* file, const std::string* map, unsigned own_id) noexcept {
+  char line[32];
+  const char* text = line;
+  std::size_t len = 0;
+  if (map != nullptr && !map->empty()) {
+    text = map->data();
+    len = map->size();
+  } else {
+    len = own_id_map_line(line, own_id);
+  }
+  const int fd = ::openat(dir, file, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  const ssize_t n = ::write(fd, text, len);
+  const int error = errno;
+  ::close(fd);
+  errno = error;
+  if (n == static_cast<ssize_t>(len)) return true;
+  if (n >= 0) errno = EIO;
+  return false;
+}
+
+/// unshare(CLONE_NEWUSER) for a user namespace nested in the one the
+/// creator joined, which is not the caller's. The kernel takes a user
+/// namespace's maps only from a process in it or in its parent, with
+/// CAP_SETUID/CAP_SETGID over the parent; the caller is in neither, and the
+/// creator is no longer in the parent once it unshared. So a helper forked
+/// first, still in the parent with the full capabilities that joining it
+/// gave, writes them through the creator's /proc directory as the caller's
+/// /proc shows it (`proc`, opened before any mount namespace was joined).
+/// setgroups stays as the parent has it: the helper may write gid_map.
+inline void unshare_user_with_maps_from_parent(const creator_task& task, int proc) noexcept {
+  const int self = ::openat(proc, "self", O_PATH | O_DIRECTORY | O_CLOEXEC);
+  int wake[2];
+  if (self < 0 || ::pipe2(wake, O_CLOEXEC) != 0) creator_fail(task.report, step_write_maps);
+  const pid_t writer = raw_fork();
+  if (writer < 0) creator_fail(task.report, step_write_maps);
+  if (writer == 0) {
+    ::close(wake[1]);
+    // End of file: the creator is gone, and with it the namespace.
+    if (!read_byte(wake[0])) ::_exit(1);
+    if (!write_map(self, "uid_map", task.uid_map, ::geteuid()) ||
+        !write_map(self, "gid_map", task.gid_map, ::getegid())) {
+      creator_fail(task.report, step_write_maps);
+    }
+    ::_exit(0);
+  }
+  ::close(wake[0]);
+  if (::unshare(CLONE_NEWUSER) != 0) creator_fail(task.report, step_unshare_user);
+  const char byte = 'm';
+  if (!write_all(wake[1], &byte, 1)) creator_fail(task.report, step_write_maps);
+  ::close(wake[1]);
+  const int status = reap(writer);
+  if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    // A writer that failed has told the parent why already; that message
+    // is the one read, as it ends the conversation.
+    errno = EIO;
+    creator_fail(task.report, step_write_maps);
+  }
+  ::close(self);
+}
+
 /// The body of the creating child. Only system calls and no allocation: it
 /// is cloned (raw_fork, no pthread_atfork handlers) from a process that may
 /// have many threads.
@@ -195,8 +282,16 @@ inline void creator_send(int fd, char tag, std::int32_t value = 0, std::int32_t 
   die_with_parent(parent);
   // A non-dumpable process (after setuid) cannot have its maps written.
   ::prctl(PR_SET_DUMPABLE, 1);
+  int proc = -1;
+  if (task.maps_from_inside) {
+    proc = ::open("/proc", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (proc < 0) creator_fail(task.report, step_write_maps);
+  }
   std::size_t failed = 0;
   if (join_in_child(task.plan, failed) != 0) creator_fail(task.report, step_join + static_cast<std::int32_t>(failed));
+  // Becoming root of a joined user namespace changed our ids, which made us
+  // non-dumpable again: a helper writing our maps from there could not.
+  ::prctl(PR_SET_DUMPABLE, 1);
   if (task.plan.fork_after) {
     // A new pid namespace nests in the creator's own, not in the one its
     // children would get: create from a process that is fully inside. It
@@ -215,7 +310,9 @@ inline void creator_send(int fd, char tag, std::int32_t value = 0, std::int32_t 
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (!read_byte(order[0])) ::_exit(1);
   }
-  if (task.kinds.contains(Kind::user)) {
+  if (task.kinds.contains(Kind::user) && task.maps_from_inside) {
+    unshare_user_with_maps_from_parent(task, proc);
+  } else if (task.kinds.contains(Kind::user)) {
     if (::unshare(CLONE_NEWUSER) != 0) creator_fail(task.report, step_unshare_user);
     creator_send(task.report, creator_message::user_created);
     if (!read_byte(task.go)) creator_fail(task.report, step_wait_maps);
