@@ -2,7 +2,6 @@
 // throws std::logic_error at once: never a deadlock, never a hang.
 #include <atomic>
 #include <chrono>
-#include <future>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -142,14 +141,23 @@ TEST_CASE("reentrance: a Pool destroyed by its own after_create hook ends withou
   SECTION("from the hook of a get() on an empty pool, while the refill is busy") {
     std::atomic<int> calls{-1};  // below 0: not armed yet
     std::atomic<bool> refill_held{false};
-    std::promise<void> release;
-    const std::shared_future<void> released = release.get_future().share();
+    std::atomic<bool> released{false};  // an atomic, not a promise: ThreadSanitizer sees into it
+    struct release_at_exit {
+      explicit release_at_exit(std::atomic<bool>& to_set) : flag(to_set) {}
+      std::atomic<bool>& flag;
+      release_at_exit(const release_at_exit&) = delete;
+      release_at_exit& operator=(const release_at_exit&) = delete;
+      ~release_at_exit() {
+        flag = true;
+        flag.notify_all();
+      }
+    } const release(released);  // also when a check fails: the held hook must never outlive the test
     options.after_create = [&] {
       if (calls.load() < 0) return;
       const int n = calls.fetch_add(1);
       if (n == 0) {  // the refill thread's: held until the end
         refill_held = true;
-        released.wait();
+        released.wait(false);
       } else if (n == 1) {  // the get()'s
         pool.reset();
       }
@@ -165,7 +173,7 @@ TEST_CASE("reentrance: a Pool destroyed by its own after_create hook ends withou
       CHECK_FALSE(pool.has_value());
       CHECK(made.run(true, [] { return test::thread_ns(Kind::net); }) != host);  // still a fresh one
     }
-    release.set_value();  // the refill's hook returns; its thread ends by itself
+    // At the end of the section, release lets the refill's hook return; its thread ends by itself.
   }
   // The refill's worker comes home once its hook returned, maybe after a
   // first retire: retire until it did.

@@ -680,6 +680,9 @@ TEST_CASE("security: signals cannot make the init of a pid namespace leave orpha
 
   // The last Set goes: the init and the lingering orphans are killed, and
   // all of them reaped, not left as zombies of this process.
+  // An orphan that is to exit may not have run yet (no zombie so far, but
+  // alive): wait until the init and the lingering one are all that is left.
+  CHECK(test::eventually([&] { return test::processes_in(ns).size() == 2; }));
   std::vector<std::unique_ptr<Watch>> inside;
   for (pid_t pid : test::processes_in(ns)) {
     if (pid != init) inside.push_back(std::make_unique<Watch>(pid));
