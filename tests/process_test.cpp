@@ -6,6 +6,7 @@
 #include <net/if.h>
 #include <poll.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -298,6 +299,36 @@ TEST_CASE("a new time namespace runs its clocks ahead by the offsets given", "[p
   CHECK(inside.monotonic - 86400.0 <= mono_after);
   CHECK(inside.boottime - 172800.5 >= boot_before - 0.001);
   CHECK(inside.boottime - 172800.5 <= boot_after + 0.001);
+}
+
+TEST_CASE("time offsets are written also from a mount namespace whose /proc shows another pid namespace",
+          "[privileged][process][time]") {
+  test::require_privilege();
+  // A mount namespace with a /proc of a pid namespace the caller is not in:
+  // there, /proc/self of a process outside that pid namespace names nobody.
+  const Set box = Set::current().unshare(Kind::mnt | Kind::pid);
+  box.run_in_process([] {
+    if (::mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0)
+      throw std::system_error(errno, std::generic_category(), "mount proc");
+  });
+  const Set mounts_only = box.dup(Kind::mnt);
+  CHECK(mounts_only.run_in_process([] {
+    std::error_code ec;
+    (void)std::filesystem::read_symlink("/proc/self", ec);
+    return static_cast<bool>(ec);
+  }));  // the condition under test holds
+  gonso::UnshareOptions options;
+  options.monotonic_offset = std::chrono::hours(24);
+  const Set timed = mounts_only.unshare(Kind::time, options);
+  const auto monotonic = [] {
+    timespec ts{};
+    ::clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec;
+  };
+  const auto before = monotonic();
+  const auto inside = timed.run_in_process(monotonic);
+  CHECK(inside - 86400 >= before);
+  CHECK(inside - 86400 <= monotonic() + 1);
 }
 
 TEST_CASE("thread run() on a Set with a new user namespace names the process mode", "[privileged][process]") {

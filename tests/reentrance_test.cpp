@@ -2,6 +2,7 @@
 // throws std::logic_error at once: never a deadlock, never a hang.
 #include <atomic>
 #include <chrono>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -139,25 +140,30 @@ TEST_CASE("reentrance: a Pool destroyed by its own after_create hook ends withou
     CHECK_FALSE(pool.has_value());
   }
   SECTION("from the hook of a get() on an empty pool, while the refill is busy") {
-    std::atomic<int> calls{-1};  // below 0: not armed yet
-    std::atomic<bool> refill_held{false};
-    std::atomic<bool> released{false};  // an atomic, not a promise: ThreadSanitizer sees into it
+    // Shared with the hook: the refill's run of it may wake after this
+    // section's locals are gone.
+    struct hold_state {
+      std::atomic<int> calls{-1};  // below 0: not armed yet
+      std::atomic<bool> refill_held{false};
+      std::atomic<bool> released{false};  // an atomic, not a promise: ThreadSanitizer sees into it
+    };
+    const auto hold = std::make_shared<hold_state>();
     struct release_at_exit {
-      explicit release_at_exit(std::atomic<bool>& to_set) : flag(to_set) {}
-      std::atomic<bool>& flag;
+      explicit release_at_exit(std::shared_ptr<hold_state> to_release) : state(std::move(to_release)) {}
+      std::shared_ptr<hold_state> state;
       release_at_exit(const release_at_exit&) = delete;
       release_at_exit& operator=(const release_at_exit&) = delete;
       ~release_at_exit() {
-        flag = true;
-        flag.notify_all();
+        state->released = true;
+        state->released.notify_all();
       }
-    } const release(released);  // also when a check fails: the held hook must never outlive the test
-    options.after_create = [&] {
-      if (calls.load() < 0) return;
-      const int n = calls.fetch_add(1);
+    } const release(hold);  // also when a check fails: the held hook must never outlive the test
+    options.after_create = [hold, &pool] {
+      if (hold->calls.load() < 0) return;
+      const int n = hold->calls.fetch_add(1);
       if (n == 0) {  // the refill thread's: held until the end
-        refill_held = true;
-        released.wait(false);
+        hold->refill_held = true;
+        hold->released.wait(false);
       } else if (n == 1) {  // the get()'s
         pool.reset();
       }
@@ -165,9 +171,9 @@ TEST_CASE("reentrance: a Pool destroyed by its own after_create hook ends withou
     pool.emplace(Set::current(Kind::net), Kind::net, options);
     REQUIRE(pool->wait_ready(std::chrono::seconds(60)));
     gonso::Pool& p = *pool;
-    calls = 0;
+    hold->calls = 0;
     { const Set taken = p.get(); }
-    REQUIRE(test::eventually([&] { return refill_held.load(); }));
+    REQUIRE(test::eventually([&] { return hold->refill_held.load(); }));
     {
       const Set made = p.get();  // none ready: made here, and its hook destroys the pool
       CHECK_FALSE(pool.has_value());

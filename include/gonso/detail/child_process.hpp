@@ -429,12 +429,13 @@ using ns_refs = std::array<ns_ref, all_kinds.size()>;
 /// user namespace and `user_fd` are joined from the outermost down, and the
 /// `deferred` steps retried inside each. Async-signal-safe; only run when
 /// something was refused with EPERM, never by a privileged child.
-GONSO_CHILD_CODE inline void join_user_ancestors(int user_fd, const join_plan& plan,
+/// `own` is the child's user namespace, read before any mount namespace was
+/// joined (whose /proc may not show the child).
+GONSO_CHILD_CODE inline void join_user_ancestors(int user_fd, const struct stat& own, const join_plan& plan,
                                                  std::array<bool, all_kinds.size()>& deferred) noexcept {
   bool any = false;
   for (std::size_t i = 0; i < plan.count; ++i) any = any || deferred[i];
-  struct stat own {};
-  if (!any || ::stat("/proc/thread-self/ns/user", &own) != 0) return;
+  if (!any || own.st_ino == 0) return;
   constexpr std::size_t deepest = 32;  // the kernel nests user namespaces at most 32 deep
   std::array<int, deepest> chain{};
   std::size_t depth = 0;
@@ -472,6 +473,8 @@ GONSO_CHILD_CODE inline void join_user_ancestors(int user_fd, const join_plan& p
   for (std::size_t i = 0; i < plan.count; ++i) {
     if (plan.steps[i].kind == Kind::user) user_step = i;
   }
+  struct stat own_user {};
+  if (user_step < plan.count && ::stat("/proc/thread-self/ns/user", &own_user) != 0) own_user.st_ino = 0;
   std::array<bool, all_kinds.size()> deferred{};
   for (std::size_t i = 0; i < plan.count; ++i) {
     if (i == user_step) continue;
@@ -484,7 +487,7 @@ GONSO_CHILD_CODE inline void join_user_ancestors(int user_fd, const join_plan& p
     return errno;
   }
   if (user_step < plan.count) {
-    join_user_ancestors(plan.steps[user_step].fd, plan, deferred);
+    join_user_ancestors(plan.steps[user_step].fd, own_user, plan, deferred);
     if (::syscall(SYS_setns, plan.steps[user_step].fd, CLONE_NEWUSER) != 0) {
       failed = user_step;
       return errno;

@@ -282,10 +282,13 @@ inline void unshare_user_with_maps_from_parent(const creator_task& task, int pro
   die_with_parent(parent);
   // A non-dumpable process (after setuid) cannot have its maps written.
   ::prctl(PR_SET_DUMPABLE, 1);
+  // The caller's /proc, opened before joining a mount namespace whose /proc
+  // may show another pid namespace, where "self" would name nobody.
+  const bool offsets = task.time_offsets != nullptr && !task.time_offsets->empty();
   int proc = -1;
-  if (task.maps_from_inside) {
+  if (task.maps_from_inside || offsets) {
     proc = ::open("/proc", O_PATH | O_DIRECTORY | O_CLOEXEC);
-    if (proc < 0) creator_fail(task.report, step_write_maps);
+    if (proc < 0) creator_fail(task.report, task.maps_from_inside ? step_write_maps : step_time_offsets);
   }
   std::size_t failed = 0;
   if (join_in_child(task.plan, failed) != 0) creator_fail(task.report, step_join + static_cast<std::int32_t>(failed));
@@ -320,9 +323,9 @@ inline void unshare_user_with_maps_from_parent(const creator_task& task, int pro
   // The rest is created inside the new user namespace, if any, and so owned by it.
   const Kinds rest = task.kinds - Kind::user;
   if (!rest.empty() && ::unshare(rest.clone_flags()) != 0) creator_fail(task.report, step_unshare);
-  if (rest.contains(Kind::time) && task.time_offsets != nullptr && !task.time_offsets->empty()) {
+  if (rest.contains(Kind::time) && offsets) {
     // Offsets can be set only before any process enters the namespace.
-    const int fd = ::open("/proc/self/timens_offsets", O_WRONLY | O_CLOEXEC);
+    const int fd = ::openat(proc, "self/timens_offsets", O_WRONLY | O_CLOEXEC);
     if (fd < 0 || !write_all(fd, task.time_offsets->data(), task.time_offsets->size())) {
       creator_fail(task.report, step_time_offsets);
     }
