@@ -898,7 +898,7 @@ class Set {
         nested_user && options.uid_map.empty() ? std::string() : map_text(options.uid_map, ::geteuid());
     const std::string gid_map =
         nested_user && options.gid_map.empty() ? std::string() : map_text(options.gid_map, ::getegid());
-    const bool deny_setgroups = !has_capability(CAP_SETGID);
+    const bool deny_setgroups = !nested_user && !has_capability(CAP_SETGID);
     task.maps_from_inside = nested_user;
     task.uid_map = &uid_map;
     task.gid_map = &gid_map;

@@ -429,27 +429,25 @@ using ns_refs = std::array<ns_ref, all_kinds.size()>;
 /// user namespace and `user_fd` are joined from the outermost down, and the
 /// `deferred` steps retried inside each. Async-signal-safe; only run when
 /// something was refused with EPERM, never by a privileged child.
-/// `own` is the child's user namespace, read before any mount namespace was
-/// joined (whose /proc may not show the child).
-GONSO_CHILD_CODE inline void join_user_ancestors(int user_fd, const struct stat& own, const join_plan& plan,
+GONSO_CHILD_CODE inline void join_user_ancestors(int user_fd, const join_plan& plan,
                                                  std::array<bool, all_kinds.size()>& deferred) noexcept {
   bool any = false;
   for (std::size_t i = 0; i < plan.count; ++i) any = any || deferred[i];
-  if (!any || own.st_ino == 0) return;
-  constexpr std::size_t deepest = 32;  // the kernel nests user namespaces at most 32 deep
+  if (!any) return;
+  // NS_GET_PARENT walks up to the child's own user namespace and refuses
+  // (EPERM) the step above it, or refuses at once for a namespace that is
+  // not below it. 32 levels of nesting at most, plus the child's own.
+  constexpr std::size_t deepest = 33;
   std::array<int, deepest> chain{};
   std::size_t depth = 0;
-  for (int at = user_fd; depth < deepest;) {
+  for (int at = user_fd; depth < deepest; ++depth) {
     const auto up = static_cast<int>(::syscall(SYS_ioctl, at, NS_GET_PARENT));
-    if (up < 0) break;  // the top of what this process may see
-    struct stat st {};
-    if (::fstat(up, &st) != 0 || (st.st_dev == own.st_dev && st.st_ino == own.st_ino)) {
-      ::close(up);
-      break;
-    }
-    chain[depth++] = up;  // NOLINT(cppcoreguidelines-pro-bounds-constant-array-index): depth < deepest
+    if (up < 0) break;
+    chain[depth] = up;  // NOLINT(cppcoreguidelines-pro-bounds-constant-array-index): depth < deepest
     at = up;
   }
+  // The outermost one found is the child's own: not joined.
+  if (depth > 0) ::close(chain[--depth]);  // NOLINT(cppcoreguidelines-pro-bounds-constant-array-index)
   while (depth > 0) {
     const int ancestor = chain[--depth];  // NOLINT(cppcoreguidelines-pro-bounds-constant-array-index)
     const bool joined = ::syscall(SYS_setns, ancestor, CLONE_NEWUSER) == 0;
@@ -473,8 +471,6 @@ GONSO_CHILD_CODE inline void join_user_ancestors(int user_fd, const struct stat&
   for (std::size_t i = 0; i < plan.count; ++i) {
     if (plan.steps[i].kind == Kind::user) user_step = i;
   }
-  struct stat own_user {};
-  if (user_step < plan.count && ::stat("/proc/thread-self/ns/user", &own_user) != 0) own_user.st_ino = 0;
   std::array<bool, all_kinds.size()> deferred{};
   for (std::size_t i = 0; i < plan.count; ++i) {
     if (i == user_step) continue;
@@ -487,7 +483,7 @@ GONSO_CHILD_CODE inline void join_user_ancestors(int user_fd, const struct stat&
     return errno;
   }
   if (user_step < plan.count) {
-    join_user_ancestors(plan.steps[user_step].fd, own_user, plan, deferred);
+    join_user_ancestors(plan.steps[user_step].fd, plan, deferred);
     if (::syscall(SYS_setns, plan.steps[user_step].fd, CLONE_NEWUSER) != 0) {
       failed = user_step;
       return errno;

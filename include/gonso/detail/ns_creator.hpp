@@ -280,8 +280,6 @@ inline void unshare_user_with_maps_from_parent(const creator_task& task, int pro
 /// have many threads.
 [[noreturn]] inline void creator_main(const creator_task& task, pid_t parent) noexcept {
   die_with_parent(parent);
-  // A non-dumpable process (after setuid) cannot have its maps written.
-  ::prctl(PR_SET_DUMPABLE, 1);
   // The caller's /proc, opened before joining a mount namespace whose /proc
   // may show another pid namespace, where "self" would name nobody.
   const bool offsets = task.time_offsets != nullptr && !task.time_offsets->empty();
@@ -292,8 +290,8 @@ inline void unshare_user_with_maps_from_parent(const creator_task& task, int pro
   }
   std::size_t failed = 0;
   if (join_in_child(task.plan, failed) != 0) creator_fail(task.report, step_join + static_cast<std::int32_t>(failed));
-  // Becoming root of a joined user namespace changed our ids, which made us
-  // non-dumpable again: a helper writing our maps from there could not.
+  // A non-dumpable process cannot have its maps written, and becoming root
+  // of a joined user namespace changed our ids, which makes one non-dumpable.
   ::prctl(PR_SET_DUMPABLE, 1);
   if (task.plan.fork_after) {
     // A new pid namespace nests in the creator's own, not in the one its
