@@ -478,29 +478,26 @@ std::string first_map_line(const std::string& path) {
 // kernel: its identity, the owner of its ipc and uts namespaces
 // (NS_GET_USERNS), its net namespace, its uid and uid_map (whose outside ids
 // the kernel shows in the parent namespace's terms), commas for spaces.
-struct UserView {
-  std::string text;
-  static UserView here() {
-    const auto ino = [](int fd) {
-      struct stat st {};
-      const bool ok = fd >= 0 && ::fstat(fd, &st) == 0;
-      if (fd >= 0) ::close(fd);
-      return ok ? std::to_string(st.st_ino) : std::string("?");
-    };
-    const auto owner_ino = [&](const char* path) {
-      const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
-      const int owner = fd >= 0 ? ::ioctl(fd, NS_GET_USERNS) : -1;
-      if (fd >= 0) ::close(fd);
-      return ino(owner);
-    };
-    std::string map = first_map_line("/proc/self/uid_map");
-    std::replace(map.begin(), map.end(), ' ', ',');
-    return {fmt::format("user={} ipc_owner={} uts_owner={} net={} uid={} map={}",
-                        ino(::open("/proc/self/ns/user", O_RDONLY | O_CLOEXEC)), owner_ino("/proc/self/ns/ipc"),
-                        owner_ino("/proc/self/ns/uts"), ino(::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC)),
-                        ::getuid(), map)};
-  }
-};
+std::string user_view_here() {
+  const auto ino = [](int fd) {
+    struct stat st {};
+    const bool ok = fd >= 0 && ::fstat(fd, &st) == 0;
+    if (fd >= 0) ::close(fd);
+    return ok ? std::to_string(st.st_ino) : std::string("?");
+  };
+  const auto owner_ino = [&](const char* path) {
+    const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+    const int owner = fd >= 0 ? ::ioctl(fd, NS_GET_USERNS) : -1;
+    if (fd >= 0) ::close(fd);
+    return ino(owner);
+  };
+  std::string map = first_map_line("/proc/self/uid_map");
+  std::replace(map.begin(), map.end(), ' ', ',');
+  return fmt::format("user={} ipc_owner={} uts_owner={} net={} uid={} map={}",
+                     ino(::open("/proc/self/ns/user", O_RDONLY | O_CLOEXEC)), owner_ino("/proc/self/ns/ipc"),
+                     owner_ino("/proc/self/ns/uts"), ino(::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC)), ::getuid(),
+                     map);
+}
 
 // The inode of the parent of the user namespace a program spawned into
 // `set` is in, asked from outside (inside, the parent is out of its sight).
@@ -537,8 +534,8 @@ TEST_CASE("a user namespace nests in a Set's foreign one, owned by it", "[privil
   gonso::UnshareOptions nested_ids;
   nested_ids.uid_map = nested_ids.gid_map = {{0, 1000, 10}};
   const Set nested = outer.unshare(Kind::user | Kind::ipc | Kind::uts, nested_ids);
-  const std::string out = outer.run_in_process([] { return UserView::here().text; });
-  const std::string in = nested.run_in_process([] { return UserView::here().text; });
+  const std::string out = outer.run_in_process([] { return user_view_here(); });
+  const std::string in = nested.run_in_process([] { return user_view_here(); });
   INFO("outer: " << out << "\nnested: " << in);
   CHECK(field(in, "user") != field(out, "user"));
   CHECK(user_parent_seen_from_outside(nested) == field(out, "user"));
@@ -557,7 +554,7 @@ TEST_CASE("a user namespace nests in a Set's foreign one, owned by it", "[privil
 
   SECTION("default maps: the caller's id as the Set's namespace sees it becomes root") {
     const Set deeper = nested.unshare(Kind::user);  // a third level, nested in the nested one
-    const std::string third = deeper.run_in_process([] { return UserView::here().text; });
+    const std::string third = deeper.run_in_process([] { return user_view_here(); });
     INFO("third: " << third);
     CHECK(user_parent_seen_from_outside(deeper) == field(in, "user"));
     CHECK(field(third, "uid") == "0");
@@ -581,11 +578,11 @@ TEST_CASE("rootless: a user namespace nests in one the caller made", "[privilege
   const std::string report = as_nobody_in_child([] {
     const Set outer = Set::current().unshare(Kind::user | Kind::net);
     const Set nested = outer.unshare(Kind::user | Kind::uts);
-    const std::string out = outer.run_in_process([] { return UserView::here().text; });
+    const std::string out = outer.run_in_process([] { return user_view_here(); });
     const std::string in = nested.run_in_process([] {
       const std::string name = "nested";
       const bool named = ::sethostname(name.data(), name.size()) == 0;
-      return fmt::format("{} named={}", UserView::here().text, named);
+      return fmt::format("{} named={}", user_view_here(), named);
     });
     return fmt::format("parent_is_outer={} same_net={} uid={} map={} named={} outside_uid={}",
                        user_parent_seen_from_outside(nested) == field(out, "user"),
