@@ -9,8 +9,8 @@
 #include <type_traits>
 #include <utility>
 
-#include <gonso/detail/anchor.hpp>
-#include <gonso/detail/worker_pool.hpp>
+#include <gonso/detail/thread/anchor.hpp>
+#include <gonso/detail/thread/worker_pool.hpp>
 #include <gonso/run_context.hpp>
 #include <gonso/set.hpp>
 

@@ -17,6 +17,8 @@
 
 #include <fmt/format.h>
 
+#include <gonso/detail/ns/table.hpp>
+
 namespace gonso {
 
 /// One kind of Linux namespace. The value is the kernel's CLONE_NEW* bit, so a
@@ -34,62 +36,23 @@ enum class Kind : std::uint32_t {
 
 /// Every kind, in the order of their names under /proc/PID/ns. This order is
 /// used for iteration and printing; joining uses its own order.
-inline constexpr std::array<Kind, 8> all_kinds{Kind::cgroup, Kind::ipc,  Kind::mnt,  Kind::net,
-                                               Kind::pid,    Kind::time, Kind::user, Kind::uts};
-
-/// Position of a kind in all_kinds, used to index per-kind arrays; all_kinds.size()
-/// for a value that is not exactly one kind (a cast of other bits, or of two
-/// kinds at once), which must never be used as an index: check is_kind first.
-[[nodiscard]] constexpr std::size_t index_of(Kind kind) noexcept {
-  for (std::size_t i = 0; i < all_kinds.size(); ++i) {
-    if (all_kinds[i] == kind) return i;
-  }
-  return all_kinds.size();
-}
+inline constexpr std::array<Kind, detail::kind_count> all_kinds = [] {
+  std::array<Kind, detail::kind_count> kinds{};
+  for (std::size_t i = 0; i < detail::kind_count; ++i) kinds[i] = static_cast<Kind>(detail::kind_table[i].flag);
+  return kinds;
+}();
 
 /// True when `kind` is one of the eight kinds, that is exactly one known
 /// CLONE_NEW* bit. Every Kind that gonso takes is checked with it, since a
 /// static_cast can make a Kind of any value.
-[[nodiscard]] constexpr bool is_kind(Kind kind) noexcept { return index_of(kind) < all_kinds.size(); }
-
-namespace detail {
-/// Throws std::invalid_argument naming `kind`'s value and what it was given to.
-[[noreturn]] inline void throw_not_a_kind(Kind kind, std::string_view given_to) {
-  throw std::invalid_argument(
-      fmt::format("invalid namespace kind {:#x} given to {}: a Kind is exactly one of "
-                  "CLONE_NEW{{CGROUP,IPC,NS,NET,PID,TIME,USER,UTS}}",
-                  static_cast<std::uint32_t>(kind), given_to));
-}
-
-/// `kind`, when it is one; std::invalid_argument otherwise.
-constexpr Kind checked(Kind kind, std::string_view given_to) {
-  if (!is_kind(kind)) throw_not_a_kind(kind, given_to);
-  return kind;
-}
-}  // namespace detail
+[[nodiscard]] constexpr bool is_kind(Kind kind) noexcept { return detail::index_of(kind) < detail::kind_count; }
 
 /// The name of a kind's file under /proc/PID/ns ("net", "mnt", ...). Throws
 /// std::invalid_argument for a value that is not a kind (see is_kind).
 [[nodiscard]] constexpr std::string_view name(Kind kind) {
-  switch (kind) {
-    case Kind::cgroup:
-      return "cgroup";
-    case Kind::ipc:
-      return "ipc";
-    case Kind::mnt:
-      return "mnt";
-    case Kind::net:
-      return "net";
-    case Kind::pid:
-      return "pid";
-    case Kind::time:
-      return "time";
-    case Kind::user:
-      return "user";
-    case Kind::uts:
-      return "uts";
-  }
-  detail::throw_not_a_kind(kind, "gonso::name");
+  const std::size_t row = detail::index_of(kind);
+  if (row == detail::kind_count) detail::throw_not_a_kind(static_cast<std::uint32_t>(kind), "gonso::name");
+  return detail::kind_table[row].name;
 }
 
 /// The raw CLONE_NEW* bit of a kind.
@@ -103,36 +66,6 @@ constexpr Kind checked(Kind kind, std::string_view given_to) {
   return std::nullopt;
 }
 
-/// " (CLONE_VM|CLONE_FS)": the names of the clone(2) flags among `bits` that
-/// are not namespace kinds, for error messages; empty when none is known.
-[[nodiscard]] inline std::string clone_flag_names(std::uint64_t bits) {
-  static constexpr std::pair<std::uint64_t, std::string_view> known[] = {
-      {0x00000100, "CLONE_VM"},
-      {0x00000200, "CLONE_FS"},
-      {0x00000400, "CLONE_FILES"},
-      {0x00000800, "CLONE_SIGHAND"},
-      {0x00001000, "CLONE_PIDFD"},
-      {0x00002000, "CLONE_PTRACE"},
-      {0x00004000, "CLONE_VFORK"},
-      {0x00008000, "CLONE_PARENT"},
-      {0x00010000, "CLONE_THREAD"},
-      {0x00040000, "CLONE_SYSVSEM"},
-      {0x00080000, "CLONE_SETTLS"},
-      {0x00100000, "CLONE_PARENT_SETTID"},
-      {0x00200000, "CLONE_CHILD_CLEARTID"},
-      {0x00800000, "CLONE_UNTRACED"},
-      {0x01000000, "CLONE_CHILD_SETTID"},
-      {0x80000000, "CLONE_IO"},
-  };
-  std::string names;
-  for (const auto& [bit, flag] : known) {
-    if ((bits & bit) == 0) continue;
-    names += names.empty() ? " (" : "|";
-    names += flag;
-  }
-  return names.empty() ? names : names + ")";
-}
-
 /// A set of namespace kinds: a typed mask of CLONE_NEW* bits. Iterates in the
 /// order of all_kinds.
 class Kinds {
@@ -144,7 +77,7 @@ class Kinds {
   /// Every kind the library knows.
   [[nodiscard]] static constexpr Kinds all() noexcept {
     Kinds kinds;
-    for (Kind kind : all_kinds) kinds.bits_ |= static_cast<std::uint32_t>(kind);
+    kinds.bits_ = detail::every_flag;
     return kinds;
   }
 
@@ -157,7 +90,7 @@ class Kinds {
       throw std::invalid_argument(
           fmt::format("unknown namespace flag bits {:#010x}{} in {:#010x}: only CLONE_NEW{{CGROUP,"
                       "IPC,NS,NET,PID,TIME,USER,UTS}} name namespaces",
-                      unknown, clone_flag_names(unknown), flags));
+                      unknown, detail::clone_flag_names(unknown), flags));
     }
     Kinds kinds;
     kinds.bits_ = static_cast<std::uint32_t>(flags);
@@ -238,24 +171,11 @@ class Kinds {
 [[nodiscard]] constexpr Kinds operator|(Kind a, Kind b) noexcept { return Kinds(a) | Kinds(b); }
 
 /// Every kind but user: what a thread can hold and what Set::current() reads
-/// by default (a thread cannot join a user namespace, see the README's kernel rules).
+/// by default (a thread cannot join a user namespace: see the README, "How
+/// namespaces behave").
 inline constexpr Kinds default_kinds = Kinds::all() - Kind::user;
 
 }  // namespace gonso
-
-namespace gonso::detail {
-/// `kinds`, when it holds only kinds; std::invalid_argument naming the other
-/// bits otherwise. Iterating would skip those bits silently.
-inline Kinds checked(Kinds kinds, std::string_view given_to) {
-  if (const std::uint32_t unknown = kinds.unknown_bits(); unknown != 0) {
-    throw std::invalid_argument(
-        fmt::format("invalid namespace kinds {:#x} given to {}: bits {:#x}{} are no "
-                    "namespace kind",
-                    static_cast<std::uint32_t>(kinds.clone_flags()), given_to, unknown, clone_flag_names(unknown)));
-  }
-  return kinds;
-}
-}  // namespace gonso::detail
 
 /// Prints the kind's name; a value that is no kind prints as "Kind(0x...)",
 /// so that an error message about it can still be written.

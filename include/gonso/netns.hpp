@@ -23,10 +23,10 @@
 
 #include <fmt/format.h>
 
-#include <gonso/detail/error.hpp>
-#include <gonso/detail/mount_at.hpp>
-#include <gonso/detail/netns_name.hpp>
-#include <gonso/detail/unique_fd.hpp>
+#include <gonso/detail/fs/mount_at.hpp>
+#include <gonso/detail/ns/netns_name.hpp>
+#include <gonso/detail/sys/error.hpp>
+#include <gonso/detail/sys/unique_fd.hpp>
 #include <gonso/kind.hpp>
 #include <gonso/persist.hpp>
 #include <gonso/set.hpp>

@@ -19,10 +19,10 @@
 
 #include <fmt/format.h>
 
-#include <gonso/detail/error.hpp>
-#include <gonso/detail/mount_at.hpp>
-#include <gonso/detail/syscalls.hpp>
-#include <gonso/detail/unique_fd.hpp>
+#include <gonso/detail/fs/mount_at.hpp>
+#include <gonso/detail/sys/error.hpp>
+#include <gonso/detail/sys/syscalls.hpp>
+#include <gonso/detail/sys/unique_fd.hpp>
 #include <gonso/kind.hpp>
 #include <gonso/set.hpp>
 

@@ -31,18 +31,18 @@
 
 #include <fmt/format.h>
 
-#include <gonso/detail/child_process.hpp>
-#include <gonso/detail/child_report.hpp>
-#include <gonso/detail/error.hpp>
-#include <gonso/detail/netns_name.hpp>
-#include <gonso/detail/ns_creator.hpp>
-#include <gonso/detail/ns_file.hpp>
-#include <gonso/detail/pid_init.hpp>
-#include <gonso/detail/unique_fd.hpp>
-#include <gonso/detail/worker_pool.hpp>
+#include <gonso/detail/ns/netns_name.hpp>
+#include <gonso/detail/ns/ns_file.hpp>
+#include <gonso/detail/process/child_process.hpp>
+#include <gonso/detail/process/creator.hpp>
+#include <gonso/detail/process/pid_init.hpp>
+#include <gonso/detail/process/report.hpp>
+#include <gonso/detail/sys/error.hpp>
+#include <gonso/detail/sys/unique_fd.hpp>
+#include <gonso/detail/thread/worker_pool.hpp>
+#include <gonso/error.hpp>
 #include <gonso/identity.hpp>
 #include <gonso/kind.hpp>
-#include <gonso/process.hpp>
 #include <gonso/run_context.hpp>
 #include <gonso/workers.hpp>
 
@@ -277,8 +277,8 @@ class Set {
 
   Set(const Set& other) : kinds_(other.kinds_), pidfd_(other.pidfd_), lease_(other.lease_) {
     for (Kind kind : other.kinds_) {
-      const detail::ns_handle& from = other.ns_[index_of(kind)];
-      detail::ns_handle& to = ns_[index_of(kind)];
+      const detail::ns_handle& from = other.ns_[detail::index_of(kind)];
+      detail::ns_handle& to = ns_[detail::index_of(kind)];
       to.fd = from.fd.duplicate();
       if (!to.fd) throw detail::system_error(errno, "cannot duplicate the fd of {} namespace {}", kind, from.id);
       to.id = from.id;
@@ -440,7 +440,7 @@ class Set {
           err != 0) {
         throw detail::system_error(err, "cannot read this thread's {} namespace", kind);
       }
-      if (own != ns_[index_of(kind)].id) return false;
+      if (own != ns_[detail::index_of(kind)].id) return false;
     }
     return true;
   }
@@ -466,7 +466,7 @@ class Set {
     }
     Set subset;
     for (Kind kind : kinds) {
-      const detail::ns_handle& from = ns_[index_of(kind)];
+      const detail::ns_handle& from = ns_[detail::index_of(kind)];
       detail::unique_fd fd = from.fd.duplicate();
       if (!fd) throw detail::system_error(errno, "cannot duplicate the fd of {} namespace {}", kind, from.id);
       subset.put(kind, {std::move(fd), from.id, from.keep_alive});
@@ -510,7 +510,7 @@ class Set {
     if (!(kinds & detail::process_only_kinds).empty() || !thread_joinable()) return unshare_in_process(kinds, options);
     Set fresh = run(true, [&] { return unshare_here(kinds, options); });
     Set result = dup(kinds_ - kinds);
-    for (Kind kind : kinds) result.put(kind, std::move(fresh.ns_[index_of(kind)]));
+    for (Kind kind : kinds) result.put(kind, std::move(fresh.ns_[detail::index_of(kind)]));
     return result;
   }
 
@@ -651,7 +651,7 @@ class Set {
   friend bool operator==(const Set& a, const Set& b) noexcept {
     if (a.kinds_ != b.kinds_) return false;
     for (Kind kind : a.kinds_) {
-      if (a.ns_[index_of(kind)].id != b.ns_[index_of(kind)].id) return false;
+      if (a.ns_[detail::index_of(kind)].id != b.ns_[detail::index_of(kind)].id) return false;
     }
     return true;
   }
@@ -662,7 +662,7 @@ class Set {
     if (!kinds_.contains(kind)) {
       throw std::invalid_argument(fmt::format("Set {} holds no {} namespace", kinds_, kind));
     }
-    return ns_[index_of(kind)];
+    return ns_[detail::index_of(kind)];
   }
 
   [[nodiscard]] Set related(Kind kind, unsigned long request, Kind result_kind, const char* what) const {
@@ -678,7 +678,7 @@ class Set {
   }
 
   void put(Kind kind, detail::ns_handle&& ns) noexcept {
-    ns_[index_of(kind)] = std::move(ns);
+    ns_[detail::index_of(kind)] = std::move(ns);
     kinds_ |= kind;
   }
 
@@ -723,7 +723,8 @@ class Set {
     std::size_t failed = 0;
     if (const int err = detail::join_in_child(plan, failed); err != 0) {
       const Kind kind = plan.steps[failed].kind;
-      detail::report_join_error(report, err, fmt::format("cannot join {} namespace {}", kind, ns_[index_of(kind)].id));
+      detail::report_join_error(report, err,
+                                fmt::format("cannot join {} namespace {}", kind, ns_[detail::index_of(kind)].id));
       detail::child_exit(1);
     }
     if (plan.fork_after) {
@@ -836,7 +837,7 @@ class Set {
     using namespace detail;
     if (m.value >= step_join && m.value < step_fork) {
       const Kind kind = plan.steps[static_cast<std::size_t>(m.value)].kind;
-      return fmt::format("cannot join {} namespace {}", kind, ns[index_of(kind)].id);
+      return fmt::format("cannot join {} namespace {}", kind, ns[detail::index_of(kind)].id);
     }
     switch (m.value) {
       case step_fork:
@@ -855,7 +856,7 @@ class Set {
         return "cannot start the init of the new pid namespace";
       case step_write_maps:
         return fmt::format("cannot write the id maps of a user namespace nested in {} from inside it",
-                           ns[index_of(Kind::user)].id);
+                           ns[detail::index_of(Kind::user)].id);
       default:
         return "cannot create namespaces";
     }
@@ -875,7 +876,7 @@ class Set {
     if (kinds.contains(Kind::user) && kinds_.contains(Kind::user)) {
       Identity own{};
       nested_user = detail::stat_ns(AT_FDCWD, "/proc/thread-self/ns/user", Kind::user, own) != 0 ||
-                    own != ns_[index_of(Kind::user)].id;
+                    own != ns_[detail::index_of(Kind::user)].id;
     }
     const detail::join_plan plan = detail::plan_join(ns_, kinds_);
     detail::pipe_fds report = detail::make_pipe();
@@ -958,7 +959,7 @@ class Set {
     }
     if (kinds.contains(Kind::pid)) {
       if (!init) init = adopt_init(guard.creator, -1, std::move(lifeline.write));
-      result.ns_[index_of(Kind::pid)].keep_alive = std::move(init);
+      result.ns_[detail::index_of(Kind::pid)].keep_alive = std::move(init);
     }
     return result;
   }

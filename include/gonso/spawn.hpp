@@ -30,12 +30,12 @@
 #include <fmt/format.h>
 
 #include <gonso/child.hpp>
-#include <gonso/detail/child_process.hpp>
-#include <gonso/detail/child_report.hpp>
-#include <gonso/detail/error.hpp>
-#include <gonso/detail/ns_file.hpp>
-#include <gonso/detail/unique_fd.hpp>
-#include <gonso/detail/worker_pool.hpp>
+#include <gonso/detail/ns/ns_file.hpp>
+#include <gonso/detail/process/child_process.hpp>
+#include <gonso/detail/process/report.hpp>
+#include <gonso/detail/sys/error.hpp>
+#include <gonso/detail/sys/unique_fd.hpp>
+#include <gonso/detail/thread/worker_pool.hpp>
 #include <gonso/identity.hpp>
 #include <gonso/kind.hpp>
 #include <gonso/set.hpp>
@@ -75,7 +75,7 @@ namespace detail {
 /// The join plan of a whole Set, made from its public view.
 [[nodiscard]] inline join_plan plan_join(const Set& set) {
   ns_refs refs{};
-  for (Kind kind : set.kinds()) refs[index_of(kind)] = {set.fd(kind), set.identity(kind)};
+  for (Kind kind : set.kinds()) refs[detail::index_of(kind)] = {set.fd(kind), set.identity(kind)};
   return plan_join(refs, set.kinds());
 }
 

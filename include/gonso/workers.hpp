@@ -8,7 +8,7 @@
 #include <cstddef>
 #include <stdexcept>
 
-#include <gonso/detail/worker_pool.hpp>
+#include <gonso/detail/thread/worker_pool.hpp>
 
 namespace gonso {
 

@@ -30,13 +30,13 @@
 #include <thread>
 #include <vector>
 
-#include <gonso/detail/anchor.hpp>
-#include <gonso/detail/credentials.hpp>
-#include <gonso/detail/error.hpp>
-#include <gonso/detail/ns_file.hpp>
-#include <gonso/detail/syscalls.hpp>
-#include <gonso/detail/unique_fd.hpp>
-#include <gonso/detail/wait.hpp>
+#include <gonso/detail/ns/ns_file.hpp>
+#include <gonso/detail/sys/error.hpp>
+#include <gonso/detail/sys/syscalls.hpp>
+#include <gonso/detail/sys/unique_fd.hpp>
+#include <gonso/detail/thread/anchor.hpp>
+#include <gonso/detail/thread/credentials.hpp>
+#include <gonso/detail/thread/event.hpp>
 #include <gonso/identity.hpp>
 #include <gonso/kind.hpp>
 #include <gonso/run_context.hpp>
@@ -153,10 +153,6 @@ class job {
 };
 
 class worker_pool;
-
-/// The kinds one setns(2) on a thread's pidfd can put back, whatever the
-/// thread did: mnt would move root and cwd, time and user no thread can join.
-inline constexpr Kinds pidfd_kinds = Kind::cgroup | Kind::ipc | Kind::net | Kind::pid | Kind::uts;
 
 /// One dedicated thread with a home: the namespaces of its anchor, to which
 /// it returns after every run that restores. A pool worker's home is the
@@ -674,7 +670,7 @@ inline void worker::join(const job& work, Kinds& joined) {
     // opened, or died: what did not land where the Set says is joined by fd
     // below.
     Kinds batch;
-    for (Kind kind : join_order) {
+    for (Kind kind : thread_join_order) {
       if (kind != Kind::mnt && work.kinds.contains(kind) && here(kind) != target[index_of(kind)].id) batch |= kind;
     }
     if (batch.size() >= 2 && set_ns(work.pidfd, batch.clone_flags()) == 0) joined |= batch;
@@ -718,7 +714,7 @@ inline bool worker::has_its_credentials() const noexcept {
 
 inline bool worker::restore_slowly(Kinds joined) noexcept {
   if (away_from_home_ || joined_mnt_) return false;
-  for (auto it = join_order.rbegin(); it != join_order.rend(); ++it) {
+  for (auto it = thread_join_order.rbegin(); it != thread_join_order.rend(); ++it) {
     if (!joined.contains(*it)) continue;
     const ns_handle& origin = origin_[index_of(*it)];
     if (!origin.fd || set_ns(origin.fd.get(), clone_flag(*it)) != 0) return false;

@@ -19,8 +19,8 @@
 
 #include <fmt/format.h>
 
-#include <gonso/detail/syscalls.hpp>
-#include <gonso/detail/unique_fd.hpp>
+#include <gonso/detail/sys/syscalls.hpp>
+#include <gonso/detail/sys/unique_fd.hpp>
 
 // The new mount API (kernel 5.2), in case the C library predates it.
 #ifndef OPEN_TREE_CLONE

@@ -11,9 +11,10 @@
 #include <memory>
 #include <string_view>
 
-#include <gonso/detail/error.hpp>
-#include <gonso/detail/syscalls.hpp>
-#include <gonso/detail/unique_fd.hpp>
+#include <gonso/detail/ns/kinds.hpp>
+#include <gonso/detail/sys/error.hpp>
+#include <gonso/detail/sys/syscalls.hpp>
+#include <gonso/detail/sys/unique_fd.hpp>
 #include <gonso/identity.hpp>
 #include <gonso/kind.hpp>
 
@@ -27,21 +28,6 @@ struct ns_handle {
   Identity id;
   std::shared_ptr<void> keep_alive;
 };
-
-/// The name of a kind's link in /proc/thread-self/ns as setns(2) sees it.
-/// Joining a pid or time namespace changes only what the thread's children
-/// get (the README's kernel rules), so a thread's joined state is read from the
-/// *_for_children links.
-[[nodiscard]] constexpr const char* thread_link(Kind kind) noexcept {
-  switch (kind) {
-    case Kind::pid:
-      return "pid_for_children";
-    case Kind::time:
-      return "time_for_children";
-    default:
-      return name(kind).data();  // names are NUL-terminated literals
-  }
-}
 
 /// Checks that `fd` is a namespace of `kind` and returns its identity.
 /// `what` names the fd's origin in messages ("/proc/42/ns/net", "fd 7").

@@ -24,10 +24,10 @@
 #include <system_error>
 #include <type_traits>
 
-#include <gonso/detail/child_process.hpp>
-#include <gonso/detail/error.hpp>
-#include <gonso/detail/unique_fd.hpp>
-#include <gonso/process.hpp>
+#include <gonso/detail/process/child_process.hpp>
+#include <gonso/detail/sys/error.hpp>
+#include <gonso/detail/sys/unique_fd.hpp>
+#include <gonso/error.hpp>
 
 namespace gonso::detail {
 

@@ -26,10 +26,10 @@
 #include <string_view>
 #include <vector>
 
-#include <gonso/detail/error.hpp>
-#include <gonso/detail/ns_file.hpp>
-#include <gonso/detail/unique_fd.hpp>
-#include <gonso/detail/worker_pool.hpp>
+#include <gonso/detail/ns/ns_file.hpp>
+#include <gonso/detail/sys/error.hpp>
+#include <gonso/detail/sys/unique_fd.hpp>
+#include <gonso/detail/thread/worker_pool.hpp>
 #include <gonso/identity.hpp>
 #include <gonso/kind.hpp>
 
@@ -386,8 +386,8 @@ using ns_refs = std::array<ns_ref, all_kinds.size()>;
 
 /// Plans the join of `kinds` of `target` from the calling thread's point of
 /// view: kinds it is in already are skipped (setns into one's own user
-/// namespace fails). Order: cgroup, ipc, uts, net, pid, mnt, time, then user,
-/// which join_in_child moves first when the child lacks privilege.
+/// namespace fails), in join_order (user last; join_in_child retries what
+/// was refused once inside it).
 ///
 /// The thread's own namespaces are read as link text under one open of
 /// /proc/thread-self/ns (a worker's own fd of it when there is one). A link
@@ -395,8 +395,6 @@ using ns_refs = std::array<ns_ref, all_kinds.size()>;
 /// its namespaces alive, so an equal inode is the same namespace. A link that
 /// cannot be read counts as another namespace: that kind is joined.
 [[nodiscard]] inline join_plan plan_join(const ns_refs& target, Kinds kinds) {
-  static constexpr std::array<Kind, 8> order{Kind::cgroup, Kind::ipc, Kind::uts,  Kind::net,
-                                             Kind::pid,    Kind::mnt, Kind::time, Kind::user};
   unique_fd own_dir;
   int dir = worker_ns_dir;
   if (dir < 0) {
@@ -404,7 +402,7 @@ using ns_refs = std::array<ns_ref, all_kinds.size()>;
     dir = own_dir.get();
   }
   join_plan plan;
-  for (Kind kind : order) {
+  for (Kind kind : join_order) {
     if (!kinds.contains(kind)) continue;
     const ns_ref& ns = target[index_of(kind)];
     if (dir >= 0 && read_ns_link(dir, thread_link(kind)) == ns.id.inode) continue;

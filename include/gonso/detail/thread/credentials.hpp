@@ -20,8 +20,8 @@
 #include <string_view>
 #include <vector>
 
-#include <gonso/detail/syscalls.hpp>
-#include <gonso/detail/unique_fd.hpp>
+#include <gonso/detail/sys/syscalls.hpp>
+#include <gonso/detail/sys/unique_fd.hpp>
 
 namespace gonso::detail {
 

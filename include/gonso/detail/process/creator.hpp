@@ -19,17 +19,13 @@
 #include <string>
 #include <system_error>
 
-#include <gonso/detail/child_process.hpp>
-#include <gonso/detail/child_report.hpp>
-#include <gonso/detail/error.hpp>
-#include <gonso/detail/pid_init.hpp>
+#include <gonso/detail/process/child_process.hpp>
+#include <gonso/detail/process/pid_init.hpp>
+#include <gonso/detail/process/report.hpp>
+#include <gonso/detail/sys/error.hpp>
 #include <gonso/kind.hpp>
 
 namespace gonso::detail {
-
-/// The kinds no thread can create: a child process creates them, and
-/// everything asked for with them.
-inline constexpr Kinds process_only_kinds = Kind::pid | Kind::time | Kind::user;
 
 /// One message from the creating child to the parent. Small enough for a
 /// pipe write to be atomic, so that two writers never interleave. The

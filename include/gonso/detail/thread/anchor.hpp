@@ -15,11 +15,11 @@
 #include <string>
 #include <thread>
 
-#include <gonso/detail/error.hpp>
-#include <gonso/detail/ns_file.hpp>
-#include <gonso/detail/syscalls.hpp>
-#include <gonso/detail/unique_fd.hpp>
-#include <gonso/detail/wait.hpp>
+#include <gonso/detail/ns/ns_file.hpp>
+#include <gonso/detail/sys/error.hpp>
+#include <gonso/detail/sys/syscalls.hpp>
+#include <gonso/detail/sys/unique_fd.hpp>
+#include <gonso/detail/thread/event.hpp>
 #include <gonso/kind.hpp>
 
 #ifndef PIDFD_THREAD
@@ -31,24 +31,13 @@ namespace gonso::detail {
 /// One namespace handle per kind, indexed by index_of(kind).
 using ns_handles = std::array<ns_handle, all_kinds.size()>;
 
-/// The order in which a thread joins. mnt comes last: joining it needs
-/// unshare(CLONE_FS), which cannot be undone, so a failure in any other kind
-/// leaves the thread still restorable. user and time are absent: a thread of
-/// a multithreaded process can join neither (the README's kernel rules).
-inline constexpr std::array<Kind, 6> join_order{Kind::cgroup, Kind::ipc, Kind::uts, Kind::net, Kind::pid, Kind::mnt};
-
-/// The kinds whose state a thread carries and gonso checks after a restoring
-/// run. user is absent because no thread of a multithreaded process can change it.
-inline constexpr std::array<Kind, 7> watched_kinds{Kind::cgroup, Kind::ipc,  Kind::mnt, Kind::net,
-                                                   Kind::pid,    Kind::time, Kind::uts};
-
 /// Joins each of `kinds` of `target` that the calling thread is not in, in
-/// join_order; `here` tells where the thread is now. Sets `fs_private` when
+/// thread_join_order; `here` tells where the thread is now. Sets `fs_private` when
 /// it had to unshare(CLONE_FS) for mnt, which cannot be undone. Adds what it
 /// joined to `joined`. Throws std::system_error naming the kind.
 template <typename Here>
 void join_kinds(const ns_handles& target, Kinds kinds, Here&& here, Kinds& joined, bool& fs_private) {
-  for (Kind kind : join_order) {
+  for (Kind kind : thread_join_order) {
     if (!kinds.contains(kind)) continue;
     const ns_handle& ns = target[index_of(kind)];
     // Joining what the thread is in already is a no-op for most kinds but an

@@ -10,9 +10,9 @@
 
 #include <cerrno>
 
-#include <gonso/detail/child_process.hpp>
-#include <gonso/detail/syscalls.hpp>
-#include <gonso/detail/unique_fd.hpp>
+#include <gonso/detail/process/child_process.hpp>
+#include <gonso/detail/sys/syscalls.hpp>
+#include <gonso/detail/sys/unique_fd.hpp>
 
 namespace gonso::detail {
 
