@@ -711,7 +711,8 @@ TEST_CASE("spawn() without time: a child sharing our memory, seen in the Set whi
     const Set pidns = Set::from_pid(pid_holder.pid(), Kind::pid | Kind::net);
     for (const Set* set : {&fresh, &foreign, &pidns}) {
       // What spawn() picks: no fork, unless ThreadSanitizer is watching.
-      const gonso::detail::join_plan plan = gonso::detail::plan_join(*set);
+      const gonso::detail::join_plan plan =
+          gonso::detail::plan_join(gonso::detail::set_access::handles(*set), set->kinds());
       gonso::detail::spawn_plan sp;
       sp.join = plan;
 #if defined(__SANITIZE_THREAD__)
@@ -748,7 +749,7 @@ TEST_CASE("spawn() into a pid namespace holds the program even when SIGCHLD is i
     test::ForeignNamespaces holder(CLONE_NEWPID);
     const Set pidns = Set::from_file(Kind::pid, holder.path(Kind::pid));
     gonso::detail::spawn_plan sp;
-    sp.join = gonso::detail::plan_join(pidns);
+    sp.join = gonso::detail::plan_join(gonso::detail::set_access::handles(pidns), pidns.kinds());
     // The pidfd comes from the program's clone only when the child shares
     // our memory; a forked child opens it afterwards, and may be too late.
     if (gonso::detail::may_share_memory(sp)) {
@@ -780,7 +781,7 @@ TEST_CASE("spawn() into pid and time namespaces forks, and the program is inside
     // The process path makes them, with an init for the pid namespace.
     const Set set = Set::current().unshare(Kind::pid | Kind::time | Kind::net);
     gonso::detail::spawn_plan sp;
-    sp.join = gonso::detail::plan_join(set);
+    sp.join = gonso::detail::plan_join(gonso::detail::set_access::handles(set), set.kinds());
     CHECK_FALSE(gonso::detail::may_share_memory(sp));
     Child sleeper = gonso::spawn(set, {"sleep", "100"});
     for (Kind kind : {Kind::net, Kind::pid, Kind::time}) {

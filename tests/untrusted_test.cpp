@@ -19,8 +19,8 @@
 #include <system_error>
 #include <vector>
 
-#include <gonso/detail/child_report.hpp>
-#include <gonso/detail/ns_creator.hpp>
+#include <gonso/detail/process/creator.hpp>
+#include <gonso/detail/process/report.hpp>
 #include <gonso/spawn.hpp>
 
 #include "support.hpp"
@@ -63,11 +63,11 @@ std::vector<std::byte> records(std::initializer_list<detail::spawn_record> list)
   return out;
 }
 
-std::vector<std::byte> message(char tag, std::int32_t value, std::int32_t error) {
+std::vector<std::byte> message(detail::creator_says tag, std::int32_t value, std::int32_t error) {
   detail::creator_message m{};
-  m.tag = tag;
+  m.what = tag;
   m.value = value;
-  m.error = error;
+  m.err = error;
   std::vector<std::byte> out(sizeof m);
   std::memcpy(out.data(), &m, sizeof m);
   return out;
@@ -172,24 +172,24 @@ TEST_CASE("untrusted: spawn records with bad steps, indexes, errnos or pids are 
 }
 
 TEST_CASE("untrusted: namespace-creator messages are checked one by one and in order", "[untrusted]") {
-  using M = detail::creator_message;
+  using M = detail::creator_says;
   // Well-formed ones decode.
-  CHECK(detail::decode_creator_message(message(M::ready, 0, 0), 3).tag == M::ready);
+  CHECK(detail::decode_creator_message(message(M::ready, 0, 0), 3).what == M::ready);
   CHECK(detail::decode_creator_message(message(M::failed, 2, EPERM), 3).value == 2);
-  CHECK(detail::decode_creator_message(message(M::failed, detail::step_fork_init, ENOMEM), 3).error == ENOMEM);
+  CHECK(detail::decode_creator_message(message(M::failed, detail::step_fork_init, ENOMEM), 3).err == ENOMEM);
 
   std::vector<std::byte> padded = message(M::ready, 0, 0);
   padded[1] = std::byte{0x7f};
   std::vector<std::byte> longer = message(M::ready, 0, 0);
   longer.push_back(std::byte{0});
   const std::vector<std::vector<std::byte>> bad = {
-      std::vector<std::byte>(5),      // cut short
-      longer,                         // more than one message
-      padded,                         // padding that is not zero
-      message('z', 0, 0),             // unknown tag
-      message(M::failed, 3, EPERM),   // a join step past the plan
-      message(M::failed, -1, EPERM),  // a step below 0
-      message(M::failed, 50, EPERM),  // between the join steps and step_fork
+      std::vector<std::byte>(5),           // cut short
+      longer,                              // more than one message
+      padded,                              // a tag with stray high bytes
+      message(static_cast<M>('z'), 0, 0),  // unknown tag
+      message(M::failed, 3, EPERM),        // a join step past the plan
+      message(M::failed, -1, EPERM),       // a step below 0
+      message(M::failed, 50, EPERM),       // between the join steps and step_fork
       message(M::failed, detail::step_write_maps + 1, EPERM),
       message(M::failed, detail::step_fork, 0),     // errno 0
       message(M::failed, detail::step_fork, 4096),  // errno out of range
@@ -199,9 +199,9 @@ TEST_CASE("untrusted: namespace-creator messages are checked one by one and in o
   };
   for (const auto& bytes : bad) CHECK(errno_of([&] { (void)detail::decode_creator_message(bytes, 3); }) == EPROTO);
 
-  const auto m = [](char tag) {
-    M out{};
-    out.tag = tag;
+  const auto m = [](M tag) {
+    detail::creator_message out{};
+    out.what = tag;
     out.value = tag == M::creator_pid || tag == M::init_pid ? 7 : 0;
     return out;
   };

@@ -20,8 +20,10 @@
 
 #include <fmt/format.h>
 
-#include <gonso/detail/process/child_process.hpp>
+#include <gonso/detail/process/children.hpp>
+#include <gonso/detail/process/launch.hpp>
 #include <gonso/detail/sys/error.hpp>
+#include <gonso/detail/sys/io.hpp>
 #include <gonso/detail/sys/syscalls.hpp>
 #include <gonso/detail/sys/unique_fd.hpp>
 
@@ -56,17 +58,6 @@ class ExitStatus {
   bool signaled_ = false;
   int value_ = 0;
 };
-
-class Child;
-
-namespace detail {
-
-/// Builds Child objects for gonso's own factories (spawn).
-struct child_access {
-  static Child make(unique_fd pidfd, pid_t pid, unique_fd in, unique_fd out, unique_fd err);
-};
-
-}  // namespace detail
 
 /// A move-only handle on a child process of the caller: a pidfd
 /// (pidfd_open(2), close-on-exec) that names the process even after its pid

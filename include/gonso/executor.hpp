@@ -9,40 +9,15 @@
 #include <type_traits>
 #include <utility>
 
+#include <gonso/detail/set_access.hpp>
 #include <gonso/detail/thread/anchor.hpp>
+#include <gonso/detail/thread/reentrance.hpp>
 #include <gonso/detail/thread/worker_pool.hpp>
+#include <gonso/options.hpp>
 #include <gonso/run_context.hpp>
 #include <gonso/set.hpp>
 
 namespace gonso {
-
-namespace detail {
-/// The Executors whose runs led to the calling thread's code: the run in
-/// progress on this thread, and the ones that wait for it, through every
-/// thread in between. A run of one of them from here would wait for itself.
-struct executor_chain {
-  const void* executor;
-  const executor_chain* caller;
-};
-inline thread_local const executor_chain* executor_calls = nullptr;
-
-[[nodiscard]] inline bool called_from(const void* executor) noexcept {
-  for (const executor_chain* link = executor_calls; link != nullptr; link = link->caller) {
-    if (link->executor == executor) return true;
-  }
-  return false;
-}
-}  // namespace detail
-
-/// Options of an Executor.
-struct ExecutorOptions {
-  /// After each callable, rejoin the Set through the anchor's pidfd and check
-  /// root, cwd and time_for_children (below): about 2-3 us a run on a small
-  /// VM. false skips both, for callables that never call unshare(2),
-  /// setns(2) or chdir(2) on their thread: a callable that does moves every
-  /// later one. RunContext::discard_thread() works either way.
-  bool verify_each_run = true;
-};
 
 /// A dedicated thread that joins a Set once and stays inside it, for code
 /// that works in one container's namespaces again and again (an agent
@@ -147,9 +122,9 @@ class Executor {
   struct state {
     state(const Set& s, ExecutorOptions o) : set(s), options(o) {
       if (set.empty()) throw std::logic_error("cannot run an executor in an empty Set (moved-from, or no kinds)");
-      detail::require_own(Kind::user, set.kinds_, set.ns_, nullptr);
-      detail::require_own(Kind::time, set.kinds_, set.ns_, nullptr);
-      anchor = std::make_shared<const detail::anchor>(&set.ns_, set.kinds_);
+      detail::require_own(Kind::user, set.kinds(), detail::set_access::handles(set), nullptr);
+      detail::require_own(Kind::time, set.kinds(), detail::set_access::handles(set), nullptr);
+      anchor = std::make_shared<const detail::anchor>(&detail::set_access::handles(set), set.kinds());
     }
 
     // A new worker, settled in the Set for good.
@@ -160,7 +135,7 @@ class Executor {
       } catch (const std::system_error& e) {
         detail::throw_cannot_start_thread(e.code().value(), fmt::format("an executor thread for {}", set));
       }
-      auto settle = [&] { fresh->settle(set.ns_, set.kinds_, anchor); };
+      auto settle = [&] { fresh->settle(detail::set_access::handles(set), set.kinds(), anchor); };
       detail::run_job<decltype(settle)&, void> job(nullptr, {}, /*restoring=*/true, settle);
       const bool settled = fresh->execute(job);
       job.take();  // the join's exception, if any

@@ -21,42 +21,14 @@
 
 #include <fmt/format.h>
 
+#include <gonso/detail/ns/kinds.hpp>
+#include <gonso/detail/set_access.hpp>
+#include <gonso/detail/thread/reentrance.hpp>
 #include <gonso/kind.hpp>
+#include <gonso/options.hpp>
 #include <gonso/set.hpp>
 
 namespace gonso {
-
-namespace detail {
-/// The Pool whose after_create hook the calling thread (or child process) runs.
-inline thread_local const void* pool_in_hook = nullptr;
-}  // namespace detail
-
-/// Options of a Pool.
-struct PoolOptions {
-  /// How many Sets the pool keeps ready. 0 is refused (std::invalid_argument):
-  /// a pool that keeps nothing is a plain Set::unshare.
-  std::size_t size = 4;
-  /// Passed to Set::unshare for every Set the pool makes.
-  UnshareOptions unshare{};
-  /// Runs inside each new Set before it becomes ready, e.g. to bring `lo` up
-  /// or set a hostname, so that get() hands out Sets that need no more work.
-  /// It runs through Set::run(true, ...) when the unshared kinds are ones a
-  /// thread can join (cgroup, ipc, mnt, net, uts), and through
-  /// Set::run_in_process otherwise (user, pid, time). It is called from the
-  /// pool's refill thread and from threads calling get() on an empty pool,
-  /// possibly at once, so it must be thread-safe; get(), put() and
-  /// wait_ready() of the same pool throw std::logic_error from it.
-  /// Empty: none.
-  std::function<void()> after_create{};
-  /// After a failed refill, the pool waits this long before the next try,
-  /// doubling the wait after every further failure up to max_retry_delay, so
-  /// that a lasting error (EPERM, a broken hook) costs a try now and then
-  /// rather than a spinning thread. Must be positive.
-  std::chrono::milliseconds retry_delay{10};
-  /// The longest wait between tries; at least retry_delay. Longer than a year
-  /// counts as a year.
-  std::chrono::milliseconds max_retry_delay{1000};
-};
 
 /// Keeps `size` Sets with fresh namespaces ready, so that taking one costs a
 /// lock and a move instead of a namespace creation (~190 us for a network
@@ -158,12 +130,12 @@ class Pool {
       lock.unlock();
       const std::shared_ptr<state> keep = state_;  // the hook may destroy this Pool
       Set made = keep->create();
-      made.lease_ = std::move(lease);
+      detail::set_access::lease(made) = std::move(lease);
       return made;
     }
     Set set = std::move(s.ready.back());
     s.ready.pop_back();
-    set.lease_ = std::move(lease);
+    detail::set_access::lease(set) = std::move(lease);
     // Waking a thread that is busy anyway would cost a system call for nothing,
     // and waking a sleeping one costs more than the rest of get() (a futex
     // wake that crosses CPUs, 2-9 us on a small VM): only the get() that
@@ -192,7 +164,7 @@ class Pool {
   bool put(Set set) {
     refuse_from_hook("put() into");
     if (set.empty()) throw std::invalid_argument("cannot put an empty Set (moved-from?) into a Pool");
-    const std::shared_ptr<detail::pool_lease> lease = std::move(set.lease_);
+    const std::shared_ptr<detail::pool_lease> lease = std::move(detail::set_access::lease(set));
     if (!lease || lease->pool != state_->serial || !lease->out.exchange(false)) return false;
     return state_->fits(set) && state_->offer(set);
   }

@@ -2,11 +2,9 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
-namespace gonso {
+#include <gonso/detail/fwd.hpp>
 
-namespace detail {
-class worker;
-}
+namespace gonso {
 
 /// Passed to a callable that takes a `gonso::RunContext&` as its only
 /// parameter. Go gonso lets the function vote against reusing its thread by

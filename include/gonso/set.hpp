@@ -31,219 +31,25 @@
 
 #include <fmt/format.h>
 
-#include <gonso/detail/ns/netns_name.hpp>
+#include <gonso/detail/fs/mount_at.hpp>
+#include <gonso/detail/ns/kinds.hpp>
 #include <gonso/detail/ns/ns_file.hpp>
-#include <gonso/detail/process/child_process.hpp>
 #include <gonso/detail/process/creator.hpp>
-#include <gonso/detail/process/pid_init.hpp>
-#include <gonso/detail/process/report.hpp>
+#include <gonso/detail/process/in_process.hpp>
+#include <gonso/detail/process/launch.hpp>
+#include <gonso/detail/set_access.hpp>
 #include <gonso/detail/sys/error.hpp>
+#include <gonso/detail/sys/io.hpp>
 #include <gonso/detail/sys/unique_fd.hpp>
-#include <gonso/detail/thread/worker_pool.hpp>
+#include <gonso/detail/thread/run.hpp>
 #include <gonso/error.hpp>
 #include <gonso/identity.hpp>
 #include <gonso/kind.hpp>
+#include <gonso/options.hpp>
 #include <gonso/run_context.hpp>
 #include <gonso/workers.hpp>
 
 namespace gonso {
-
-/// What a new mount namespace does with the mount propagation it inherits.
-enum class Propagation {
-  rprivate,   ///< mount --make-rprivate /: nothing propagates either way (default)
-  rslave,     ///< mount --make-rslave /: host mounts show up inside, not the reverse
-  rshared,    ///< mount --make-rshared /: both ways
-  unchanged,  ///< keep what was inherited: mounts inside may appear on the host
-};
-
-/// One line of a uid_map or gid_map: ids [inside, inside + count) of a new
-/// user namespace are ids [outside, outside + count) of its parent.
-struct IdRange {
-  std::uint32_t inside = 0;
-  std::uint32_t outside = 0;
-  std::uint32_t count = 1;
-};
-
-/// Options of Set::unshare.
-struct UnshareOptions {
-  /// Applied to `/` of a new mount namespace. util-linux unshare(1) also
-  /// defaults to rprivate, so that mounts made inside never leak to the host.
-  Propagation propagation = Propagation::rprivate;
-  /// uid_map of a new user namespace, in ids of its parent: the caller's
-  /// user namespace, or the Set's when the Set holds another one (a nested
-  /// user namespace). Empty (the default): the caller's effective uid, as
-  /// that parent sees it, becomes root, as `unshare --map-root-user` does.
-  /// Mapping more than one's own id needs CAP_SETUID over the parent (which
-  /// a nested namespace's maps have: they are written from inside the Set).
-  std::vector<IdRange> uid_map{};
-  /// gid_map of a new user namespace, likewise; empty maps the caller's
-  /// effective gid to 0. Without CAP_SETGID, gonso first writes "deny" to
-  /// setgroups, as the kernel requires; a nested namespace keeps its
-  /// parent's setgroups setting.
-  std::vector<IdRange> gid_map{};
-  /// CLOCK_MONOTONIC and CLOCK_BOOTTIME inside a new time namespace run ahead
-  /// of the caller's by these offsets (written before any process enters).
-  std::chrono::nanoseconds monotonic_offset{0};
-  std::chrono::nanoseconds boottime_offset{0};
-};
-
-/// Options of Set::run_in_process.
-struct ProcessOptions {
-  /// The name of a network namespace (as under /run/netns) whose files in
-  /// /etc/netns/NAME are bound over those of /etc for the callable, in a
-  /// mount namespace of its own, as `ip netns exec NAME` does (resolv.conf,
-  /// hosts). A missing /etc/netns/NAME binds nothing. nullopt: none.
-  std::optional<std::string> etc_of_netns{};
-};
-
-namespace detail {
-
-/// Pairs of paths, /etc/netns/NAME/x then /etc/x, for every file of
-/// /etc/netns/NAME, listed in the caller's mount namespace as iproute2 does.
-/// The folder is opened with no symlink followed in any component (a link
-/// there is refused with ENOTDIR, not listed), and listed through that fd;
-/// a missing folder is an empty overlay.
-[[nodiscard]] inline std::vector<std::string> etc_overlay(const std::string& netns) {
-  check_netns_name(netns);
-  const std::string folder = "/etc/netns/" + netns;
-  struct {
-    std::uint64_t flags, mode, resolve;
-  } how{O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0, 0x04 /* RESOLVE_NO_SYMLINKS */};
-  const unique_fd dir(static_cast<int>(::syscall(SYS_openat2, AT_FDCWD, folder.c_str(), &how, sizeof how)));
-  if (!dir) {
-    if (errno == ENOENT) return {};
-    throw system_error(errno, "cannot overlay /etc with {} (no symlink is followed there)", folder);
-  }
-  std::vector<std::string> pairs;
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(fmt::format("/proc/self/fd/{}", dir.get()), ec)) {
-    pairs.push_back(folder + "/" + entry.path().filename().native());
-    pairs.push_back("/etc/" + entry.path().filename().native());
-  }
-  return pairs;
-}
-
-/// In a child that has its namespaces: a mount namespace of its own that
-/// still sees the host's later mounts (slave), with the `count` paths of
-/// `pairs` (source, target, source, ...) bound on top. A source is opened
-/// with no symlink followed in any component, the last included (ELOOP: a
-/// symlink in /etc/netns/NAME is refused where iproute2 would follow it).
-/// A target in /etc is followed as iproute2 follows it (/etc/resolv.conf is
-/// often a symlink into /run), once: that is only the system's /etc, and
-/// the bind lands in this child's own mount namespace. The source's inode
-/// is then mounted onto the target's through their fds (open_tree(2),
-/// move_mount(2)), so that nothing swapped between opening and mounting is
-/// acted on. Returns 0, or the
-/// errno with `failed` the index of the failing pair's source (or SIZE_MAX
-/// for the namespace itself). Async-signal-safe.
-[[nodiscard]] GONSO_CHILD_CODE inline int bind_etc_overlay(const char* const* pairs, std::size_t count,
-                                                           std::size_t& failed) noexcept {
-  if (count == 0) return 0;
-  if (::syscall(SYS_unshare, CLONE_NEWNS) != 0 ||
-      ::syscall(SYS_mount, "", "/", "none", MS_SLAVE | MS_REC, nullptr) != 0) {
-    failed = SIZE_MAX;
-    return errno;
-  }
-  struct {
-    std::uint64_t flags, mode, resolve;
-  } how{O_PATH | O_NOFOLLOW | O_CLOEXEC, 0, 0x04 /* RESOLVE_NO_SYMLINKS */};
-  const auto open_checked = [&how](const char* path) noexcept {
-    const int fd = static_cast<int>(::syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof how));
-    struct stat st {};
-    if (fd >= 0 && (::syscall(SYS_fstat, fd, &st) != 0 || S_ISLNK(st.st_mode))) {
-      ::syscall(SYS_close, fd);
-      errno = ELOOP;
-      return -1;
-    }
-    return fd;
-  };
-  for (std::size_t i = 0; i + 1 < count; i += 2) {
-    int err = 0;
-    const int source = open_checked(pairs[i]);
-    const int target =
-        source < 0 ? -1 : static_cast<int>(::syscall(SYS_openat, AT_FDCWD, pairs[i + 1], O_PATH | O_CLOEXEC));
-    const int tree = target < 0 ? -1
-                                : static_cast<int>(::syscall(SYS_open_tree, source, "",
-                                                             1 /* OPEN_TREE_CLONE */ | O_CLOEXEC | AT_EMPTY_PATH));
-    if (tree < 0 || ::syscall(SYS_move_mount, tree, "", target, "", 0x04 | 0x40 /* F_ and T_EMPTY_PATH */) != 0) {
-      err = errno;
-    }
-    for (const int fd : {tree, target, source}) {
-      if (fd >= 0) ::syscall(SYS_close, fd);
-    }
-    if (err != 0) {
-      failed = i;
-      return err;
-    }
-  }
-  return 0;
-}
-
-/// The C strings of `strings`, for a child that may not call into the
-/// standard library.
-[[nodiscard]] inline std::vector<const char*> c_strings(const std::vector<std::string>& strings) {
-  std::vector<const char*> out;
-  out.reserve(strings.size());
-  for (const std::string& s : strings) out.push_back(s.c_str());
-  return out;
-}
-
-template <typename F>
-inline constexpr bool takes_context = std::is_invocable_v<F&&, RunContext&>;
-
-template <typename F>
-using run_result_t =
-    typename std::conditional_t<takes_context<F>, std::invoke_result<F&&, RunContext&>, std::invoke_result<F&&>>::type;
-
-/// A Pool's mark on a Set one get() handed out: the pool, and whether the
-/// Set is still out (put() takes it back at most once).
-struct pool_lease {
-  explicit pool_lease(std::uint64_t by) noexcept : pool(by) {}
-  const std::uint64_t pool;
-  std::atomic<bool> out{true};
-};
-
-/// A run's callable and the place for its outcome, on the caller's stack.
-template <typename F, typename R>
-class run_job final : public job {
- public:
-  run_job(const ns_handles* into, Kinds joining, bool restoring, F&& fn) noexcept
-      : job(into, joining, restoring), fn_(std::addressof(fn)) {}
-
-  GONSO_CATCHES_FORCED_UNWIND void invoke(RunContext& ctx) override {
-    try {
-      if constexpr (std::is_void_v<R>) {
-        call(ctx);
-      } else {
-        value_.emplace(call(ctx));
-      }
-    } catch (abi::__forced_unwind&) {
-      throw;  // pthread_exit or cancellation: the worker ends its thread (worker::perform)
-    } catch (...) {
-      error = std::current_exception();
-    }
-  }
-
-  /// The callable's value, or its exception (or the join's) rethrown.
-  R take() {
-    if (error) std::rethrow_exception(error);
-    if constexpr (!std::is_void_v<R>) return std::move(*value_);
-  }
-
- private:
-  decltype(auto) call(RunContext& ctx) {
-    if constexpr (takes_context<F>) {
-      return std::invoke(std::forward<F>(*fn_), ctx);
-    } else {
-      return std::invoke(std::forward<F>(*fn_));
-    }
-  }
-
-  std::remove_reference_t<F>* fn_;
-  std::optional<std::conditional_t<std::is_void_v<R>, bool, R>> value_;
-};
-
-}  // namespace detail
 
 /// The kind of namespace an fd refers to (NS_GET_NSTYPE), e.g. to sort fds
 /// passed in by another program. Throws std::system_error: EBADF for a
@@ -502,14 +308,18 @@ class Set {
   [[nodiscard]] Set unshare(Kinds kinds, const UnshareOptions& options = {}) const {
     detail::checked(kinds, "Set::unshare");
     if (kinds.empty()) throw std::invalid_argument("cannot unshare: no namespace kinds given");
-    check_options(kinds, options);
+    options.check(kinds);
     require_not_empty("unshare from");
     // A child process makes what no thread can, and makes every kind in a
     // Set holding a foreign user or time namespace, which no thread can join
     // first: the new namespaces are then owned by the Set's user namespace.
-    if (!(kinds & detail::process_only_kinds).empty() || !thread_joinable()) return unshare_in_process(kinds, options);
-    Set fresh = run(true, [&] { return unshare_here(kinds, options); });
     Set result = dup(kinds_ - kinds);
+    if (!(kinds & detail::process_only_kinds).empty() || !thread_joinable()) {
+      detail::ns_handles made = detail::create_in_process(ns_, kinds_, kinds, options);
+      for (Kind kind : kinds) result.put(kind, std::move(made[detail::index_of(kind)]));
+      return result;
+    }
+    Set fresh = run(true, [&] { return unshare_here(kinds, options); });
     for (Kind kind : kinds) result.put(kind, std::move(fresh.ns_[detail::index_of(kind)]));
     return result;
   }
@@ -556,24 +366,7 @@ class Set {
     static_assert(!std::is_reference_v<R>,
                   "gonso::Set::run: the callable must return by value; its result crosses threads");
     require_not_empty("run in");
-    auto& pool = detail::worker_pool::instance();
-    if (kinds_.contains(Kind::user) || kinds_.contains(Kind::time)) {
-      const std::shared_ptr<const detail::anchor> home = pool.current_home();
-      detail::require_own(Kind::user, kinds_, ns_, home.get());
-      detail::require_own(Kind::time, kinds_, ns_, home.get());
-    }
-
-    detail::run_job<F, R> job(&ns_, kinds_, restore, std::forward<F>(fn));
-    if (pidfd_) job.pidfd = pidfd_->get();
-    std::unique_ptr<detail::worker> worker = restore ? pool.acquire() : pool.spawn();
-    if (worker->execute(job)) {
-      pool.release(std::move(worker));
-    } else if (!restore) {
-      pool.bury(std::move(worker));  // it ends on its own; joined later, without making us wait
-    } else {
-      worker.reset();  // it could not go home: join it now, so that it lingers nowhere
-    }
-    return job.take();
+    return detail::run_on_worker(ns_, kinds_, detail::set_access::pidfd(*this), restore, std::forward<F>(fn));
   }
 
   /// Runs `fn` in a child process that has joined every namespace of this
@@ -608,43 +401,7 @@ class Set {
                   "gonso::Set::run_in_process: the callable must return void, std::string or a trivially "
                   "copyable value; its result is copied between processes");
     require_not_empty("run a process in");
-    const detail::join_plan plan = detail::plan_join(ns_, kinds_);
-    const std::vector<std::string> etc =
-        options.etc_of_netns ? detail::etc_overlay(*options.etc_of_netns) : std::vector<std::string>{};
-    const std::vector<const char*> etc_paths = detail::c_strings(etc);
-    detail::report_channel report = detail::make_report_channel();
-    // Unflushed output would be written twice, once by each process.
-    std::fflush(stdout);
-    std::fflush(stderr);
-    const pid_t parent = detail::bind_syscall();
-    const pid_t pid = ::fork();
-    if (pid < 0) throw detail::system_error(errno, "cannot fork a child process to run in {} namespaces", kinds_);
-    if (pid == 0) {
-      report.data.read.reset();
-      detail::report_sink sink(report.data.write.get(), report.bell.get());
-      run_child<R>(plan, etc_paths, sink, parent, fn);
-    }
-    report.data.write.reset();
-    // Not yet reaped by us, so `pid` is still the child's; from here on the
-    // pidfd names it. ESRCH: it has ended and was reaped elsewhere (the
-    // application ignores SIGCHLD), so all it wrote is in the pipe.
-    const detail::unique_fd pidfd(detail::pidfd_open(pid));
-    std::string data;
-    try {
-      if (!pidfd && errno != ESRCH) {
-        throw detail::system_error(errno, "cannot open a pidfd for the child process {}", pid);
-      }
-      data = detail::read_report(report.data.read.get(), report.bell.get(), pidfd.get());
-    } catch (...) {
-      if (pidfd) {
-        (void)detail::kill_and_reap(pidfd);
-      } else {
-        ::kill(pid, SIGKILL);
-        (void)detail::reap(pid);
-      }
-      throw;
-    }
-    return detail::decode_report<R>(data, pidfd ? detail::reap(pidfd) : -1);
+    return detail::run_in_child(ns_, kinds_, options, std::forward<F>(fn));
   }
 
   /// Same namespaces of the same kinds.
@@ -713,342 +470,20 @@ class Set {
     return set;
   }
 
-  // The forked child of run_in_process: join, maybe fork into pid and time
-  // namespaces, run, report, and exit without running the parent's exit
-  // handlers. System calls through syscall(2): see detail::bind_syscall.
-  template <typename R, typename F>
-  [[noreturn]] void run_child(const detail::join_plan& plan, const std::vector<const char*>& etc,
-                              detail::report_sink& report, pid_t parent, F& fn) const noexcept {
-    detail::die_with_parent(parent);
-    std::size_t failed = 0;
-    if (const int err = detail::join_in_child(plan, failed); err != 0) {
-      const Kind kind = plan.steps[failed].kind;
-      detail::report_join_error(report, err,
-                                fmt::format("cannot join {} namespace {}", kind, ns_[detail::index_of(kind)].id));
-      detail::child_exit(1);
-    }
-    if (plan.fork_after) {
-      const pid_t inner = ::fork();
-      if (inner < 0) {
-        detail::report_join_error(report, errno, "cannot fork into the joined pid or time namespace");
-        detail::child_exit(1);
-      }
-      if (inner > 0) {
-        report.close();
-        detail::exit_like(detail::reap(inner));
-      }
-      ::syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-    }
-    if (const int err = detail::bind_etc_overlay(etc.data(), etc.size(), failed); err != 0) {
-      detail::report_join_error(report, err,
-                                failed == SIZE_MAX
-                                    ? std::string("cannot make a mount namespace for /etc/netns")
-                                    : fmt::format("cannot bind {} over {}", etc[failed], etc[failed + 1]));
-      detail::child_exit(1);
-    }
-    detail::run_and_report<R>(std::forward<F>(fn), report);
-    std::fflush(nullptr);
-    detail::child_exit(0);
-  }
-
-  static void check_map(const std::vector<IdRange>& map, const char* which) {
-    if (map.size() > 340)
-      throw std::invalid_argument(fmt::format("{} has {} lines; the kernel takes 340", which, map.size()));
-    for (std::size_t i = 0; i < map.size(); ++i) {
-      const IdRange& a = map[i];
-      if (a.count == 0) throw std::invalid_argument(fmt::format("{} line {} maps no ids (count 0)", which, i));
-      if (a.inside > UINT32_MAX - a.count || a.outside > UINT32_MAX - a.count) {
-        throw std::invalid_argument(fmt::format("{} line {} runs past the largest id", which, i));
-      }
-      for (std::size_t j = 0; j < i; ++j) {
-        const IdRange& b = map[j];
-        const auto overlap = [](std::uint32_t x, std::uint32_t y, std::uint32_t n, std::uint32_t m) {
-          return x < y + m && y < x + n;
-        };
-        if (overlap(a.inside, b.inside, a.count, b.count) || overlap(a.outside, b.outside, a.count, b.count)) {
-          throw std::invalid_argument(fmt::format("{} lines {} and {} overlap", which, j, i));
-        }
-      }
-    }
-  }
-
-  static void check_options(Kinds kinds, const UnshareOptions& options) {
-    if (!kinds.contains(Kind::user) && !(options.uid_map.empty() && options.gid_map.empty())) {
-      throw std::invalid_argument("uid_map and gid_map apply to a new user namespace, and none is unshared");
-    }
-    const bool offsets = options.monotonic_offset.count() != 0 || options.boottime_offset.count() != 0;
-    if (!kinds.contains(Kind::time) && offsets) {
-      throw std::invalid_argument("time offsets apply to a new time namespace, and none is unshared");
-    }
-    check_map(options.uid_map, "uid_map");
-    check_map(options.gid_map, "gid_map");
-  }
-
-  static std::string map_text(const std::vector<IdRange>& map, std::uint32_t own_id) {
-    if (map.empty()) return fmt::format("0 {} 1\n", own_id);
-    std::string text;
-    for (const IdRange& r : map) text += fmt::format("{} {} {}\n", r.inside, r.outside, r.count);
-    return text;
-  }
-
-  static std::string offsets_text(const UnshareOptions& options) {
-    std::string text;
-    const auto line = [&](const char* clock, std::chrono::nanoseconds offset) {
-      if (offset.count() == 0) return;
-      const auto secs = std::chrono::floor<std::chrono::seconds>(offset);
-      text += fmt::format("{} {} {}\n", clock, secs.count(), (offset - secs).count());
-    };
-    line("monotonic", options.monotonic_offset);
-    line("boottime", options.boottime_offset);
-    return text;
-  }
-
-  static void write_proc_file(pid_t pid, const char* file, const std::string& text) {
-    const std::string path = fmt::format("/proc/{}/{}", pid, file);
-    detail::unique_fd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
-    if (!fd) throw detail::system_error(errno, "cannot open {}", path);
-    // These files take one write(2) holding every line.
-    const ssize_t n = ::write(fd.get(), text.data(), text.size());
-    if (n != static_cast<ssize_t>(text.size())) {
-      throw detail::system_error(n < 0 ? errno : EIO, "cannot write {} to {}", text.substr(0, text.find('\n')), path);
-    }
-  }
-
-  static bool has_capability(int cap) noexcept {
-    return (detail::capabilities()[static_cast<std::size_t>(cap / 32)].effective & (1u << (cap % 32))) != 0;
-  }
-
-  // The child processes of one unshare_in_process: killed and reaped however
-  // the parent leaves.
-  struct creator_guard {
-    pid_t child = -1;
-    pid_t creator = -1;  // the child, or its child when it had to fork again
-    ~creator_guard() {
-      if (creator > 0 && creator != child) ::kill(creator, SIGKILL);
-      if (child > 0) {
-        ::kill(child, SIGKILL);
-        (void)detail::reap(child);
-      }
-    }
-  };
-
-  [[nodiscard]] static std::string creator_error(const detail::creator_message& m, const detail::join_plan& plan,
-                                                 const detail::ns_handles& ns, Kinds kinds) {
-    using namespace detail;
-    if (m.value >= step_join && m.value < step_fork) {
-      const Kind kind = plan.steps[static_cast<std::size_t>(m.value)].kind;
-      return fmt::format("cannot join {} namespace {}", kind, ns[detail::index_of(kind)].id);
-    }
-    switch (m.value) {
-      case step_fork:
-        return "cannot fork into the joined pid or time namespace";
-      case step_unshare_user:
-        return "cannot unshare user namespace";
-      case step_wait_maps:
-        return "cannot wait for the user namespace's id maps";
-      case step_unshare:
-        return fmt::format("cannot unshare {} namespaces", kinds - Kind::user);
-      case step_time_offsets:
-        return "cannot write the time namespace's offsets";
-      case step_propagation:
-        return "cannot set mount propagation of / in the new mount namespace";
-      case step_fork_init:
-        return "cannot start the init of the new pid namespace";
-      case step_write_maps:
-        return fmt::format("cannot write the id maps of a user namespace nested in {} from inside it",
-                           ns[detail::index_of(Kind::user)].id);
-      default:
-        return "cannot create namespaces";
-    }
-  }
-
-  [[nodiscard]] Set unshare_in_process(Kinds kinds, const UnshareOptions& options) const {
-    if (!detail::children_share_pid_ns()) {
-      // Its children would be numbered in another pid namespace than ours.
-      throw detail::system_error(EINVAL,
-                                 "cannot create {} namespaces from a thread whose children go to another pid "
-                                 "namespace (as inside Set::run of a Set holding one); call unshare outside",
-                                 kinds);
-    }
-    // A user namespace nested in the Set's, when that is not the caller's:
-    // the caller may not write its maps, a helper in the Set's does.
-    bool nested_user = false;
-    if (kinds.contains(Kind::user) && kinds_.contains(Kind::user)) {
-      Identity own{};
-      nested_user = detail::stat_ns(AT_FDCWD, "/proc/thread-self/ns/user", Kind::user, own) != 0 ||
-                    own != ns_[detail::index_of(Kind::user)].id;
-    }
-    const detail::join_plan plan = detail::plan_join(ns_, kinds_);
-    detail::pipe_fds report = detail::make_pipe();
-    detail::pipe_fds go = detail::make_pipe();
-    detail::pipe_fds lifeline;
-    if (kinds.contains(Kind::pid)) lifeline = detail::make_pipe();
-    const std::string offsets = offsets_text(options);
-    detail::creator_task task;
-    task.plan = plan;
-    task.kinds = kinds;
-    task.report = report.write.get();
-    task.go = go.read.get();
-    task.lifeline = lifeline.read.get();
-    task.propagation = propagation_flag(options.propagation);
-    task.time_offsets = &offsets;
-    // Prepared before the fork: the child may not allocate.
-    // Maps in the ids of the new namespace's parent; for a nested one the
-    // helper fills in its own id there when none are given.
-    const std::string uid_map =
-        nested_user && options.uid_map.empty() ? std::string() : map_text(options.uid_map, ::geteuid());
-    const std::string gid_map =
-        nested_user && options.gid_map.empty() ? std::string() : map_text(options.gid_map, ::getegid());
-    const bool deny_setgroups = !nested_user && !has_capability(CAP_SETGID);
-    task.maps_from_inside = nested_user;
-    task.uid_map = &uid_map;
-    task.gid_map = &gid_map;
-
-    creator_guard guard;
-    const pid_t parent = ::getpid();
-    guard.child = detail::raw_fork();
-    if (guard.child < 0)
-      throw detail::system_error(errno, "cannot fork a child process to create {} namespaces", kinds);
-    if (guard.child == 0) detail::creator_main(task, parent);
-    guard.creator = guard.child;
-    report.write.reset();
-    go.read.reset();
-    lifeline.read.reset();
-
-    std::shared_ptr<void> init;  // owns the new pid namespace's init as soon as it exists
-    // Every message is untrusted bytes, decoded and checked for its place in
-    // the conversation; pids in them are checked against the kernel's view.
-    detail::creator_protocol protocol(plan.fork_after, kinds.contains(Kind::user) && !nested_user,
-                                      kinds.contains(Kind::pid) && !plan.fork_after);
-    for (bool over = false; !over;) {
-      std::array<std::byte, sizeof(detail::creator_message)> bytes{};
-      std::size_t got = 0;
-      while (got < bytes.size()) {
-        const ssize_t n = ::read(report.read.get(), bytes.data() + got, bytes.size() - got);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0)
-          throw detail::system_error(n < 0 ? errno : ECHILD, "the child creating {} namespaces ended early", kinds);
-        got += static_cast<std::size_t>(n);
-      }
-      const detail::creator_message m = detail::decode_creator_message(bytes, plan.count);
-      over = protocol.accept(m);
-      if (m.tag == detail::creator_message::creator_pid) {
-        if (!is_child_of(guard.child, m.value)) {
-          throw detail::system_error(EPROTO, "the child creating {} namespaces named pid {}, not its own child", kinds,
-                                     m.value);
-        }
-        guard.creator = m.value;
-      } else if (m.tag == detail::creator_message::init_pid) {
-        init = adopt_init(guard.creator, m.value, std::move(lifeline.write));
-      } else if (m.tag == detail::creator_message::user_created) {
-        if (deny_setgroups) write_proc_file(guard.creator, "setgroups", "deny");
-        write_proc_file(guard.creator, "uid_map", uid_map);
-        write_proc_file(guard.creator, "gid_map", gid_map);
-        const char byte = 'g';
-        if (!detail::write_all(go.write.get(), &byte, 1))
-          throw detail::system_error(errno, "cannot wake the child creating {} namespaces", kinds);
-      } else if (m.tag == detail::creator_message::failed) {
-        throw std::system_error(m.error, std::generic_category(), creator_error(m, plan, ns_, kinds));
-      }
-    }
-
-    Set result = dup(kinds_ - kinds);
-    for (Kind kind : kinds) {
-      const std::string path = fmt::format("/proc/{}/ns/{}", guard.creator, detail::thread_link(kind));
-      result.put(kind, detail::open_ns(AT_FDCWD, path.c_str(), kind, path));
-    }
-    if (kinds.contains(Kind::pid)) {
-      if (!init) init = adopt_init(guard.creator, -1, std::move(lifeline.write));
-      result.ns_[detail::index_of(Kind::pid)].keep_alive = std::move(init);
-    }
-    return result;
-  }
-
-  // (device, inode) of a pid namespace link, by stat(2); zero when it cannot be read.
-  static Identity pid_ns_at(const std::string& path) noexcept {
-    struct stat st {};
-    if (::stat(path.c_str(), &st) != 0) return {};
-    return Identity{Kind::pid, st.st_dev, st.st_ino};
-  }
-
-  // Whether /proc says `pid` is a child of `parent` (its main thread's).
-  static bool is_child_of(pid_t parent, pid_t pid) {
-    const std::string path = fmt::format("/proc/{0}/task/{0}/children", parent);
-    detail::unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd) return false;
-    const std::string text = detail::read_to_end(fd.get());
-    const char* at = text.data();
-    const char* const end = text.data() + text.size();
-    while (at < end) {
-      pid_t child = 0;
-      const auto [next, ec] = std::from_chars(at, end, child);
-      if (ec != std::errc{}) return false;
-      if (child == pid) return true;
-      at = next;
-      while (at < end && *at == ' ') ++at;
-    }
-    return false;
-  }
-
-  // `init` is the init's pid when the creator could tell it; otherwise the
-  // init is the creator's only child.
-  static std::shared_ptr<void> adopt_init(pid_t creator, pid_t init, detail::unique_fd lifeline) {
-    const bool reported = init > 0;
-    if (init <= 0) {
-      const std::string path = fmt::format("/proc/{0}/task/{0}/children", creator);
-      detail::unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-      if (!fd) throw detail::system_error(errno, "cannot open {}", path);
-      const std::string text = detail::read_to_end(fd.get());
-      const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), init);
-      if (ec != std::errc{} || init <= 0) {
-        throw detail::system_error(ESRCH, "cannot find the init of the new pid namespace in {}", path);
-      }
-    }
-    detail::unique_fd pidfd(detail::pidfd_open(init));
-    if (!pidfd)
-      throw detail::system_error(errno, "cannot open a pidfd for the init of the new pid namespace (pid {})", init);
-    // The pid came from the child: take it only if it is in the namespace
-    // the creator's children go to, and, when reported by the creator, the
-    // caller's own child (CLONE_PARENT), which the caller reaps.
-    const Identity ns_of_init = pid_ns_at(fmt::format("/proc/{}/ns/pid", init));
-    const Identity ns_made = pid_ns_at(fmt::format("/proc/{}/ns/pid_for_children", creator));
-    siginfo_t info{};
-    const bool own = ::waitid(P_PIDFD, static_cast<id_t>(pidfd.get()), &info, WEXITED | WNOHANG | WNOWAIT) == 0;
-    if (ns_of_init.inode == 0 || ns_of_init.inode != ns_made.inode || (reported && !own)) {
-      throw detail::system_error(EPROTO, "pid {} is not the init of the new pid namespace", init);
-    }
-    return std::make_shared<detail::pid_init>(std::move(lifeline), std::move(pidfd));
-  }
-
-  static unsigned long propagation_flag(Propagation p) noexcept {
-    switch (p) {
-      case Propagation::rprivate:
-        return MS_PRIVATE;
-      case Propagation::rslave:
-        return MS_SLAVE;
-      case Propagation::rshared:
-        return MS_SHARED;
-      case Propagation::unchanged:
-        return 0;
-    }
-    return MS_PRIVATE;
-  }
-
   // Runs on a worker thread that has joined this Set.
   static Set unshare_here(Kinds kinds, const UnshareOptions& options) {
     if (const int err = detail::unshare_ns(kinds.clone_flags()); err != 0) {
       throw detail::system_error(err, "cannot unshare {} namespaces", kinds);
     }
     if (kinds.contains(Kind::mnt) && options.propagation != Propagation::unchanged) {
-      if (::mount(nullptr, "/", nullptr, MS_REC | propagation_flag(options.propagation), nullptr) != 0) {
+      if (::mount(nullptr, "/", nullptr, MS_REC | detail::propagation_flag(options.propagation), nullptr) != 0) {
         throw detail::system_error(errno, "cannot set mount propagation of / in the new mount namespace");
       }
     }
     return current(kinds);
   }
 
-  friend class Executor;  // joins ns_ once, for good
-  friend class Pool;      // hands out Sets with a lease_
+  friend struct detail::set_access;  // the engines' one door (Executor, Pool, spawn)
 
   Kinds kinds_;
   detail::ns_handles ns_{};

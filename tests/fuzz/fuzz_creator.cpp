@@ -10,7 +10,7 @@
 #include <span>
 #include <system_error>
 
-#include <gonso/detail/ns_creator.hpp>
+#include <gonso/detail/process/creator.hpp>
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size < 1) return 0;

@@ -12,7 +12,7 @@
 #include <string>
 #include <system_error>
 
-#include <gonso/detail/child_report.hpp>
+#include <gonso/detail/process/report.hpp>
 
 namespace {
 

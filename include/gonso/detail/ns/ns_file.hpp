@@ -7,8 +7,11 @@
 #include <sys/statfs.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
+#include <iterator>
 #include <memory>
+#include <string>
 #include <string_view>
 
 #include <gonso/detail/ns/kinds.hpp>
@@ -28,6 +31,15 @@ struct ns_handle {
   Identity id;
   std::shared_ptr<void> keep_alive;
 };
+
+/// One namespace handle per kind, indexed by index_of(kind).
+using ns_handles = std::array<ns_handle, kind_count>;
+
+/// The O_PATH fd of /proc/thread-self/ns of the calling worker thread, or -1
+/// on any other thread. Opened before the worker joins anything, it keeps
+/// naming this thread's namespaces through the host's procfs even while the
+/// thread sits in a mount namespace with another /proc, or none.
+inline thread_local int worker_ns_dir = -1;
 
 /// Checks that `fd` is a namespace of `kind` and returns its identity.
 /// `what` names the fd's origin in messages ("/proc/42/ns/net", "fd 7").
@@ -97,6 +109,15 @@ struct ns_handle {
   char text[64];
   const ssize_t n = ::readlinkat(dirfd, path, text, sizeof text);
   return n > 0 && static_cast<std::size_t>(n) < sizeof text ? link_inode(text, static_cast<std::size_t>(n)) : 0;
+}
+
+/// "{net:[4026532008], uts:[4026531838]}": the identities of `kinds` in
+/// `ns`, as a Set prints itself; "{}" when empty.
+[[nodiscard]] inline std::string describe(const ns_handles& ns, Kinds kinds) {
+  std::string out = "{";
+  for (Kind kind : kinds)
+    fmt::format_to(std::back_inserter(out), "{}{}", out.size() > 1 ? ", " : "", ns[index_of(kind)].id);
+  return out + "}";
 }
 
 }  // namespace gonso::detail

@@ -1,358 +1,265 @@
-// gonso: creating namespaces in a child process, for the kinds a thread
-// cannot create (user, pid, time) and everything combined with them.
+// gonso: the parent half of creating namespaces in a child process: the
+// plan, the conversation with the creator (creator_child.hpp), id maps, and
+// the init of a new pid namespace.
 // SPDX-License-Identifier: MIT
 #pragma once
 
 #include <fcntl.h>
-#include <sched.h>
+#include <linux/capability.h>
 #include <signal.h>
 #include <sys/mount.h>
-#include <sys/prctl.h>
-#include <sys/syscall.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
-#include <cerrno>
+#include <array>
+#include <charconv>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
+#include <memory>
 #include <span>
 #include <string>
 #include <system_error>
+#include <vector>
 
-#include <gonso/detail/process/child_process.hpp>
+#include <fmt/format.h>
+
+#include <gonso/detail/fs/mount_at.hpp>
+#include <gonso/detail/ns/join.hpp>
+#include <gonso/detail/ns/ns_file.hpp>
+#include <gonso/detail/process/creator_child.hpp>
+#include <gonso/detail/process/creator_wire.hpp>
+#include <gonso/detail/process/launch.hpp>
 #include <gonso/detail/process/pid_init.hpp>
-#include <gonso/detail/process/report.hpp>
 #include <gonso/detail/sys/error.hpp>
-#include <gonso/kind.hpp>
+#include <gonso/detail/sys/io.hpp>
+#include <gonso/detail/sys/syscalls.hpp>
+#include <gonso/options.hpp>
 
 namespace gonso::detail {
 
-/// One message from the creating child to the parent. Small enough for a
-/// pipe write to be atomic, so that two writers never interleave. The
-/// padding after the tag is a member of its own, zero, so that no byte sent
-/// is left undefined.
-struct creator_message {
-  enum tag_t : char {
-    creator_pid = 'p',   // value: pid (in the parent's view) of the process that creates
-    init_pid = 'i',      // value: pid (in the parent's view) of the new pid namespace's init
-    user_created = 'u',  // waits for the parent to write uid_map and gid_map
-    ready = 'r',         // every namespace exists; the parent may open them
-    failed = 'e',        // value: which step, error: errno
-  };
-  char tag = failed;
-  char reserved[3] = {};
-  std::int32_t value = 0;
-  std::int32_t error = 0;
-};
-static_assert(sizeof(creator_message) == 12, "no implicit padding");
+inline std::string map_text(const std::vector<IdRange>& map, std::uint32_t own_id) {
+  if (map.empty()) return fmt::format("0 {} 1\n", own_id);
+  std::string text;
+  for (const IdRange& r : map) text += fmt::format("{} {} {}\n", r.inside, r.outside, r.count);
+  return text;
+}
 
-/// The steps a creator can fail at, for the parent's message.
-enum creator_step : std::int32_t {
-  step_join = 0,  // + index in the join plan
-  step_fork = 100,
-  step_unshare_user,
-  step_wait_maps,
-  step_unshare,
-  step_time_offsets,
-  step_propagation,
-  step_fork_init,
-  step_write_maps,  // by the helper in the Set's user namespace (nested user namespaces)
-};
-
-/// Decodes one message of the creating child. Pure: exactly one message's
-/// bytes; a known tag; zero padding; a failed step that exists (a join step
-/// below `join_steps`) with an errno in range; a pid above 0; no value on
-/// the others. Throws std::system_error(EPROTO) otherwise. A pid is only a
-/// claim the parent then checks (Set::adopt_init, creator_protocol).
-[[nodiscard]] inline creator_message decode_creator_message(std::span<const std::byte> bytes, std::size_t join_steps) {
-  const auto bad = [](const char* why) {
-    throw system_error(EPROTO, "malformed message from the child creating namespaces: {}", why);
+inline std::string offsets_text(const UnshareOptions& options) {
+  std::string text;
+  const auto line = [&](const char* clock, std::chrono::nanoseconds offset) {
+    if (offset.count() == 0) return;
+    const auto secs = std::chrono::floor<std::chrono::seconds>(offset);
+    text += fmt::format("{} {} {}\n", clock, secs.count(), (offset - secs).count());
   };
-  creator_message m;
-  if (bytes.size() != sizeof m) bad("not one whole message");
-  std::memcpy(&m, bytes.data(), sizeof m);
-  if (m.reserved[0] != 0 || m.reserved[1] != 0 || m.reserved[2] != 0) bad("padding that is not zero");
-  switch (m.tag) {
-    case creator_message::creator_pid:
-    case creator_message::init_pid:
-      if (m.value <= 0 || m.error != 0) bad("a pid that is no process id");
-      return m;
-    case creator_message::user_created:
-    case creator_message::ready:
-      if (m.value != 0 || m.error != 0) bad("a value where none belongs");
-      return m;
-    case creator_message::failed: {
-      const bool join =
-          m.value >= step_join && static_cast<std::int64_t>(m.value) < static_cast<std::int64_t>(join_steps);
-      if (!join && (m.value < step_fork || m.value > step_write_maps)) bad("a step that does not exist");
-      if (!valid_errno(m.error)) bad("an errno out of range");
-      return m;
-    }
+  line("monotonic", options.monotonic_offset);
+  line("boottime", options.boottime_offset);
+  return text;
+}
+
+inline void write_proc_file(pid_t pid, const char* file, const std::string& text) {
+  const std::string path = fmt::format("/proc/{}/{}", pid, file);
+  unique_fd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
+  if (!fd) throw system_error(errno, "cannot open {}", path);
+  // These files take one write(2) holding every line.
+  const ssize_t n = ::write(fd.get(), text.data(), text.size());
+  if (n != static_cast<ssize_t>(text.size())) {
+    throw system_error(n < 0 ? errno : EIO, "cannot write {} to {}", text.substr(0, text.find('\n')), path);
+  }
+}
+
+inline bool has_capability(int cap) noexcept {
+  return (capabilities()[static_cast<std::size_t>(cap / 32)].effective & (1u << (cap % 32))) != 0;
+}
+
+[[nodiscard]] inline std::string creator_error(const creator_message& m, const join_plan& plan, const ns_handles& ns,
+                                               Kinds kinds) {
+  if (m.value >= step_join && m.value < step_fork) return join_failure(plan, ns, static_cast<std::size_t>(m.value));
+  switch (m.value) {
+    case step_fork:
+      return "cannot fork into the joined pid or time namespace";
+    case step_unshare_user:
+      return "cannot unshare user namespace";
+    case step_wait_maps:
+      return "cannot wait for the user namespace's id maps";
+    case step_unshare:
+      return fmt::format("cannot unshare {} namespaces", kinds - Kind::user);
+    case step_time_offsets:
+      return "cannot write the time namespace's offsets";
+    case step_propagation:
+      return "cannot set mount propagation of / in the new mount namespace";
+    case step_fork_init:
+      return "cannot start the init of the new pid namespace";
+    case step_write_maps:
+      return fmt::format("cannot write the id maps of a user namespace nested in {} from inside it",
+                         ns[index_of(Kind::user)].id);
     default:
-      bad("an unknown tag");
-  }
-  return m;  // not reached
-}
-
-/// The order the creating child speaks in, checked message by message: at
-/// most one of each, the creator's pid first and only when it had to fork,
-/// the init's pid only when a pid namespace is made by the creator itself,
-/// user_created only with a user namespace, and `ready` after it. Bounds the
-/// conversation: a child cannot make the parent loop or write maps twice.
-class creator_protocol {
- public:
-  creator_protocol(bool forks, bool user, bool init_reported) noexcept
-      : forks_(forks), user_(user), init_reported_(init_reported) {}
-
-  /// Throws std::system_error(EPROTO) for a message out of order. Returns
-  /// true once the conversation is over (ready or failed).
-  bool accept(const creator_message& m) {
-    const auto bad = [](const char* why) {
-      throw system_error(EPROTO, "the child creating namespaces spoke out of order: {}", why);
-    };
-    if (over_) bad("a message after the last");
-    switch (m.tag) {
-      case creator_message::creator_pid:
-        if (!forks_ || seen_ != 0) bad("the creator's pid, not first or not expected");
-        break;
-      case creator_message::init_pid:
-        if (!init_reported_ || init_) bad("the init's pid, unexpected or twice");
-        init_ = true;
-        break;
-      case creator_message::user_created:
-        if (!user_ || user_seen_) bad("user_created, unexpected or twice");
-        user_seen_ = true;
-        break;
-      case creator_message::ready:
-        if (user_ != user_seen_ || init_reported_ != init_) bad("ready before every step");
-        over_ = true;
-        break;
-      default:
-        over_ = true;  // failed
-        break;
-    }
-    if (forks_ && seen_ == 0 && m.tag != creator_message::creator_pid && m.tag != creator_message::failed) {
-      bad("a message before the creator's pid");
-    }
-    ++seen_;
-    return over_;
-  }
-
- private:
-  bool forks_;
-  bool user_;
-  bool init_reported_;
-  bool init_ = false;
-  bool user_seen_ = false;
-  bool over_ = false;
-  int seen_ = 0;
-};
-
-/// What the child is to create, all prepared before the fork.
-struct creator_task {
-  join_plan plan;
-  Kinds kinds;
-  int report = -1;                            // write end
-  int go = -1;                                // read end: one byte once the maps are written
-  int lifeline = -1;                          // read end, for the pid namespace's init
-  unsigned long propagation = 0;              // MS_PRIVATE, MS_SLAVE, MS_SHARED, or 0 to keep
-  const std::string* time_offsets = nullptr;  // for /proc/self/timens_offsets; may be empty
-  // A user namespace nested in the Set's, which is not the caller's: its id
-  // maps are written by a helper that stays in the Set's user namespace
-  // (its parent), not by the caller. Empty maps mean "0 <own id there> 1".
-  bool maps_from_inside = false;
-  const std::string* uid_map = nullptr;
-  const std::string* gid_map = nullptr;
-};
-
-inline void creator_send(int fd, char tag, std::int32_t value = 0, std::int32_t error = 0) noexcept {
-  creator_message m{};
-  m.tag = tag;
-  m.value = value;
-  m.error = error;
-  (void)write_all(fd, &m, sizeof m);
-}
-
-/// Reads the one byte the parent sends. The creator keeps the application's
-/// signal handlers (raw_fork copies them), and one installed without
-/// SA_RESTART interrupts a read that has nothing yet: read again.
-[[nodiscard]] inline bool read_byte(int fd) noexcept {
-  char byte = 0;
-  for (;;) {
-    const ssize_t n = ::read(fd, &byte, 1);
-    if (n < 0 && errno == EINTR) continue;
-    return n == 1;
+      return "cannot create namespaces";
   }
 }
 
-[[noreturn]] inline void creator_fail(int fd, std::int32_t step) noexcept {
-  // An end of file has no errno of its own; the parent takes none outside 1-4095.
-  creator_send(fd, creator_message::failed, step, errno != 0 ? errno : EIO);
-  ::_exit(1);
+/// (device, inode) of a pid namespace link, by stat(2); zero when it cannot be read.
+inline Identity pid_ns_at(const std::string& path) noexcept {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return {};
+  return Identity{Kind::pid, st.st_dev, st.st_ino};
 }
 
-/// Writes "0 <id> 1\n" into `buf`, without allocating; returns its length.
-[[nodiscard]] inline std::size_t own_id_map_line(char (&buf)[32], unsigned id) noexcept {
-  char digits[12];
-  std::size_t n = 0;
-  do {
-    digits[n++] = static_cast<char>('0' + id % 10);
-    id /= 10;
-  } while (id != 0);
-  std::size_t len = 0;
-  buf[len++] = '0';
-  buf[len++] = ' ';
-  while (n != 0) buf[len++] = digits[--n];
-  buf[len++] = ' ';
-  buf[len++] = '1';
-  buf[len++] = '\n';
-  return len;
-}
-
-/// One write(2) of a whole map into `file` under the process directory `dir`.
-[[nodiscard]] inline bool write_map(int dir, const char* file, const std::string* map, unsigned own_id) noexcept {
-  char line[32];
-  const char* text = line;
-  std::size_t len = 0;
-  if (map != nullptr && !map->empty()) {
-    text = map->data();
-    len = map->size();
-  } else {
-    len = own_id_map_line(line, own_id);
+/// Whether /proc says `pid` is a child of `parent` (its main thread's).
+inline bool is_child_of(pid_t parent, pid_t pid) {
+  const std::string path = fmt::format("/proc/{0}/task/{0}/children", parent);
+  unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return false;
+  const std::string text = read_to_end(fd.get());
+  const char* at = text.data();
+  const char* const end = text.data() + text.size();
+  while (at < end) {
+    pid_t child = 0;
+    const auto [next, ec] = std::from_chars(at, end, child);
+    if (ec != std::errc{}) return false;
+    if (child == pid) return true;
+    at = next;
+    while (at < end && *at == ' ') ++at;
   }
-  const int fd = ::openat(dir, file, O_WRONLY | O_CLOEXEC);
-  if (fd < 0) return false;
-  const ssize_t n = ::write(fd, text, len);
-  const int error = errno;
-  ::close(fd);
-  errno = error;
-  if (n == static_cast<ssize_t>(len)) return true;
-  if (n >= 0) errno = EIO;
   return false;
 }
 
-/// unshare(CLONE_NEWUSER) for a user namespace nested in the one the
-/// creator joined, which is not the caller's. The kernel takes a user
-/// namespace's maps only from a process in it or in its parent, with
-/// CAP_SETUID/CAP_SETGID over the parent; the caller is in neither, and the
-/// creator is no longer in the parent once it unshared. So a helper forked
-/// first, still in the parent with the full capabilities that joining it
-/// gave, writes them through the creator's /proc directory as the caller's
-/// /proc shows it (`proc`, opened before any mount namespace was joined).
-/// setgroups stays as the parent has it: the helper may write gid_map.
-inline void unshare_user_with_maps_from_parent(const creator_task& task, int proc) noexcept {
-  const int self = ::openat(proc, "self", O_PATH | O_DIRECTORY | O_CLOEXEC);
-  int wake[2];
-  if (self < 0 || ::pipe2(wake, O_CLOEXEC) != 0) creator_fail(task.report, step_write_maps);
-  const pid_t writer = raw_fork();
-  if (writer < 0) creator_fail(task.report, step_write_maps);
-  if (writer == 0) {
-    ::close(wake[1]);
-    // End of file: the creator is gone, and with it the namespace.
-    if (!read_byte(wake[0])) ::_exit(1);
-    if (!write_map(self, "uid_map", task.uid_map, ::geteuid()) ||
-        !write_map(self, "gid_map", task.gid_map, ::getegid())) {
-      creator_fail(task.report, step_write_maps);
+/// `init` is the init's pid when the creator could tell it; otherwise the
+/// init is the creator's only child.
+inline std::shared_ptr<void> adopt_init(pid_t creator, pid_t init, unique_fd lifeline) {
+  const bool reported = init > 0;
+  if (init <= 0) {
+    const std::string path = fmt::format("/proc/{0}/task/{0}/children", creator);
+    unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) throw system_error(errno, "cannot open {}", path);
+    const std::string text = read_to_end(fd.get());
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), init);
+    if (ec != std::errc{} || init <= 0) {
+      throw system_error(ESRCH, "cannot find the init of the new pid namespace in {}", path);
     }
-    ::_exit(0);
   }
-  ::close(wake[0]);
-  if (::unshare(CLONE_NEWUSER) != 0) creator_fail(task.report, step_unshare_user);
-  const char byte = 'm';
-  if (!write_all(wake[1], &byte, 1)) creator_fail(task.report, step_write_maps);
-  ::close(wake[1]);
-  const int status = reap(writer);
-  if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    // A writer that failed has told the parent why already; that message
-    // is the one read, as it ends the conversation.
-    errno = EIO;
-    creator_fail(task.report, step_write_maps);
+  unique_fd pidfd(pidfd_open(init));
+  if (!pidfd) throw system_error(errno, "cannot open a pidfd for the init of the new pid namespace (pid {})", init);
+  // The pid came from the child: take it only if it is in the namespace
+  // the creator's children go to, and, when reported by the creator, the
+  // caller's own child (CLONE_PARENT), which the caller reaps.
+  const Identity ns_of_init = pid_ns_at(fmt::format("/proc/{}/ns/pid", init));
+  const Identity ns_made = pid_ns_at(fmt::format("/proc/{}/ns/pid_for_children", creator));
+  siginfo_t info{};
+  const bool own = ::waitid(P_PIDFD, static_cast<id_t>(pidfd.get()), &info, WEXITED | WNOHANG | WNOWAIT) == 0;
+  if (ns_of_init.inode == 0 || ns_of_init.inode != ns_made.inode || (reported && !own)) {
+    throw system_error(EPROTO, "pid {} is not the init of the new pid namespace", init);
   }
-  ::close(self);
+  return std::make_shared<pid_init>(std::move(lifeline), std::move(pidfd));
 }
 
-/// The body of the creating child. Only system calls and no allocation: it
-/// is cloned (raw_fork, no pthread_atfork handlers) from a process that may
-/// have many threads.
-[[noreturn]] inline void creator_main(const creator_task& task, pid_t parent) noexcept {
-  die_with_parent(parent);
-  // The caller's /proc, opened before joining a mount namespace whose /proc
-  // may show another pid namespace, where "self" would name nobody.
-  const bool offsets = task.time_offsets != nullptr && !task.time_offsets->empty();
-  int proc = -1;
-  if (task.maps_from_inside || offsets) {
-    proc = ::open("/proc", O_PATH | O_DIRECTORY | O_CLOEXEC);
-    if (proc < 0) creator_fail(task.report, task.maps_from_inside ? step_write_maps : step_time_offsets);
+/// Set::unshare's engine where a thread cannot do it: a child joins `from`
+/// (user and time included), creates `kinds` there (a new user namespace
+/// first, the rest inside it, so owned by it) and waits while the caller
+/// opens them. Returns their handles, the pid namespace's owning its init;
+/// the child is killed and reaped however this returns.
+[[nodiscard]] inline ns_handles create_in_process(const ns_handles& from, Kinds from_kinds, Kinds kinds,
+                                                  const UnshareOptions& options) {
+  if (!children_share_pid_ns()) {
+    // Its children would be numbered in another pid namespace than ours.
+    throw system_error(EINVAL,
+                       "cannot create {} namespaces from a thread whose children go to another pid "
+                       "namespace (as inside Set::run of a Set holding one); call unshare outside",
+                       kinds);
   }
-  std::size_t failed = 0;
-  if (join_in_child(task.plan, failed) != 0) creator_fail(task.report, step_join + static_cast<std::int32_t>(failed));
-  // A non-dumpable process cannot have its maps written, and becoming root
-  // of a joined user namespace changed our ids, which makes one non-dumpable.
-  ::prctl(PR_SET_DUMPABLE, 1);
-  if (task.plan.fork_after) {
-    // A new pid namespace nests in the creator's own, not in the one its
-    // children would get: create from a process that is fully inside. It
-    // speaks only after its pid reached the parent, whose messages would
-    // otherwise race with ours.
-    int order[2];
-    if (::pipe2(order, O_CLOEXEC) != 0) creator_fail(task.report, step_fork);
-    const pid_t inner = raw_fork();
-    if (inner < 0) creator_fail(task.report, step_fork);
-    if (inner > 0) {
-      creator_send(task.report, creator_message::creator_pid, inner);
-      const char go = 'p';
-      (void)write_all(order[1], &go, 1);
-      exit_like(reap(inner));
+  // A user namespace nested in the Set's, when that is not the caller's:
+  // the caller may not write its maps, a helper in the Set's does.
+  bool nested_user = false;
+  if (kinds.contains(Kind::user) && from_kinds.contains(Kind::user)) {
+    Identity own{};
+    nested_user =
+        stat_ns(AT_FDCWD, "/proc/thread-self/ns/user", Kind::user, own) != 0 || own != from[index_of(Kind::user)].id;
+  }
+  const join_plan plan = plan_join(from, from_kinds);
+  pipe_fds report = make_pipe();
+  pipe_fds go = make_pipe();
+  pipe_fds lifeline;
+  if (kinds.contains(Kind::pid)) lifeline = make_pipe();
+  const std::string offsets = offsets_text(options);
+  creator_task task;
+  task.plan = plan;
+  task.kinds = kinds;
+  task.report = report.write.get();
+  task.go = go.read.get();
+  task.lifeline = lifeline.read.get();
+  task.propagation = propagation_flag(options.propagation);
+  task.time_offsets = &offsets;
+  // Prepared before the fork: the child may not allocate.
+  // Maps in the ids of the new namespace's parent; for a nested one the
+  // helper fills in its own id there when none are given.
+  const std::string uid_map =
+      nested_user && options.uid_map.empty() ? std::string() : map_text(options.uid_map, ::geteuid());
+  const std::string gid_map =
+      nested_user && options.gid_map.empty() ? std::string() : map_text(options.gid_map, ::getegid());
+  const bool deny_setgroups = !nested_user && !has_capability(CAP_SETGID);
+  task.maps_from_inside = nested_user;
+  task.uid_map = &uid_map;
+  task.gid_map = &gid_map;
+
+  const pid_t parent = ::getpid();
+  const pid_t child = raw_fork();
+  if (child < 0) throw system_error(errno, "cannot fork a child process to create {} namespaces", kinds);
+  if (child == 0) creator_main(task, parent);
+  const child_guard guard(child);
+  // The process that creates: the child, or its own child when it forked
+  // into a joined pid or time namespace. That one is not ours to reap: it
+  // is killed before the guard kills and reaps the child.
+  pid_t creator = child;
+  struct grandchild {
+    pid_t pid = -1;
+    ~grandchild() {
+      if (pid > 0) ::kill(pid, SIGKILL);
     }
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (!read_byte(order[0])) ::_exit(1);
-  }
-  if (task.kinds.contains(Kind::user) && task.maps_from_inside) {
-    unshare_user_with_maps_from_parent(task, proc);
-  } else if (task.kinds.contains(Kind::user)) {
-    if (::unshare(CLONE_NEWUSER) != 0) creator_fail(task.report, step_unshare_user);
-    creator_send(task.report, creator_message::user_created);
-    if (!read_byte(task.go)) creator_fail(task.report, step_wait_maps);
-  }
-  // The rest is created inside the new user namespace, if any, and so owned by it.
-  const Kinds rest = task.kinds - Kind::user;
-  if (!rest.empty() && ::unshare(rest.clone_flags()) != 0) creator_fail(task.report, step_unshare);
-  if (rest.contains(Kind::time) && offsets) {
-    // Offsets can be set only before any process enters the namespace.
-    const int fd = ::openat(proc, "self/timens_offsets", O_WRONLY | O_CLOEXEC);
-    if (fd < 0 || !write_all(fd, task.time_offsets->data(), task.time_offsets->size())) {
-      creator_fail(task.report, step_time_offsets);
-    }
-    ::close(fd);
-  }
-  if (rest.contains(Kind::mnt) && task.propagation != 0 &&
-      ::mount(nullptr, "/", nullptr, MS_REC | task.propagation, nullptr) != 0) {
-    creator_fail(task.report, step_propagation);
-  }
-  if (rest.contains(Kind::pid)) {
-    // The init is a copy of this process, with the application's signal
-    // handlers: a signal arriving before it masks them would run one in
-    // there (and could end the namespace). It is born with every signal
-    // blocked instead; we only wait to be killed.
-    mask_signals(true);
-    if (!task.plan.fork_after) {
-      // Make the init a child of the caller (CLONE_PARENT), so that the
-      // caller reaps it when the namespace is let go: an orphan's new parent
-      // may not reap at all. Raw clone: the init makes only system calls.
-      const auto init = static_cast<pid_t>(::syscall(SYS_clone, CLONE_PARENT | SIGCHLD, nullptr, nullptr, nullptr, 0));
-      if (init < 0) creator_fail(task.report, step_fork_init);
-      if (init == 0) pid_init_main(task.lifeline);
-      creator_send(task.report, creator_message::init_pid, init);
-    } else {
-      // Nested in a pid namespace the caller cannot see into: the init stays
-      // our child, and when we die it goes to that namespace's own init.
-      const pid_t init = raw_fork();
-      if (init < 0) creator_fail(task.report, step_fork_init);
-      if (init == 0) pid_init_main(task.lifeline);
+  } inner;
+  report.write.reset();
+  go.read.reset();
+  lifeline.read.reset();
+
+  std::shared_ptr<void> init;  // owns the new pid namespace's init as soon as it exists
+  // Every message is untrusted bytes, decoded and checked for its place in
+  // the conversation; pids in them are checked against the kernel's view.
+  creator_protocol protocol(plan.fork_after, kinds.contains(Kind::user) && !nested_user,
+                            kinds.contains(Kind::pid) && !plan.fork_after);
+  for (bool over = false; !over;) {
+    std::array<std::byte, sizeof(creator_message)> bytes{};
+    const std::size_t got = read_records(report.read.get(), bytes, /*one=*/true);
+    if (got == 0) throw system_error(ECHILD, "the child creating {} namespaces ended early", kinds);
+    const creator_message m = decode_creator_message(std::span(bytes.data(), got), plan.count);
+    over = protocol.accept(m);
+    if (m.what == creator_says::creator_pid) {
+      if (!is_child_of(child, m.value)) {
+        throw system_error(EPROTO, "the child creating {} namespaces named pid {}, not its own child", kinds, m.value);
+      }
+      creator = inner.pid = m.value;
+    } else if (m.what == creator_says::init_pid) {
+      init = adopt_init(creator, m.value, std::move(lifeline.write));
+    } else if (m.what == creator_says::user_created) {
+      if (deny_setgroups) write_proc_file(creator, "setgroups", "deny");
+      write_proc_file(creator, "uid_map", uid_map);
+      write_proc_file(creator, "gid_map", gid_map);
+      const char byte = 'g';
+      if (!write_all(go.write.get(), &byte, 1))
+        throw system_error(errno, "cannot wake the child creating {} namespaces", kinds);
+    } else if (m.what == creator_says::failed) {
+      throw std::system_error(m.err, std::generic_category(), creator_error(m, plan, from, kinds));
     }
   }
-  creator_send(task.report, creator_message::ready);
-  for (;;) ::pause();  // the parent opens our namespaces, then kills us
+
+  ns_handles made{};
+  for (Kind kind : kinds) {
+    const std::string path = fmt::format("/proc/{}/ns/{}", creator, thread_link(kind));
+    made[index_of(kind)] = open_ns(AT_FDCWD, path.c_str(), kind, path);
+  }
+  if (kinds.contains(Kind::pid)) {
+    if (!init) init = adopt_init(creator, -1, std::move(lifeline.write));
+    made[index_of(Kind::pid)].keep_alive = std::move(init);
+  }
+  return made;
 }
 
 }  // namespace gonso::detail

@@ -10,7 +10,8 @@
 
 #include <cerrno>
 
-#include <gonso/detail/process/child_process.hpp>
+#include <gonso/detail/process/child_code.hpp>
+#include <gonso/detail/process/children.hpp>
 #include <gonso/detail/sys/syscalls.hpp>
 #include <gonso/detail/sys/unique_fd.hpp>
 

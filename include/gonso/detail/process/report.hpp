@@ -24,8 +24,9 @@
 #include <system_error>
 #include <type_traits>
 
-#include <gonso/detail/process/child_process.hpp>
+#include <gonso/detail/process/child_code.hpp>
 #include <gonso/detail/sys/error.hpp>
+#include <gonso/detail/sys/io.hpp>
 #include <gonso/detail/sys/unique_fd.hpp>
 #include <gonso/error.hpp>
 
@@ -50,11 +51,6 @@ inline constexpr std::size_t report_header = 1 + sizeof(std::uint32_t);
 /// writes the report, so its bytes are untrusted: the parent never reads or
 /// allocates more than this, whatever a child sends.
 inline constexpr std::size_t max_report_body = std::size_t{64} << 20;  // 64 MiB
-
-/// The largest errno a kernel returns (its MAX_ERRNO); errnos from children
-/// outside 1 to this are refused.
-inline constexpr int max_errno = 4095;
-[[nodiscard]] constexpr bool valid_errno(std::int64_t err) noexcept { return err >= 1 && err <= max_errno; }
 
 /// A report that cannot be what a gonso child writes: EPROTO, naming why.
 [[noreturn]] inline void malformed_report(const char* why) {

@@ -2,6 +2,7 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
+#include <cstdint>
 #include <system_error>
 #include <utility>
 
@@ -22,5 +23,10 @@ template <typename... Args>
 [[nodiscard]] std::system_error system_error(int err, fmt::format_string<Args...> format, Args&&... args) {
   return std::system_error(err, std::generic_category(), fmt::format(format, std::forward<Args>(args)...));
 }
+
+/// The largest errno a kernel returns (its MAX_ERRNO); errnos from children
+/// outside 1 to this are refused.
+inline constexpr int max_errno = 4095;
+[[nodiscard]] constexpr bool valid_errno(std::int64_t err) noexcept { return err >= 1 && err <= max_errno; }
 
 }  // namespace gonso::detail

@@ -28,9 +28,6 @@
 
 namespace gonso::detail {
 
-/// One namespace handle per kind, indexed by index_of(kind).
-using ns_handles = std::array<ns_handle, all_kinds.size()>;
-
 /// Joins each of `kinds` of `target` that the calling thread is not in, in
 /// thread_join_order; `here` tells where the thread is now. Sets `fs_private` when
 /// it had to unshare(CLONE_FS) for mnt, which cannot be undone. Adds what it

@@ -62,12 +62,6 @@ inline std::atomic<long long>& spin_ns() noexcept {
   return std::chrono::nanoseconds(spin_ns().load(std::memory_order_relaxed));
 }
 
-/// The O_PATH fd of /proc/thread-self/ns of the calling worker thread, or -1
-/// on any other thread. Opened before the worker joins anything, it keeps
-/// naming this thread's namespaces through the host's procfs even while the
-/// thread sits in a mount namespace with another /proc, or none.
-inline thread_local int worker_ns_dir = -1;
-
 /// Throws std::system_error(EINVAL) unless the namespace `kinds` holds of
 /// `kind` (user or time) is the calling thread's own. A thread of a
 /// multithreaded process can join no other (the README's kernel rules), and every
