@@ -2,8 +2,10 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
+#include <sys/statfs.h>
 #include <sys/types.h>
 
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -11,6 +13,8 @@
 
 #include <fmt/format.h>
 
+#include <gonso/detail/sys/error.hpp>
+#include <gonso/detail/sys/syscalls.hpp>
 #include <gonso/kind.hpp>
 
 namespace gonso {
@@ -40,6 +44,22 @@ struct Identity {
 
 /// "net:[4026531840]", as the kernel's namespace links read.
 [[nodiscard]] inline std::string to_string(const Identity& id) { return fmt::format("{}:[{}]", id.kind, id.inode); }
+
+/// The kind of namespace an fd refers to (NS_GET_NSTYPE), e.g. to sort fds
+/// passed in by another program. Throws std::system_error: EBADF for a
+/// closed fd, EINVAL for an fd that is not a namespace or of a kind gonso
+/// does not know.
+[[nodiscard]] inline Kind kind_of(int fd) {
+  struct statfs fs {};
+  if (::fstatfs(fd, &fs) != 0) throw detail::system_error(errno, "cannot inspect fd {}", fd);
+  if (fs.f_type != detail::nsfs_magic) throw detail::system_error(EINVAL, "fd {} is not a namespace", fd);
+  const int type = detail::ns_type(fd);
+  if (type < 0) throw detail::system_error(errno, "cannot read the namespace type of fd {}", fd);
+  for (Kind kind : all_kinds) {
+    if (clone_flag(kind) == type) return kind;
+  }
+  throw detail::system_error(EINVAL, "fd {} is a namespace of unknown type {:#x}", fd, type);
+}
 
 }  // namespace gonso
 

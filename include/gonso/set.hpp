@@ -51,24 +51,6 @@
 
 namespace gonso {
 
-/// The kind of namespace an fd refers to (NS_GET_NSTYPE), e.g. to sort fds
-/// passed in by another program. Throws std::system_error: EBADF for a
-/// closed fd, EINVAL for an fd that is not a namespace or of a kind gonso
-/// does not know.
-[[nodiscard]] inline Kind kind_of(int fd) {
-  struct statfs fs {};
-  if (::fstatfs(fd, &fs) != 0) throw detail::system_error(errno, "cannot inspect fd {}", fd);
-  if (fs.f_type != detail::nsfs_magic) throw detail::system_error(EINVAL, "fd {} is not a namespace", fd);
-  const int type = detail::ns_type(fd);
-  if (type < 0) throw detail::system_error(errno, "cannot read the namespace type of fd {}", fd);
-  for (Kind kind : all_kinds) {
-    if (clone_flag(kind) == type) return kind;
-  }
-  throw detail::system_error(EINVAL, "fd {} is a namespace of unknown type {:#x}", fd, type);
-}
-
-class Executor;
-
 /// A value type holding one namespace per kind, each as an owned,
 /// close-on-exec fd. Holding the fd keeps the namespace alive. Copying
 /// duplicates the fds; moving is noexcept and leaves the source empty.
@@ -235,21 +217,7 @@ class Set {
   /// a user or time namespace other than the calling thread's, which the
   /// kernel lets only a single-threaded process join (run_in_process and
   /// spawn do that in a child). Reads the caller's own from /proc.
-  [[nodiscard]] bool thread_joinable() const {
-    for (Kind kind : {Kind::user, Kind::time}) {
-      if (!kinds_.contains(kind)) continue;
-      // On a worker (a nested run) /proc may be another mount namespace's.
-      const bool worker = detail::worker_ns_dir >= 0;
-      const std::string link = std::string(worker ? "" : "/proc/thread-self/ns/") + std::string(name(kind));
-      Identity own{};
-      if (const int err = detail::stat_ns(worker ? detail::worker_ns_dir : AT_FDCWD, link.c_str(), kind, own);
-          err != 0) {
-        throw detail::system_error(err, "cannot read this thread's {} namespace", kind);
-      }
-      if (own != ns_[detail::index_of(kind)].id) return false;
-    }
-    return true;
-  }
+  [[nodiscard]] bool thread_joinable() const { return detail::thread_can_join(ns_, kinds_); }
   /// False for a value that is not a kind (is_kind).
   [[nodiscard]] bool contains(Kind kind) const noexcept { return kinds_.contains(kind); }
   [[nodiscard]] bool empty() const noexcept { return kinds_.empty(); }
@@ -445,29 +413,14 @@ class Set {
     }
   }
 
-  static Set from_proc_dir(int dirfd, std::string_view prefix, Kinds kinds, std::string_view whose) {
-    Set set;
-    for (Kind kind : kinds) {
-      const std::string path = fmt::format("{}{}", prefix, name(kind));
-      set.put(kind, detail::open_ns(dirfd, path.c_str(), kind, fmt::format("{} of {}", path, whose)));
-    }
-    return set;
-  }
+  // Adopts what was opened.
+  explicit Set(detail::opened_ns&& opened) noexcept : kinds_(opened.kinds), ns_(std::move(opened.ns)) {}
 
+  static Set from_proc_dir(int dirfd, std::string_view prefix, Kinds kinds, std::string_view whose) {
+    return Set(detail::open_proc_ns(dirfd, prefix, kinds, whose));
+  }
   static Set from_dir_impl(const std::filesystem::path& dir, Kinds kinds, bool missing_ok) {
-    detail::unique_fd dirfd(::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
-    if (!dirfd) throw detail::system_error(errno, "cannot open namespace folder {}", dir.native());
-    Set set;
-    for (Kind kind : kinds) {
-      const std::string path = (dir / name(kind)).native();
-      detail::ns_handle ns = detail::open_ns(dirfd.get(), std::string(name(kind)).c_str(), kind, path, missing_ok);
-      if (ns.fd) set.put(kind, std::move(ns));
-    }
-    if (set.empty()) {
-      throw detail::system_error(ENOENT, "cannot open namespace folder {}: it holds no namespace file of {}",
-                                 dir.native(), kinds);
-    }
-    return set;
+    return Set(detail::open_ns_folder(dir, kinds, missing_ok));
   }
 
   // Runs on a worker thread that has joined this Set.

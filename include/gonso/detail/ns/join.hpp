@@ -10,11 +10,13 @@
 #include <cerrno>
 #include <cstddef>
 #include <string>
+#include <system_error>
 
 #include <fmt/format.h>
 
 #include <gonso/detail/ns/kinds.hpp>
 #include <gonso/detail/ns/ns_file.hpp>
+#include <gonso/detail/sys/error.hpp>
 #include <gonso/detail/sys/unique_fd.hpp>
 #include <gonso/kind.hpp>
 
@@ -84,6 +86,25 @@ struct join_plan {
 [[nodiscard]] inline std::string join_failure(const join_plan& plan, const ns_handles& ns, std::size_t index) {
   const Kind kind = plan.steps[index].kind;
   return fmt::format("cannot join {} namespace {}", kind, ns[index_of(kind)].id);
+}
+
+/// Set::thread_joinable: whether the calling thread's user and time
+/// namespaces are those `kinds` of `ns` holds, as no thread of a
+/// multithreaded process can join others. Throws std::system_error when the
+/// thread's own cannot be read.
+[[nodiscard]] inline bool thread_can_join(const ns_handles& ns, Kinds kinds) {
+  for (Kind kind : {Kind::user, Kind::time}) {
+    if (!kinds.contains(kind)) continue;
+    // On a worker (a nested run) /proc may be another mount namespace's.
+    const bool worker = worker_ns_dir >= 0;
+    const std::string link = std::string(worker ? "" : "/proc/thread-self/ns/") + std::string(name(kind));
+    Identity own{};
+    if (const int err = stat_ns(worker ? worker_ns_dir : AT_FDCWD, link.c_str(), kind, own); err != 0) {
+      throw system_error(err, "cannot read this thread's {} namespace", kind);
+    }
+    if (own != ns[index_of(kind)].id) return false;
+  }
+  return true;
 }
 
 }  // namespace gonso::detail

@@ -9,10 +9,13 @@
 
 #include <array>
 #include <cerrno>
+#include <filesystem>
 #include <iterator>
 #include <memory>
 #include <string>
 #include <string_view>
+
+#include <fmt/format.h>
 
 #include <gonso/detail/ns/kinds.hpp>
 #include <gonso/detail/sys/error.hpp>
@@ -118,6 +121,45 @@ inline thread_local int worker_ns_dir = -1;
   for (Kind kind : kinds)
     fmt::format_to(std::back_inserter(out), "{}{}", out.size() > 1 ? ", " : "", ns[index_of(kind)].id);
   return out + "}";
+}
+
+/// Namespaces opened together, for a Set to adopt.
+struct opened_ns {
+  ns_handles ns{};
+  Kinds kinds;
+  void put(Kind kind, ns_handle&& handle) noexcept {
+    ns[index_of(kind)] = std::move(handle);
+    kinds |= kind;
+  }
+};
+
+/// `kinds` from a /proc/PID/ns-like folder: `prefix` + name under `dirfd`.
+/// `whose` says whose they are in messages ("pid 42", "this thread").
+[[nodiscard]] inline opened_ns open_proc_ns(int dirfd, std::string_view prefix, Kinds kinds, std::string_view whose) {
+  opened_ns out;
+  for (Kind kind : kinds) {
+    const std::string path = fmt::format("{}{}", prefix, name(kind));
+    out.put(kind, open_ns(dirfd, path.c_str(), kind, fmt::format("{} of {}", path, whose)));
+  }
+  return out;
+}
+
+/// `kinds` from a folder of namespace files named as in /proc/PID/ns; with
+/// `missing_ok`, whichever of them it has, but at least one (ENOENT).
+[[nodiscard]] inline opened_ns open_ns_folder(const std::filesystem::path& dir, Kinds kinds, bool missing_ok) {
+  const unique_fd dirfd(::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!dirfd) throw system_error(errno, "cannot open namespace folder {}", dir.native());
+  opened_ns out;
+  for (Kind kind : kinds) {
+    const std::string path = (dir / name(kind)).native();
+    ns_handle ns = open_ns(dirfd.get(), std::string(name(kind)).c_str(), kind, path, missing_ok);
+    if (ns.fd) out.put(kind, std::move(ns));
+  }
+  if (out.kinds.empty()) {
+    throw system_error(ENOENT, "cannot open namespace folder {}: it holds no namespace file of {}", dir.native(),
+                       kinds);
+  }
+  return out;
 }
 
 }  // namespace gonso::detail

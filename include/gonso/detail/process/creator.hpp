@@ -153,6 +153,102 @@ inline std::shared_ptr<void> adopt_init(pid_t creator, pid_t init, unique_fd lif
   return std::make_shared<pid_init>(std::move(lifeline), std::move(pidfd));
 }
 
+/// Everything one creation needs, made before the fork: the child may not
+/// allocate. Not movable: the task points into it.
+struct creation {
+  join_plan plan;
+  Kinds kinds;
+  // A user namespace nested in the Set's, when that is not the caller's:
+  // the caller may not write its maps, a helper in the Set's does.
+  bool nested_user = false;
+  bool deny_setgroups = false;
+  pipe_fds report = make_pipe();
+  pipe_fds go = make_pipe();
+  pipe_fds lifeline;
+  std::string offsets;
+  std::string uid_map;
+  std::string gid_map;
+  creator_task task;
+
+  creation(const ns_handles& from, Kinds from_kinds, Kinds new_kinds, const UnshareOptions& options)
+      : plan(plan_join(from, from_kinds)), kinds(new_kinds), offsets(offsets_text(options)) {
+    if (kinds.contains(Kind::user) && from_kinds.contains(Kind::user)) {
+      Identity own{};
+      nested_user =
+          stat_ns(AT_FDCWD, "/proc/thread-self/ns/user", Kind::user, own) != 0 || own != from[index_of(Kind::user)].id;
+    }
+    if (kinds.contains(Kind::pid)) lifeline = make_pipe();
+    // Maps in the ids of the new namespace's parent; for a nested one the
+    // helper fills in its own id there when none are given.
+    if (!nested_user || !options.uid_map.empty()) uid_map = map_text(options.uid_map, ::geteuid());
+    if (!nested_user || !options.gid_map.empty()) gid_map = map_text(options.gid_map, ::getegid());
+    deny_setgroups = !nested_user && !has_capability(CAP_SETGID);
+    task.plan = plan;
+    task.kinds = kinds;
+    task.report = report.write.get();
+    task.go = go.read.get();
+    task.lifeline = lifeline.read.get();
+    task.propagation = propagation_flag(options.propagation);
+    task.time_offsets = &offsets;
+    task.maps_from_inside = nested_user;
+    task.uid_map = &uid_map;
+    task.gid_map = &gid_map;
+  }
+  creation(const creation&) = delete;
+  creation& operator=(const creation&) = delete;
+};
+
+/// The process that creates, when it is not the child but the child's own
+/// child (forked into a joined pid or time namespace): not ours to reap, so
+/// only killed, before the child's guard kills and reaps the child.
+struct grandchild {
+  pid_t pid = -1;
+  grandchild() noexcept = default;
+  grandchild(const grandchild&) = delete;
+  grandchild& operator=(const grandchild&) = delete;
+  ~grandchild() {
+    if (pid > 0) ::kill(pid, SIGKILL);
+  }
+};
+
+/// The parent's side of the conversation with the creator `child`, until it
+/// is ready: every message is untrusted bytes, decoded and checked for its
+/// place in the conversation, and pids in them against the kernel's view.
+/// Returns the pid of the process that created (the child or `inner`), and
+/// sets `init` once the new pid namespace's init is known.
+[[nodiscard]] inline pid_t converse(creation& c, pid_t child, const ns_handles& from, grandchild& inner,
+                                    std::shared_ptr<void>& init) {
+  pid_t creator = child;
+  creator_protocol protocol(c.plan.fork_after, c.kinds.contains(Kind::user) && !c.nested_user,
+                            c.kinds.contains(Kind::pid) && !c.plan.fork_after);
+  for (bool over = false; !over;) {
+    std::array<std::byte, sizeof(creator_message)> bytes{};
+    const std::size_t got = read_records(c.report.read.get(), bytes, /*one=*/true);
+    if (got == 0) throw system_error(ECHILD, "the child creating {} namespaces ended early", c.kinds);
+    const creator_message m = decode_creator_message(std::span(bytes.data(), got), c.plan.count);
+    over = protocol.accept(m);
+    if (m.what == creator_says::creator_pid) {
+      if (!is_child_of(child, m.value)) {
+        throw system_error(EPROTO, "the child creating {} namespaces named pid {}, not its own child", c.kinds,
+                           m.value);
+      }
+      creator = inner.pid = m.value;
+    } else if (m.what == creator_says::init_pid) {
+      init = adopt_init(creator, m.value, std::move(c.lifeline.write));
+    } else if (m.what == creator_says::user_created) {
+      if (c.deny_setgroups) write_proc_file(creator, "setgroups", "deny");
+      write_proc_file(creator, "uid_map", c.uid_map);
+      write_proc_file(creator, "gid_map", c.gid_map);
+      const char byte = 'g';
+      if (!write_all(c.go.write.get(), &byte, 1))
+        throw system_error(errno, "cannot wake the child creating {} namespaces", c.kinds);
+    } else if (m.what == creator_says::failed) {
+      throw std::system_error(m.err, std::generic_category(), creator_error(m, c.plan, from, c.kinds));
+    }
+  }
+  return creator;
+}
+
 /// Set::unshare's engine where a thread cannot do it: a child joins `from`
 /// (user and time included), creates `kinds` there (a new user namespace
 /// first, the rest inside it, so owned by it) and waits while the caller
@@ -167,96 +263,26 @@ inline std::shared_ptr<void> adopt_init(pid_t creator, pid_t init, unique_fd lif
                        "namespace (as inside Set::run of a Set holding one); call unshare outside",
                        kinds);
   }
-  // A user namespace nested in the Set's, when that is not the caller's:
-  // the caller may not write its maps, a helper in the Set's does.
-  bool nested_user = false;
-  if (kinds.contains(Kind::user) && from_kinds.contains(Kind::user)) {
-    Identity own{};
-    nested_user =
-        stat_ns(AT_FDCWD, "/proc/thread-self/ns/user", Kind::user, own) != 0 || own != from[index_of(Kind::user)].id;
-  }
-  const join_plan plan = plan_join(from, from_kinds);
-  pipe_fds report = make_pipe();
-  pipe_fds go = make_pipe();
-  pipe_fds lifeline;
-  if (kinds.contains(Kind::pid)) lifeline = make_pipe();
-  const std::string offsets = offsets_text(options);
-  creator_task task;
-  task.plan = plan;
-  task.kinds = kinds;
-  task.report = report.write.get();
-  task.go = go.read.get();
-  task.lifeline = lifeline.read.get();
-  task.propagation = propagation_flag(options.propagation);
-  task.time_offsets = &offsets;
-  // Prepared before the fork: the child may not allocate.
-  // Maps in the ids of the new namespace's parent; for a nested one the
-  // helper fills in its own id there when none are given.
-  const std::string uid_map =
-      nested_user && options.uid_map.empty() ? std::string() : map_text(options.uid_map, ::geteuid());
-  const std::string gid_map =
-      nested_user && options.gid_map.empty() ? std::string() : map_text(options.gid_map, ::getegid());
-  const bool deny_setgroups = !nested_user && !has_capability(CAP_SETGID);
-  task.maps_from_inside = nested_user;
-  task.uid_map = &uid_map;
-  task.gid_map = &gid_map;
-
+  creation c(from, from_kinds, kinds, options);
   const pid_t parent = ::getpid();
   const pid_t child = raw_fork();
   if (child < 0) throw system_error(errno, "cannot fork a child process to create {} namespaces", kinds);
-  if (child == 0) creator_main(task, parent);
+  if (child == 0) creator_main(c.task, parent);
   const child_guard guard(child);
-  // The process that creates: the child, or its own child when it forked
-  // into a joined pid or time namespace. That one is not ours to reap: it
-  // is killed before the guard kills and reaps the child.
-  pid_t creator = child;
-  struct grandchild {
-    pid_t pid = -1;
-    ~grandchild() {
-      if (pid > 0) ::kill(pid, SIGKILL);
-    }
-  } inner;
-  report.write.reset();
-  go.read.reset();
-  lifeline.read.reset();
+  grandchild inner;
+  c.report.write.reset();
+  c.go.read.reset();
+  c.lifeline.read.reset();
 
   std::shared_ptr<void> init;  // owns the new pid namespace's init as soon as it exists
-  // Every message is untrusted bytes, decoded and checked for its place in
-  // the conversation; pids in them are checked against the kernel's view.
-  creator_protocol protocol(plan.fork_after, kinds.contains(Kind::user) && !nested_user,
-                            kinds.contains(Kind::pid) && !plan.fork_after);
-  for (bool over = false; !over;) {
-    std::array<std::byte, sizeof(creator_message)> bytes{};
-    const std::size_t got = read_records(report.read.get(), bytes, /*one=*/true);
-    if (got == 0) throw system_error(ECHILD, "the child creating {} namespaces ended early", kinds);
-    const creator_message m = decode_creator_message(std::span(bytes.data(), got), plan.count);
-    over = protocol.accept(m);
-    if (m.what == creator_says::creator_pid) {
-      if (!is_child_of(child, m.value)) {
-        throw system_error(EPROTO, "the child creating {} namespaces named pid {}, not its own child", kinds, m.value);
-      }
-      creator = inner.pid = m.value;
-    } else if (m.what == creator_says::init_pid) {
-      init = adopt_init(creator, m.value, std::move(lifeline.write));
-    } else if (m.what == creator_says::user_created) {
-      if (deny_setgroups) write_proc_file(creator, "setgroups", "deny");
-      write_proc_file(creator, "uid_map", uid_map);
-      write_proc_file(creator, "gid_map", gid_map);
-      const char byte = 'g';
-      if (!write_all(go.write.get(), &byte, 1))
-        throw system_error(errno, "cannot wake the child creating {} namespaces", kinds);
-    } else if (m.what == creator_says::failed) {
-      throw std::system_error(m.err, std::generic_category(), creator_error(m, plan, from, kinds));
-    }
-  }
-
+  const pid_t creator = converse(c, child, from, inner, init);
   ns_handles made{};
   for (Kind kind : kinds) {
     const std::string path = fmt::format("/proc/{}/ns/{}", creator, thread_link(kind));
     made[index_of(kind)] = open_ns(AT_FDCWD, path.c_str(), kind, path);
   }
   if (kinds.contains(Kind::pid)) {
-    if (!init) init = adopt_init(creator, -1, std::move(lifeline.write));
+    if (!init) init = adopt_init(creator, -1, std::move(c.lifeline.write));
     made[index_of(Kind::pid)].keep_alive = std::move(init);
   }
   return made;

@@ -150,6 +150,51 @@ inline void unshare_user_with_maps_from_parent(const creator_task& task, int pro
   ::close(self);
 }
 
+/// The creator joined a pid or time namespace, which changed only where its
+/// children go, and a new pid namespace nests in the creator's own, not in
+/// the one its children would get: the rest is done by a child that is
+/// fully inside, while this process only relays how it ends. The child
+/// speaks only after its pid reached the parent, whose messages would
+/// otherwise race with ours.
+inline void fork_into_joined(const creator_task& task) noexcept {
+  int order[2];
+  if (::pipe2(order, O_CLOEXEC) != 0) creator_fail(task.report, step_fork);
+  const pid_t inner = raw_fork();
+  if (inner < 0) creator_fail(task.report, step_fork);
+  if (inner > 0) {
+    creator_send(task.report, creator_says::creator_pid, inner);
+    const char go = 'p';
+    (void)write_all(order[1], &go, 1);
+    exit_like(reap(inner));
+  }
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (!read_byte(order[0])) ::_exit(1);
+}
+
+/// Starts the init of the new pid namespace (pid_init_main).
+inline void start_init(const creator_task& task) noexcept {
+  // The init is a copy of this process, with the application's signal
+  // handlers: a signal arriving before it masks them would run one in
+  // there (and could end the namespace). It is born with every signal
+  // blocked instead; we only wait to be killed.
+  mask_signals(true);
+  if (!task.plan.fork_after) {
+    // Make the init a child of the caller (CLONE_PARENT), so that the
+    // caller reaps it when the namespace is let go: an orphan's new parent
+    // may not reap at all. Raw clone: the init makes only system calls.
+    const pid_t init = raw_clone(CLONE_PARENT | SIGCHLD);
+    if (init < 0) creator_fail(task.report, step_fork_init);
+    if (init == 0) pid_init_main(task.lifeline);
+    creator_send(task.report, creator_says::init_pid, init);
+  } else {
+    // Nested in a pid namespace the caller cannot see into: the init stays
+    // our child, and when we die it goes to that namespace's own init.
+    const pid_t init = raw_fork();
+    if (init < 0) creator_fail(task.report, step_fork_init);
+    if (init == 0) pid_init_main(task.lifeline);
+  }
+}
+
 /// The body of the creating child. Only system calls and no allocation: it
 /// is cloned (raw_fork, no pthread_atfork handlers) from a process that may
 /// have many threads.
@@ -168,24 +213,7 @@ inline void unshare_user_with_maps_from_parent(const creator_task& task, int pro
   // A non-dumpable process cannot have its maps written, and becoming root
   // of a joined user namespace changed our ids, which makes one non-dumpable.
   ::prctl(PR_SET_DUMPABLE, 1);
-  if (task.plan.fork_after) {
-    // A new pid namespace nests in the creator's own, not in the one its
-    // children would get: create from a process that is fully inside. It
-    // speaks only after its pid reached the parent, whose messages would
-    // otherwise race with ours.
-    int order[2];
-    if (::pipe2(order, O_CLOEXEC) != 0) creator_fail(task.report, step_fork);
-    const pid_t inner = raw_fork();
-    if (inner < 0) creator_fail(task.report, step_fork);
-    if (inner > 0) {
-      creator_send(task.report, creator_says::creator_pid, inner);
-      const char go = 'p';
-      (void)write_all(order[1], &go, 1);
-      exit_like(reap(inner));
-    }
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (!read_byte(order[0])) ::_exit(1);
-  }
+  if (task.plan.fork_after) fork_into_joined(task);
   if (task.kinds.contains(Kind::user) && task.maps_from_inside) {
     unshare_user_with_maps_from_parent(task, proc);
   } else if (task.kinds.contains(Kind::user)) {
@@ -208,28 +236,7 @@ inline void unshare_user_with_maps_from_parent(const creator_task& task, int pro
       ::mount(nullptr, "/", nullptr, MS_REC | task.propagation, nullptr) != 0) {
     creator_fail(task.report, step_propagation);
   }
-  if (rest.contains(Kind::pid)) {
-    // The init is a copy of this process, with the application's signal
-    // handlers: a signal arriving before it masks them would run one in
-    // there (and could end the namespace). It is born with every signal
-    // blocked instead; we only wait to be killed.
-    mask_signals(true);
-    if (!task.plan.fork_after) {
-      // Make the init a child of the caller (CLONE_PARENT), so that the
-      // caller reaps it when the namespace is let go: an orphan's new parent
-      // may not reap at all. Raw clone: the init makes only system calls.
-      const auto init = static_cast<pid_t>(::syscall(SYS_clone, CLONE_PARENT | SIGCHLD, nullptr, nullptr, nullptr, 0));
-      if (init < 0) creator_fail(task.report, step_fork_init);
-      if (init == 0) pid_init_main(task.lifeline);
-      creator_send(task.report, creator_says::init_pid, init);
-    } else {
-      // Nested in a pid namespace the caller cannot see into: the init stays
-      // our child, and when we die it goes to that namespace's own init.
-      const pid_t init = raw_fork();
-      if (init < 0) creator_fail(task.report, step_fork_init);
-      if (init == 0) pid_init_main(task.lifeline);
-    }
-  }
+  if (rest.contains(Kind::pid)) start_init(task);
   creator_send(task.report, creator_says::ready);
   for (;;) ::pause();  // the parent opens our namespaces, then kills us
 }
