@@ -23,7 +23,7 @@ namespace gonso {
 /// pair `readlink /proc/PID/ns/KIND` shows as "net:[4026531840]"), and the
 /// kernel's 64-bit namespace id where the kernel has NS_GET_ID (6.x).
 ///
-/// Inode numbers are reused soon after a namespace dies (the README's kernel rules);
+/// Inode numbers are reused soon after a namespace dies (the README, "How namespaces behave");
 /// ids never are. Two identities are equal when both have an id and the ids
 /// match, or, when either lacks one (read with stat(2), or an older kernel),
 /// when kind, device and inode match: compare those only for namespaces that

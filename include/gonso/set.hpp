@@ -325,7 +325,7 @@ class Set {
   /// Throws, before starting anything: std::logic_error for an empty Set;
   /// std::system_error(EINVAL) when the Set holds a user or time namespace
   /// other than the process's own, as no thread of a multithreaded process
-  /// can join those (the README's kernel rules). Throws
+  /// can join those (the README, "How namespaces behave"). Throws
   /// std::system_error when joining fails, e.g. "cannot join net namespace
   /// net:[4026532008]: Operation not permitted".
   template <typename F>

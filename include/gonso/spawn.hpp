@@ -22,7 +22,7 @@ namespace gonso {
 ///
 /// The program is a direct child of the caller, also in a pid or time
 /// namespace: there the child joins and clones the program with
-/// CLONE_PARENT, so that it is inside the namespace (the README's kernel rules, "pid").
+/// CLONE_PARENT, so that it is inside the namespace (the README, "How namespaces behave", "pid").
 /// It gets fds 0, 1 and 2 only (as `options` says), every other fd of the
 /// caller being close-on-exec for it; default signal dispositions and an
 /// empty signal mask; and no death signal: like posix_spawn(3)'s, it outlives

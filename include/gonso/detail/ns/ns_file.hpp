@@ -107,7 +107,7 @@ inline thread_local int worker_ns_dir = -1;
 
 /// The inode of the namespace link `path` (relative to `dirfd`), from
 /// readlink(2): unlike stat(2) it does not make the namespace's nsfs inode,
-/// which halves the cost of a look here (the README's kernel rules). 0 on any failure.
+/// which halves the cost of a look here (the README, "How namespaces behave"). 0 on any failure.
 [[nodiscard]] inline ino_t read_ns_link(int dirfd, const char* path) noexcept {
   char text[64];
   const ssize_t n = ::readlinkat(dirfd, path, text, sizeof text);

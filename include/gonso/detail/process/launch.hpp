@@ -68,7 +68,7 @@ inline int kill_and_reap(const unique_fd& pidfd) noexcept {
 /// caller's code, unsafe in a child that may only make system calls; glibc's
 /// posix_spawn skips them too), and a sanitizer does not start a thread in
 /// it (ThreadSanitizer does after forking a single-threaded process, and a
-/// second thread makes setns of mnt, user and time fail, the README's kernel rules).
+/// second thread makes setns of mnt, user and time fail, the README, "How namespaces behave").
 [[nodiscard]] inline pid_t raw_fork() noexcept { return static_cast<pid_t>(::syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0)); }
 
 /// clone(2) with `flags` and no new stack, as a raw system call, for a child

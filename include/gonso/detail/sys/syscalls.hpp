@@ -45,7 +45,7 @@ inline constexpr long nsfs_magic = 0x6e736673;
 }
 
 #ifndef NS_GET_ID
-// Kernel 6.x; not yet in the installed headers (the README's kernel rules).
+// Kernel 6.x; not yet in the installed headers (the README, "How namespaces behave").
 #define NS_GET_ID _IOR(NSIO, 13, __u64)  // NOLINT(cppcoreguidelines-macro-usage)
 #endif
 

@@ -42,7 +42,7 @@ void join_kinds(const ns_handles& target, Kinds kinds, Here&& here, Kinds& joine
     if (here(kind) == ns.id) continue;
     if (kind == Kind::mnt && !fs_private) {
       // setns(CLONE_NEWNS) is refused while the thread shares its root and cwd
-      // with the process (the README's kernel rules, mount).
+      // with the process (the README, "How namespaces behave", mount).
       if (const int err = unshare_ns(CLONE_FS); err != 0) {
         throw system_error(err, "cannot unshare filesystem attributes to join {}", ns.id);
       }
@@ -57,7 +57,7 @@ void join_kinds(const ns_handles& target, Kinds kinds, Here&& here, Kinds& joine
 
 /// Opens the calling thread's namespaces of every watched kind. A kernel
 /// without time namespaces, or a pid_for_children not yet set up
-/// (the README's kernel rules, pid), leaves that kind empty.
+/// (the README, "How namespaces behave", pid), leaves that kind empty.
 [[nodiscard]] inline ns_handles open_thread_ns(int ns_dir) {
   ns_handles out{};
   for (Kind kind : watched_kinds) {
@@ -78,7 +78,7 @@ void join_kinds(const ns_handles& target, Kinds kinds, Here&& here, Kinds& joine
 /// A thread that joins some namespaces once and then only sleeps, so that
 /// its namespaces never change: a worker goes back to all of them with one
 /// setns(2) on the anchor's pidfd, which costs about as much as one setns
-/// on an fd (the README's kernel rules, pidfd). Joining through a pidfd never
+/// on an fd (the README, "How namespaces behave", pidfd). Joining through a pidfd never
 /// checks first, so it also undoes whatever a callable changed that gonso
 /// did not join: checking each kind would cost far more.
 class anchor {
@@ -115,7 +115,7 @@ class anchor {
   [[nodiscard]] const Identity& active_pid() const noexcept { return active_pid_; }
   /// Its user and (active) time namespaces: those of every thread of the
   /// process while the anchor lives, since no thread of a multithreaded
-  /// process can change either (the README's kernel rules).
+  /// process can change either (the README, "How namespaces behave").
   [[nodiscard]] const Identity& user() const noexcept { return user_; }
   [[nodiscard]] const Identity& time() const noexcept { return time_; }
 

@@ -18,7 +18,7 @@ namespace gonso::detail {
 /// How long a thread that waits for another spins before it sleeps. Waking a
 /// sleeping thread on another CPU costs 25-60 us on the machines gonso is
 /// measured on, while a spinning one answers in well under a microsecond
-/// (the README's kernel rules); spinning about as long as a wake-up costs bounds the
+/// (the README, "How namespaces behave"); spinning about as long as a wake-up costs bounds the
 /// waste at twice the best case either way.
 inline constexpr std::chrono::microseconds default_spin{50};
 /// Longer spins are cut to this: a waiter must never keep a CPU for long.

@@ -64,7 +64,7 @@ inline std::atomic<long long>& spin_ns() noexcept {
 
 /// Throws std::system_error(EINVAL) unless the namespace `kinds` holds of
 /// `kind` (user or time) is the calling thread's own. A thread of a
-/// multithreaded process can join no other (the README's kernel rules), and every
+/// multithreaded process can join no other (the README, "How namespaces behave"), and every
 /// thread of a process shares its user and time namespaces, so the caller's
 /// are the ones a worker would have. `home`, when there is one, knows them
 /// already: reading them from /proc costs more than the rest of a run.

@@ -281,7 +281,7 @@ inline void worker::join(const job& work, Kinds& joined) {
     return link_identity(kind, target[index_of(kind)].id.device);
   };
   if (work.pidfd >= 0) {
-    // One setns(2) on a pidfd joins several kinds at once (the README's kernel rules:
+    // One setns(2) on a pidfd joins several kinds at once (the README, "How namespaces behave":
     // ~1.0 us for four kinds against ~2.9 us for four calls). Never mnt this
     // way: from a thread that shares its fs_struct it would move the root and
     // cwd of every thread. The process may have moved since the Set was
@@ -308,7 +308,7 @@ inline bool worker::go_home(Kinds joined) noexcept {
 // anchor's pidfd does not undo.
 inline bool worker::still_in_place() const noexcept {
   // Root and cwd are still the process's, which also means the mount
-  // namespace is: unsharing one unshares them (the README's kernel rules, mount).
+  // namespace is: unsharing one unshares them (the README, "How namespaces behave", mount).
   // A worker that joined its home's mount namespace has root and cwd of its
   // own by design, and goes back to them through the pidfd.
   if (!joined_mnt_ && ::syscall(SYS_kcmp, tid_, home_tid_, KCMP_FS, 0UL, 0UL) != 0) return false;
