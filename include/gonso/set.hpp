@@ -3,31 +3,21 @@
 #pragma once
 
 #include <fcntl.h>
-#include <linux/capability.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
-#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 
-#include <cxxabi.h>
-
-#include <atomic>
 #include <cerrno>
-#include <charconv>
-#include <chrono>
 #include <cstdint>
-#include <cstdio>
-#include <exception>
 #include <filesystem>
-#include <functional>
 #include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
-#include <vector>
 
 #include <fmt/format.h>
 
@@ -36,7 +26,6 @@
 #include <gonso/detail/ns/ns_file.hpp>
 #include <gonso/detail/process/creator.hpp>
 #include <gonso/detail/process/in_process.hpp>
-#include <gonso/detail/process/launch.hpp>
 #include <gonso/detail/set_access.hpp>
 #include <gonso/detail/sys/error.hpp>
 #include <gonso/detail/sys/io.hpp>

@@ -64,13 +64,6 @@ inline int kill_and_reap(const unique_fd& pidfd) noexcept {
 /// threads may hold at the fork).
 [[nodiscard]] inline pid_t fork_for_callable() noexcept { return ::fork(); }
 
-/// fork(2) as a raw clone: the child gets no pthread_atfork handlers (the
-/// caller's code, unsafe in a child that may only make system calls; glibc's
-/// posix_spawn skips them too), and a sanitizer does not start a thread in
-/// it (ThreadSanitizer does after forking a single-threaded process, and a
-/// second thread makes setns of mnt, user and time fail, the README, "How namespaces behave").
-[[nodiscard]] inline pid_t raw_fork() noexcept { return static_cast<pid_t>(::syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0)); }
-
 /// clone(2) with `flags` and no new stack, as a raw system call, for a child
 /// that makes only system calls: CLONE_PARENT makes it a sibling of the
 /// caller, so that the caller (not the process cloning) reaps it. Argument
@@ -79,10 +72,17 @@ inline int kill_and_reap(const unique_fd& pidfd) noexcept {
   return static_cast<pid_t>(::syscall(SYS_clone, flags, nullptr, nullptr, nullptr, 0));
 }
 
+/// fork(2) as a raw clone: the child gets no pthread_atfork handlers (the
+/// caller's code, unsafe in a child that may only make system calls; glibc's
+/// posix_spawn skips them too), and a sanitizer does not start a thread in
+/// it (ThreadSanitizer does after forking a single-threaded process, and a
+/// second thread makes setns of mnt, user and time fail, the README, "How namespaces behave").
+[[nodiscard]] GONSO_CHILD_CODE inline pid_t raw_fork() noexcept { return raw_clone(SIGCHLD); }
+
 /// clone(2) running `fn(arg)` on `stack` (its top), for a child that shares
 /// the caller's memory (CLONE_VM | CLONE_VFORK, as posix_spawn does) and so
-/// needs a stack of its own. The one libc call among the four: glibc's
-/// clone() is the assembly stub that switches stacks; it takes no lock and
+/// needs a stack of its own. Like fork_for_callable a libc call, as glibc's
+/// clone() is the assembly stub that switches stacks: it takes no lock and
 /// runs no handler. With CLONE_PIDFD the child's pidfd lands in `*pidfd`.
 [[nodiscard]] GONSO_CHILD_CODE inline pid_t clone_on_stack(int (*fn)(void*), unsigned char* stack, int flags, void* arg,
                                                            int* pidfd) noexcept {
