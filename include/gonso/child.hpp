@@ -18,7 +18,7 @@
 #include <string>
 #include <utility>
 
-#include <fmt/format.h>
+#include <fmt/core.h>
 
 #include <gonso/detail/process/children.hpp>
 #include <gonso/detail/process/launch.hpp>

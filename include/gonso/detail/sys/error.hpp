@@ -6,7 +6,7 @@
 #include <system_error>
 #include <utility>
 
-#include <fmt/format.h>
+#include <fmt/core.h>
 
 // On a function that catches abi::__forced_unwind (pthread_exit, pthread_cancel)
 // by reference, as the C++ ABI has it be caught. That exception has no object,
