@@ -24,7 +24,12 @@
 #include <utility>
 #include <vector>
 
-#include "support.hpp"
+#include "support/baseline.hpp"
+#include "support/fixtures.hpp"
+#include "support/kernel_view.hpp"
+#include "support/mounts.hpp"
+#include "support/privilege.hpp"
+#include "support/tools.hpp"
 
 #include <gonso/executor.hpp>
 #include <gonso/netns.hpp>

@@ -16,7 +16,10 @@
 #include <utility>
 #include <vector>
 
-#include "support.hpp"
+#include "support/cases.hpp"
+#include "support/kernel_view.hpp"
+#include "support/poll.hpp"
+#include "support/privilege.hpp"
 
 #include <gonso/executor.hpp>
 #include <gonso/pool.hpp>

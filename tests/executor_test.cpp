@@ -21,7 +21,8 @@
 #include <gonso/executor.hpp>
 #include <gonso/workers.hpp>
 
-#include "support.hpp"
+#include "support/kernel_view.hpp"
+#include "support/privilege.hpp"
 
 using gonso::Executor;
 using gonso::Kind;

@@ -32,7 +32,13 @@
 #include <gonso/spawn.hpp>
 #include <gonso/workers.hpp>
 
-#include "support.hpp"
+#include "support/baseline.hpp"
+#include "support/cases.hpp"
+#include "support/fixtures.hpp"
+#include "support/kernel_view.hpp"
+#include "support/mounts.hpp"
+#include "support/poll.hpp"
+#include "support/privilege.hpp"
 
 using gonso::Kind;
 using gonso::Kinds;

@@ -22,7 +22,14 @@
 #include <thread>
 #include <vector>
 
-#include "support.hpp"
+#include "support/attackers.hpp"
+#include "support/baseline.hpp"
+#include "support/cases.hpp"
+#include "support/fixtures.hpp"
+#include "support/kernel_view.hpp"
+#include "support/mounts.hpp"
+#include "support/privilege.hpp"
+#include "support/tools.hpp"
 
 #include <gonso/netns.hpp>
 #include <gonso/persist.hpp>

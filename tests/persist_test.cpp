@@ -33,7 +33,14 @@
 #include <utility>
 #include <vector>
 
-#include "support.hpp"
+#include "support/attackers.hpp"
+#include "support/baseline.hpp"
+#include "support/cases.hpp"
+#include "support/fixtures.hpp"
+#include "support/kernel_view.hpp"
+#include "support/mounts.hpp"
+#include "support/privilege.hpp"
+#include "support/tools.hpp"
 
 #include <gonso/persist.hpp>
 #include <gonso/spawn.hpp>

@@ -35,7 +35,8 @@
 #include <gonso/set.hpp>
 #include <gonso/workers.hpp>
 
-#include "support.hpp"
+#include "support/kernel_view.hpp"
+#include "support/privilege.hpp"
 
 namespace {
 

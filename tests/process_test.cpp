@@ -28,7 +28,12 @@
 #include <thread>
 #include <vector>
 
-#include "support.hpp"
+#include "support/cases.hpp"
+#include "support/fixtures.hpp"
+#include "support/kernel_view.hpp"
+#include "support/mounts.hpp"
+#include "support/privilege.hpp"
+#include "support/tools.hpp"
 
 #include <gonso/pool.hpp>
 #include <gonso/spawn.hpp>

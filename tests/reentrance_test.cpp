@@ -8,7 +8,9 @@
 #include <string>
 #include <utility>
 
-#include "support.hpp"
+#include "support/kernel_view.hpp"
+#include "support/poll.hpp"
+#include "support/privilege.hpp"
 
 #include <gonso/executor.hpp>
 #include <gonso/pool.hpp>

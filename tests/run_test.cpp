@@ -15,7 +15,9 @@
 #include <thread>
 #include <vector>
 
-#include "support.hpp"
+#include "support/fixtures.hpp"
+#include "support/kernel_view.hpp"
+#include "support/privilege.hpp"
 
 using gonso::Kind;
 using gonso::Kinds;

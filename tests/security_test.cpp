@@ -3,7 +3,14 @@
 // symlinks planted there; a caller without privilege reaches through gonso
 // nothing it could not reach by hand; the init of a pid namespace cannot be
 // signalled into leaving orphans unreaped.
-#include "support.hpp"
+#include "support/baseline.hpp"
+#include "support/cases.hpp"
+#include "support/fixtures.hpp"
+#include "support/kernel_view.hpp"
+#include "support/mounts.hpp"
+#include "support/poll.hpp"
+#include "support/privilege.hpp"
+#include "support/tools.hpp"
 
 #include <sys/statfs.h>
 

@@ -13,7 +13,10 @@
 #include <type_traits>
 #include <vector>
 
-#include "support.hpp"
+#include "support/cases.hpp"
+#include "support/fixtures.hpp"
+#include "support/kernel_view.hpp"
+#include "support/privilege.hpp"
 
 using gonso::Kind;
 using gonso::Kinds;

@@ -31,7 +31,10 @@
 #include <gonso/child.hpp>
 #include <gonso/spawn.hpp>
 
-#include "support.hpp"
+#include "support/fixtures.hpp"
+#include "support/kernel_view.hpp"
+#include "support/privilege.hpp"
+#include "support/tools.hpp"
 
 using gonso::Child;
 using gonso::ExitStatus;

@@ -32,7 +32,11 @@
 #include <gonso/pool.hpp>
 #include <gonso/spawn.hpp>
 
-#include "support.hpp"
+#include "support/baseline.hpp"
+#include "support/fixtures.hpp"
+#include "support/kernel_view.hpp"
+#include "support/mounts.hpp"
+#include "support/privilege.hpp"
 
 using gonso::Kind;
 using gonso::Set;

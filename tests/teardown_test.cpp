@@ -29,7 +29,9 @@
 #include <gonso/executor.hpp>
 #include <gonso/spawn.hpp>
 
-#include "support.hpp"
+#include "support/kernel_view.hpp"
+#include "support/poll.hpp"
+#include "support/privilege.hpp"
 
 using gonso::Child;
 using gonso::ExitStatus;

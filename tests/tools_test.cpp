@@ -6,7 +6,8 @@
 #include <cstdio>
 #include <string>
 
-#include "support.hpp"
+#include "support/kernel_view.hpp"
+#include "support/privilege.hpp"
 
 #include <gonso/spawn.hpp>
 

@@ -21,7 +21,10 @@
 #include <gonso/set.hpp>
 #include <gonso/workers.hpp>
 
-#include "support.hpp"
+#include "support/fixtures.hpp"
+#include "support/kernel_view.hpp"
+#include "support/mounts.hpp"
+#include "support/privilege.hpp"
 
 namespace {
 

@@ -23,7 +23,9 @@
 #include <gonso/detail/ns_creator.hpp>
 #include <gonso/spawn.hpp>
 
-#include "support.hpp"
+#include "support/kernel_view.hpp"
+#include "support/poll.hpp"
+#include "support/privilege.hpp"
 
 using gonso::Kind;
 using gonso::Set;

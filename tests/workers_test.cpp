@@ -23,7 +23,9 @@
 #include <gonso/set.hpp>
 #include <gonso/workers.hpp>
 
-#include "support.hpp"
+#include "support/kernel_view.hpp"
+#include "support/poll.hpp"
+#include "support/privilege.hpp"
 
 namespace {
 
