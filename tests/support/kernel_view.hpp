@@ -79,6 +79,12 @@ inline gonso::Identity thread_ns(gonso::Kind kind) {
   return gonso::Identity{kind, st.st_dev, st.st_ino};
 }
 
+/// The calling process's own namespace of `kind` (for pid and time the one
+/// it is in, not its children's), read from /proc/self/ns.
+inline gonso::Identity process_ns(gonso::Kind kind) {
+  return identity_at(kind, "/proc/self/ns/" + std::string(gonso::name(kind)));
+}
+
 /// readlink of the calling thread's namespace link, e.g. "net:[4026531840]".
 inline std::string thread_ns_link(gonso::Kind kind) {
   return std::filesystem::read_symlink("/proc/thread-self/ns/" + std::string(gonso::name(kind))).string();
