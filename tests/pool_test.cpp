@@ -35,6 +35,7 @@
 #include <gonso/set.hpp>
 #include <gonso/workers.hpp>
 
+#include "support/baseline.hpp"
 #include "support/kernel_view.hpp"
 #include "support/privilege.hpp"
 
@@ -178,18 +179,16 @@ class HookRelease {
 }  // namespace
 
 TEST_CASE("pool: bad arguments are refused before anything is made", "[pool]") {
-  gonso::retire_idle_workers();
   const Set here = Set::current();
-  const std::size_t fds = test::count_fds();
-  const std::size_t threads = test::count_threads();
+  const test::Baseline base(test::Watch::fds | test::Watch::threads);
   CHECK_THROWS_AS(Pool(here, gonso::Kinds{}), std::invalid_argument);
   CHECK_THROWS_AS(Pool(here, Kind::net, {.size = 0}), std::invalid_argument);
   CHECK_THROWS_AS(Pool(Set{}, Kind::net), std::logic_error);
   CHECK_THROWS_AS(Pool(here, Kind::net, {.retry_delay = 0ms}), std::invalid_argument);
   CHECK_THROWS_AS(Pool(here, Kind::net, {.retry_delay = 20ms, .max_retry_delay = 10ms}), std::invalid_argument);
   CHECK_THROWS_WITH(Pool(here, Kind::net, {.size = 0}), Catch::Contains("size 0"));
-  CHECK(test::count_fds() == fds);
-  CHECK(test::count_threads() == threads);
+  CHECK(test::count_threads() == base.threads());  // none started, none retired
+  base.check();
 }
 
 TEST_CASE("pool: every Set has fresh namespaces of the pool's kinds and the base's of the others",
@@ -392,21 +391,16 @@ TEST_CASE("pool: a pool waiting out a long retry delay is destroyed at once", "[
 
 TEST_CASE("pool: without CAP_SYS_ADMIN the constructor throws EPERM and leaves nothing", "[pool][privileged]") {
   test::require_privilege();
-  const std::size_t threads = test::thread_baseline();
-  const std::size_t fds = test::count_fds();
+  const test::Baseline base(test::Watch::fds | test::Watch::threads);
   const test::Refusal refusal =
       test::refusal_on_unprivileged_thread([] { const Pool pool(Set::current(), Kind::net); });
   CHECK(refusal.code == std::errc::operation_not_permitted);
-  gonso::retire_idle_workers();
-  CHECK(test::count_fds() == fds);
-  CHECK(test::threads_back_to(threads));
+  base.check();
 }
 
 TEST_CASE("pool: destruction joins the refill thread and closes every namespace", "[pool][privileged]") {
   test::require_privilege();
-  const test::Snapshot caller = test::snapshot();
-  const std::size_t threads = test::thread_baseline();
-  const std::size_t fds = test::count_fds();
+  const test::Baseline base(test::Watch::namespaces | test::Watch::fds | test::Watch::threads);
 
   SECTION("a full pool") {
     Hook hook;
@@ -414,7 +408,7 @@ TEST_CASE("pool: destruction joins the refill thread and closes every namespace"
       Pool pool(Set::current(), Kind::net | Kind::uts, {.size = 3, .after_create = hook.fn()});
       REQUIRE(pool.wait_ready(patience));
       const Set taken = pool.get();
-      CHECK(test::count_fds() > fds);
+      CHECK(test::count_fds() > base.fds());
     }
     CHECK(hook.calls() >= 3);
   }
@@ -431,11 +425,7 @@ TEST_CASE("pool: destruction joins the refill thread and closes every namespace"
     }
     CHECK(hook.calls() == 2);
   }
-  gonso::retire_idle_workers();
-  CHECK(test::count_fds() == fds);
-  CHECK(test::threads_back_to(threads));
-  CHECK(test::threads_outside(caller).empty());
-  CHECK(text(test::snapshot()) == text(caller));
+  base.check();  // the caller's namespaces too
 }
 
 TEST_CASE("pool: many threads get and put at once", "[pool][privileged]") {

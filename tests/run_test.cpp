@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "support/fixtures.hpp"
+#include "support/baseline.hpp"
 #include "support/kernel_view.hpp"
 #include "support/privilege.hpp"
 
@@ -417,9 +418,7 @@ TEST_CASE("many callers at once: every callable sees exactly its Set", "[privile
 
 TEST_CASE("nothing leaks: fds and threads return to their baseline", "[privileged]") {
   test::require_privilege();
-  gonso::retire_idle_workers();
-  const std::size_t fds = test::count_fds();
-  const std::size_t threads = test::count_threads();
+  const test::Baseline base(test::Watch::fds | test::Watch::threads);
   {
     const Set here = Set::current();
     const Set a = here.unshare(Kind::net | Kind::uts);
@@ -436,8 +435,7 @@ TEST_CASE("nothing leaks: fds and threads return to their baseline", "[privilege
   }
   gonso::retire_idle_workers();
   CHECK(gonso::idle_workers() == 0);
-  CHECK(test::count_fds() == fds);
-  CHECK(test::threads_back_to(threads));
+  base.check();
 }
 
 TEST_CASE("a child forked while workers are pooled can still run in Sets", "[privileged][fork]") {

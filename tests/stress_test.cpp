@@ -115,12 +115,6 @@ std::string mismatches(const ProcessView& view, const test::Snapshot& expected) 
 /// The same for the calling thread.
 std::string mismatches(const test::Snapshot& expected) { return mismatches(process_view(), expected); }
 
-std::size_t count_nsfs_mounts() {
-  const auto all = test::mounts();
-  return static_cast<std::size_t>(
-      std::count_if(all.begin(), all.end(), [](const test::MountEntry& m) { return m.fstype == "nsfs"; }));
-}
-
 /// The namespaces a thread of this process is in, for each kind where it
 /// differs from `own`; nullopt when the thread ended while being read.
 std::optional<std::vector<gonso::Identity>> foreign_namespaces_of(const std::string& task, const test::Snapshot& own) {
@@ -216,7 +210,8 @@ class Monitor {
   std::jthread thread_;
 };
 
-/// What the rest of the process looks like once the workers are quiet.
+/// What the rest of the process looks like once the workers are quiet, to
+/// compare one round with the next.
 struct Quiet {
   std::size_t fds, threads, children, nsfs_mounts;
   friend bool operator==(const Quiet&, const Quiet&) = default;
@@ -224,7 +219,7 @@ struct Quiet {
 
 Quiet quiet_state() {
   gonso::retire_idle_workers();
-  return {test::count_fds(), test::count_threads(), test::children().size(), count_nsfs_mounts()};
+  return {test::count_fds(), test::count_threads(), test::children().size(), test::count_nsfs_mounts()};
 }
 
 }  // namespace
@@ -244,10 +239,9 @@ TEST_CASE("stress: every operation from many threads over several Sets; invarian
   test::require_privilege();
   test::leaves_machine_as_found([] {
     // ThreadSanitizer starts a thread of its own at the first thread creation:
-    // make it exist before the baseline.
-    std::thread([] {}).join();
-    const test::Snapshot own = test::snapshot();
-    const Quiet baseline = quiet_state();
+    // the Baseline makes it exist before it counts.
+    const test::Baseline base(test::Watch::process);
+    const test::Snapshot own = base.caller();
     Failures failures;
     std::atomic<std::size_t> operations{0};
     std::array<std::atomic<std::size_t>, 9> succeeded{};  // without an exception, by operation
@@ -432,11 +426,9 @@ TEST_CASE("stress: every operation from many threads over several Sets; invarian
       }
     }
     // Everything destroyed: back to where the test began.
-    CHECK(quiet_state() == baseline);
-    CHECK(test::snapshot() == own);
-    CHECK(test::threads_outside(own).empty());
-    siginfo_t info{};
-    CHECK((::waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_pid == 0));
+    base.check({.children = false});
+    CHECK(test::count_threads() == base.threads());  // exactly as many, at once
+    CHECK(test::reapable_child() == 0);
 
     INFO(fmt::format("{} operations, {} monitor scans, {} sightings of gonso threads in foreign namespaces",
                      operations.load(), scans, foreign_seen));
