@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstdlib>
@@ -22,6 +23,7 @@
 #include <stdexcept>
 #include <string>
 #include <system_error>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -220,6 +222,15 @@ class PrivateTmpfs {
 };
 
 inline const std::string netns_dir = "/run/netns";  // NOLINT(cert-err58-cpp): a test constant
+
+/// The names in /run/netns, sorted; none when it does not exist.
+inline std::vector<std::string> netns_entries() {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(netns_dir, ec)) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
 
 /// /run/netns as it was: gonso and `ip netns add` make it a mount of its own
 /// (shared) the first time. When it was no mount point (or did not exist)
