@@ -38,6 +38,7 @@
 #include "support/mounts.hpp"
 #include "support/poll.hpp"
 #include "support/privilege.hpp"
+#include "support/soak.hpp"
 
 using gonso::Kind;
 using gonso::Kinds;
@@ -204,44 +205,13 @@ class SignalStorm {
   std::thread thread_;
 };
 
-/// What went wrong on threads other than the test's: Catch2 asserts only on
-/// the test's own thread.
-class Problems {
- public:
-  template <typename Body>
-  void guard(const std::string& what, Body&& body) noexcept {
-    try {
-      body();
-    } catch (const std::exception& e) {
-      add(what + ": " + e.what());
-    } catch (...) {
-      add(what + ": a non-std exception");
-    }
-  }
-  void expect(bool ok, const std::string& what) {
-    if (!ok) add(what);
-  }
-  void add(std::string text) {
-    const std::lock_guard lock(mutex_);
-    list_.push_back(std::move(text));
-  }
-  [[nodiscard]] std::vector<std::string> list() const {
-    const std::lock_guard lock(mutex_);
-    return list_;
-  }
-
- private:
-  mutable std::mutex mutex_;
-  std::vector<std::string> list_;
-};
-
 }  // namespace
 
 TEST_CASE("fault: a storm of signals without SA_RESTART makes no gonso call fail or return a wrong value",
           "[fault][privileged][process]") {
   test::require_privilege();
   const test::Baseline base(test::Watch::process);
-  Problems problems;
+  test::Problems problems;
   long to_threads = 0;
   long to_children = 0;
   interrupts.store(0);
