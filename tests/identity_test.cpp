@@ -164,7 +164,7 @@ TEST_CASE("Set::from_pidfd(): the process's namespaces while it lives, ESRCH onc
 
 TEST_CASE("Set::from_pidfd() of the caller, and refusals of fds that are not pidfds or are closed",
           "[persist][pidfd]") {
-  const std::size_t fds_before = test::count_fds();
+  const test::Baseline base(test::Watch::fds);
   {
     gonso::detail::unique_fd self(static_cast<int>(::syscall(SYS_pidfd_open, ::getpid(), 0U)));
     REQUIRE(self);
@@ -191,7 +191,7 @@ TEST_CASE("Set::from_pidfd() of the caller, and refusals of fds that are not pid
   read_end.reset();
   write_end.reset();
   ns.reset();
-  CHECK(test::count_fds() == fds_before);
+  base.check();
 }
 
 TEST_CASE("owner(), parent() and owner_uid() of the caller's namespaces", "[persist][introspection]") {

@@ -105,7 +105,7 @@ TEST_CASE("Set::from_file() opens only a namespace file of the kind asked", "[pe
     std::ofstream(regular) << "x";
     const auto net_file = fs.path() / "net";
     gonso::persist(Set::current(Kind::net).unshare(Kind::net), Kind::net, net_file);
-    const std::size_t fds_before = test::count_fds();  // after unshare, whose worker may stay with its fds
+    const test::Baseline base(test::Watch::fds);  // after the unshare, whose idle worker it retires
 
     auto e = test::system_error_of([&] { (void)Set::from_file(Kind::net, regular); });
     CHECK(e.code() == std::errc::invalid_argument);
@@ -121,7 +121,7 @@ TEST_CASE("Set::from_file() opens only a namespace file of the kind asked", "[pe
     e = test::system_error_of([&] { (void)Set::from_dir(fs.path(), Kind::net | Kind::uts); });
     CHECK(e.code() == std::errc::no_such_file_or_directory);
 
-    CHECK(test::count_fds() == fds_before);
+    base.check();
     CHECK(raw_of_fd(Set::from_file(Kind::net, net_file).fd(Kind::net)) == raw_of_file(net_file));
     gonso::unpersist(net_file);
   });

@@ -30,14 +30,14 @@ using gonso::Set;
 TEST_CASE("joining fails with the errno and the namespace named", "[privileged]") {
   test::require_privilege();
   const Set net = Set::current().unshare(Kind::net);
-  const std::size_t fds = test::count_fds();
+  const test::Baseline base(test::Watch::fds);
   bool ran = false;
   // The new worker inherits its creator's missing capability.
   const test::Refusal refusal = test::refusal_on_unprivileged_thread([&] { net.run(false, [&] { ran = true; }); });
   CHECK(refusal.code == std::errc::operation_not_permitted);
   CHECK_THAT(refusal.message, Catch::StartsWith(fmt::format("cannot join net namespace {}", net.identity(Kind::net))));
   CHECK_FALSE(ran);
-  CHECK(test::count_fds() == fds);
+  base.check();
 }
 
 TEST_CASE("run() refuses user and foreign time namespaces before starting anything", "[privileged]") {
