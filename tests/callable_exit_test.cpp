@@ -16,8 +16,8 @@
 #include <utility>
 #include <vector>
 
-#include "support/cases.hpp"
 #include "support/baseline.hpp"
+#include "support/cases.hpp"
 #include "support/kernel_view.hpp"
 #include "support/poll.hpp"
 #include "support/privilege.hpp"

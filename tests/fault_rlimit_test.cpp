@@ -48,7 +48,6 @@ using test::Landing;
 // ---------------------------------------------------------------------------
 // Too few fds.
 
-
 TEST_CASE("fault: too few fds fail cleanly with EMFILE at every step", "[fault][privileged]") {
   test::require_privilege();
   const test::Snapshot caller = test::snapshot();

@@ -223,7 +223,7 @@ TEST_CASE("fault: a storm of signals without SA_RESTART makes no gonso call fail
     gonso::PoolOptions options;
     options.size = 3;
     gonso::Pool pool(Set::current(), Kind::net, options);
-    const std::string big(std::size_t{256} * 1024, 'x');           // four times a pipe's buffer: the report streams
+    const std::string big(std::size_t{256} * 1024, 'x');  // four times a pipe's buffer: the report streams
     const test::SignalDisposition handler(SIGUSR1, count_interrupt, 0);  // no SA_RESTART
     {
       const SignalStorm storm;

@@ -127,7 +127,6 @@ TEST_CASE("Set::from_file() opens only a namespace file of the kind asked", "[pe
   });
 }
 
-
 // ---------------------------------------------------------------------------
 // Inside a container: a mount namespace that is not the initial one, as a
 // monitoring agent's. The kernel binds a mount namespace only into an older

@@ -89,7 +89,7 @@ TEST_CASE("run_in_process follows no symlink in /etc/netns/NAME: the overlay is 
   fs::remove(link);
   CHECK_FALSE(ran);
   CHECK(e.code().value() == ENOTDIR);  // not a folder of its own
-  base.check({.children = false});  // no child was forked
+  base.check({.children = false});     // no child was forked
   // Nothing of it reached this process's /etc either.
   CHECK(test::file_text("/etc/hosts") == host_hosts);
   CHECK(test::mounts_at("/etc/hosts") == 0);

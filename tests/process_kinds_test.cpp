@@ -49,8 +49,8 @@ TEST_CASE("a new user namespace maps the caller to root, or as asked", "[privile
   test::require_privilege();
   SECTION("map me to root") {
     const Set u = Set::current().unshare(Kind::user | Kind::net);
-    const auto seen =
-        u.run_in_process([] { return fmt::format("{} {}|{}", ::getuid(), ::getgid(), test::file_text("/proc/self/uid_map")); });
+    const auto seen = u.run_in_process(
+        [] { return fmt::format("{} {}|{}", ::getuid(), ::getgid(), test::file_text("/proc/self/uid_map")); });
     std::istringstream fields(seen.substr(seen.find('|') + 1));
     std::uint64_t inside = 9, outside = 9, count = 9;
     fields >> inside >> outside >> count;
@@ -64,8 +64,8 @@ TEST_CASE("a new user namespace maps the caller to root, or as asked", "[privile
     options.uid_map = {{0, 100000, 1000}, {1000, 0, 1}};
     options.gid_map = {{0, 200000, 10}};
     const Set u = Set::current().unshare(Kind::user, options);
-    const std::string maps =
-        u.run_in_process([] { return test::file_text("/proc/self/uid_map") + "|" + test::file_text("/proc/self/gid_map"); });
+    const std::string maps = u.run_in_process(
+        [] { return test::file_text("/proc/self/uid_map") + "|" + test::file_text("/proc/self/gid_map"); });
     std::istringstream uid(maps.substr(0, maps.find('|')));
     std::istringstream gid(maps.substr(maps.find('|') + 1));
     std::vector<std::uint64_t> u_fields{std::istream_iterator<std::uint64_t>(uid), {}};
@@ -190,7 +190,6 @@ TEST_CASE("time offsets are written also from a mount namespace whose /proc show
   CHECK(inside - 86400 <= monotonic() + 1);
 }
 
-
 TEST_CASE("the process path carries the other kinds over and nests in the source Set", "[privileged][process]") {
   test::require_privilege();
   const Set source = Set::current().unshare(Kind::pid | Kind::uts);
@@ -229,7 +228,6 @@ TEST_CASE("joining a user namespace makes the process its root where 0 is mapped
   });
   CHECK(seen == "0 0 0 true");
 }
-
 
 TEST_CASE("unshare refuses what it cannot do right, clearly", "[privileged][process]") {
   test::require_privilege();

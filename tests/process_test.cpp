@@ -152,7 +152,6 @@ TEST_CASE("run_in_process reports a failed join with its errno", "[privileged][p
   CHECK(base.children().empty());  // none before, so none left
 }
 
-
 TEST_CASE("thread run() on a Set with a new user namespace names the process mode", "[privileged][process]") {
   test::require_privilege();
   const Set u = Set::current().unshare(Kind::user | Kind::net);
@@ -166,7 +165,6 @@ TEST_CASE("thread run() on a Set with a new user namespace names the process mod
   CHECK(u.run_in_process([] { return test::process_ns(Kind::net); }) == u.identity(Kind::net));
 }
 
-
 TEST_CASE("a forked copy that lets go of a pid namespace leaves it to the owner", "[privileged][process][fork]") {
   test::require_privilege();
   Set p = Set::current().unshare(Kind::pid);
@@ -179,7 +177,6 @@ TEST_CASE("a forked copy that lets go of a pid namespace leaves it to the owner"
   REQUIRE(::waitpid(child, nullptr, 0) == child);
   CHECK(p.run_in_process([] { return ::getpid(); }) > 1);
 }
-
 
 TEST_CASE("run_in_process returns when the child ends, not when its forks let go", "[privileged][process]") {
   test::require_privilege();

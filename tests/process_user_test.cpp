@@ -127,7 +127,6 @@ TEST_CASE("rootless: an unprivileged process makes and uses its own namespaces",
         "map-other=true");
 }
 
-
 namespace {
 // The first line of an id map with its padding squeezed: "0 1000 10".
 std::string first_map_line(const std::string& path) {
@@ -233,7 +232,7 @@ TEST_CASE("a user namespace nests in a Set's foreign one, owned by it", "[privil
                Catch::Contains("nested in") && Catch::Contains(fmt::format("{}", nested.identity(Kind::user))));
     CHECK(e.code().value() != 0);
   }
-  base.check();  // the caller never moved
+  base.check();                    // the caller never moved
   CHECK(base.children().empty());  // none before, so none left
 }
 
@@ -255,7 +254,6 @@ TEST_CASE("rootless: a user namespace nests in one the caller made", "[privilege
   });
   CHECK(report == "parent_is_outer=true same_net=true uid=0 map=0,0,1 named=true outside_uid=65534");
 }
-
 
 namespace {
 /// The user namespace that owns the namespace of `fd`, by the kernel's

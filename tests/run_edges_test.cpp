@@ -17,8 +17,8 @@
 #include <thread>
 #include <vector>
 
-#include "support/fixtures.hpp"
 #include "support/baseline.hpp"
+#include "support/fixtures.hpp"
 #include "support/kernel_view.hpp"
 #include "support/poll.hpp"
 #include "support/privilege.hpp"

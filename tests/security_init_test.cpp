@@ -60,7 +60,6 @@ std::vector<pid_t> zombies_in(const gonso::Identity& ns, pid_t init) {
   return out;
 }
 
-
 /// In `set`'s pid namespace: a process forks a child that forks a
 /// grandchild and exits, so that the grandchild is reparented to the init.
 /// With `linger`, the grandchild stays (until the namespace ends); else it

@@ -95,7 +95,6 @@ struct SymlinkFindings {
   int remove_through_dir_link = 0;  ///< errno of remove() of a name persisted in the link's target
 };
 
-
 SymlinkFindings plant_symlinks() {
   namespace fs = std::filesystem;
   SymlinkFindings f;
@@ -124,8 +123,8 @@ SymlinkFindings plant_symlinks() {
   fs::create_symlink("/run/elsewhere/ns", "/run/netns/ns");
   f.remove_ns_link = test::errno_and_message_of([&] { gonso::netns::remove("ns"); }).first;
   f.unpersist_ns_link = test::errno_and_message_of([&] { gonso::unpersist("/run/netns/ns"); }).first;
-  f.ns_untouched =
-      test::is_nsfs("/run/elsewhere/ns") && test::is_mount_point_here("/run/elsewhere/ns") && fs::is_symlink("/run/netns/ns");
+  f.ns_untouched = test::is_nsfs("/run/elsewhere/ns") && test::is_mount_point_here("/run/elsewhere/ns") &&
+                   fs::is_symlink("/run/netns/ns");
 
   // /run/netns itself a symlink to a folder elsewhere: gonso, then ip.
   for (const bool ip : {false, true}) {

@@ -13,9 +13,9 @@
 #include <type_traits>
 #include <vector>
 
+#include "support/baseline.hpp"
 #include "support/cases.hpp"
 #include "support/fixtures.hpp"
-#include "support/baseline.hpp"
 #include "support/kernel_view.hpp"
 #include "support/privilege.hpp"
 

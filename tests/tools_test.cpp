@@ -7,8 +7,8 @@
 #include <string>
 
 #include "support/kernel_view.hpp"
-#include "support/tools.hpp"
 #include "support/privilege.hpp"
+#include "support/tools.hpp"
 
 #include <gonso/spawn.hpp>
 

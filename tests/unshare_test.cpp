@@ -21,8 +21,8 @@
 #include <gonso/set.hpp>
 #include <gonso/workers.hpp>
 
-#include "support/fixtures.hpp"
 #include "support/baseline.hpp"
+#include "support/fixtures.hpp"
 #include "support/kernel_view.hpp"
 #include "support/mounts.hpp"
 #include "support/privilege.hpp"

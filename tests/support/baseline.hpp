@@ -57,7 +57,9 @@ enum class Watch : unsigned {
   process = namespaces | fds | threads | children,
   everything = process | worker_policy | machine,
 };
-constexpr Watch operator|(Watch a, Watch b) { return static_cast<Watch>(static_cast<unsigned>(a) | static_cast<unsigned>(b)); }
+constexpr Watch operator|(Watch a, Watch b) {
+  return static_cast<Watch>(static_cast<unsigned>(a) | static_cast<unsigned>(b));
+}
 constexpr bool watches(Watch set, Watch one) { return (static_cast<unsigned>(set) & static_cast<unsigned>(one)) != 0; }
 
 /// What check() may wait for, within its bound, before it compares.

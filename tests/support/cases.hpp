@@ -63,8 +63,7 @@ struct Case {
   std::function<void()> then{};  // further checks that nothing was made or changed
 };
 
-inline Case invalid(std::string what, std::function<void()> call, std::string part,
-                    std::function<void()> then = {}) {
+inline Case invalid(std::string what, std::function<void()> call, std::string part, std::function<void()> then = {}) {
   return {std::move(what), std::move(call), Expect::invalid_argument, {}, std::move(part), std::move(then)};
 }
 inline Case logic(std::string what, std::function<void()> call, std::string part, std::function<void()> then = {}) {

@@ -227,7 +227,8 @@ inline const std::string netns_dir = "/run/netns";  // NOLINT(cert-err58-cpp): a
 inline std::vector<std::string> netns_entries() {
   std::vector<std::string> names;
   std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator(netns_dir, ec)) names.push_back(e.path().filename().string());
+  for (const auto& e : std::filesystem::directory_iterator(netns_dir, ec))
+    names.push_back(e.path().filename().string());
   std::sort(names.begin(), names.end());
   return names;
 }

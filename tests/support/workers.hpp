@@ -18,7 +18,6 @@
 
 namespace test {
 
-
 /// Saves the worker policy and retires idle workers; on the way out, whatever
 /// the test did, retires them again and puts the policy back.
 class PoolGuard {
