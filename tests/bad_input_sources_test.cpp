@@ -49,7 +49,6 @@ using gonso::Set;
 using test::Case;
 using test::check_cases;
 using test::invalid;
-using test::logic;
 using test::refused;
 
 namespace fs = std::filesystem;

@@ -43,7 +43,6 @@
 #include <gonso/workers.hpp>
 
 using gonso::Kind;
-using gonso::Kinds;
 using gonso::Set;
 using test::Case;
 using test::check_cases;

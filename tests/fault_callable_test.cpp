@@ -41,7 +41,6 @@
 #include "support/privilege.hpp"
 
 using gonso::Kind;
-using gonso::Kinds;
 using gonso::Set;
 using test::inside;
 using test::land;

@@ -43,7 +43,6 @@ using gonso::Kinds;
 using gonso::Set;
 using test::inside;
 using test::land;
-using test::Landing;
 
 // ---------------------------------------------------------------------------
 // Too few fds.

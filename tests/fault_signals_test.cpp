@@ -45,7 +45,6 @@ using gonso::Kinds;
 using gonso::Set;
 using test::inside;
 using test::land;
-using test::Landing;
 
 // ---------------------------------------------------------------------------
 // The application's own SIGCHLD handling.

@@ -42,10 +42,7 @@
 #include <gonso/spawn.hpp>
 
 using gonso::Kind;
-using gonso::Kinds;
 using gonso::Set;
-using test::describe;
-using test::holders_after_exits;
 using test::link_text;
 using test::nsfs_mounts_under;
 using test::Raw;

@@ -44,13 +44,10 @@
 using gonso::Kind;
 using gonso::Kinds;
 using gonso::Set;
-using test::describe;
-using test::holders_after_exits;
 using test::link_text;
 using test::nsfs_mounts_under;
 using test::Raw;
 using test::raw_of_fd;
-using test::raw_of_file;
 using test::same_file;
 using test::stat_of;
 

@@ -34,7 +34,6 @@
 using namespace std::chrono_literals;
 using gonso::Kind;
 using gonso::Pool;
-using gonso::PoolOptions;
 using gonso::Set;
 using test::Hook;
 using test::HookRelease;

@@ -42,7 +42,6 @@
 #include <gonso/spawn.hpp>
 
 using gonso::Kind;
-using gonso::Kinds;
 using gonso::Set;
 
 TEST_CASE("run_in_process binds /etc/netns/NAME over /etc when asked", "[privileged][process][netns]") {

@@ -42,7 +42,6 @@
 #include <gonso/spawn.hpp>
 
 using gonso::Kind;
-using gonso::Kinds;
 using gonso::Set;
 
 TEST_CASE("a new user namespace maps the caller to root, or as asked", "[privileged][process][user]") {

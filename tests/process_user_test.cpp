@@ -43,7 +43,6 @@
 #include <gonso/spawn.hpp>
 
 using gonso::Kind;
-using gonso::Kinds;
 using gonso::Set;
 
 namespace {

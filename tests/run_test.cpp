@@ -21,7 +21,6 @@
 #include "support/privilege.hpp"
 
 using gonso::Kind;
-using gonso::Kinds;
 using gonso::Set;
 
 namespace {

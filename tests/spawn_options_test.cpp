@@ -44,8 +44,6 @@ using gonso::Kind;
 using gonso::Set;
 using gonso::SpawnOptions;
 using gonso::Stdio;
-using test::chomp;
-using test::ended;
 using test::output_of;
 using test::Ran;
 using test::run;

@@ -43,14 +43,11 @@ using gonso::Child;
 using gonso::ExitStatus;
 using gonso::Kind;
 using gonso::Set;
-using gonso::SpawnOptions;
 using gonso::Stdio;
 using test::chomp;
-using test::ended;
 using test::output_of;
 using test::Ran;
 using test::run;
-using test::spawn_error;
 
 namespace {
 

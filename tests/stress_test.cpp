@@ -124,7 +124,7 @@ TEST_CASE("stress: every operation from many threads over several Sets; invarian
     // ThreadSanitizer starts a thread of its own at the first thread creation:
     // the Baseline makes it exist before it counts.
     const test::Baseline base(test::Watch::process);
-    const test::Snapshot own = base.caller();
+    const test::Snapshot& own = base.caller();
     test::Problems failures;
     std::atomic<std::size_t> operations{0};
     std::array<std::atomic<std::size_t>, 9> succeeded{};  // without an exception, by operation

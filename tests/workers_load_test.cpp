@@ -37,7 +37,6 @@ using test::long_timeout;
 using test::PoolGuard;
 using test::Seen;
 using test::seen_in;
-using test::settle_bound;
 using test::text;
 using test::threads_outside_settled;
 using test::with_workers;

@@ -38,7 +38,6 @@ using test::Seen;
 using test::seen_in;
 using test::settle_bound;
 using test::text;
-using test::threads_outside_settled;
 using test::with_workers;
 
 TEST_CASE("workers: policy round trip", "[workers]") {

@@ -110,8 +110,10 @@ inline MachineState machine_state() {
   return s;
 }
 
-/// "gone: ...; new: ..." between two sorted lists, for a failure message.
-inline std::string difference(const std::vector<std::string>& before, const std::vector<std::string>& now) {
+/// "gone: ...; new: ..." between two lists, for a failure message.
+inline std::string difference(std::vector<std::string> before, std::vector<std::string> now) {
+  std::sort(before.begin(), before.end());
+  std::sort(now.begin(), now.end());
   std::vector<std::string> gone, added;
   std::set_difference(before.begin(), before.end(), now.begin(), now.end(), std::back_inserter(gone));
   std::set_difference(now.begin(), now.end(), before.begin(), before.end(), std::back_inserter(added));
