@@ -16,7 +16,11 @@
 #include <utility>
 #include <vector>
 
-#include "support.hpp"
+#include "support/baseline.hpp"
+#include "support/cases.hpp"
+#include "support/kernel_view.hpp"
+#include "support/poll.hpp"
+#include "support/privilege.hpp"
 
 #include <gonso/executor.hpp>
 #include <gonso/pool.hpp>
@@ -70,7 +74,7 @@ void check_thread_ended(Run&& run) {
 TEST_CASE("callable exit: pthread_exit and cancellation in run end only the worker", "[callables][privileged]") {
   test::require_privilege();
   const Set net = Set::current(Kind::net).unshare(Kind::net);
-  const std::size_t threads = test::thread_baseline();
+  const test::Baseline base(test::Watch::threads);
   const test::Snapshot caller = test::snapshot();
   for (const Exit& exit : thread_exits()) {
     for (const bool restore : {true, false}) {
@@ -85,15 +89,14 @@ TEST_CASE("callable exit: pthread_exit and cancellation in run end only the work
       }) == 7);
     }
   }
-  gonso::retire_idle_workers();
-  CHECK(test::threads_settled_at(threads) == threads);
+  base.check();
 }
 
 TEST_CASE("callable exit: pthread_exit and cancellation on an Executor end its thread, not the Executor",
           "[callables][executor][privileged]") {
   test::require_privilege();
   const Set net = Set::current(Kind::net).unshare(Kind::net);
-  const std::size_t threads = test::thread_baseline();
+  const test::Baseline base(test::Watch::threads);
   {
     const gonso::Executor executor(net);
     for (const Exit& exit : thread_exits()) {
@@ -105,14 +108,12 @@ TEST_CASE("callable exit: pthread_exit and cancellation on an Executor end its t
       CHECK(executor.run([] { return test::tid(); }) != before);
     }
   }
-  gonso::retire_idle_workers();
-  CHECK(test::threads_settled_at(threads) == threads);
+  base.check();
 }
 
 TEST_CASE("callable exit: a Pool hook that ends its thread fails the Pool cleanly", "[callables][pool][privileged]") {
   test::require_privilege();
-  const std::size_t threads = test::thread_baseline();
-  const std::size_t fds = test::count_fds();
+  const test::Baseline base(test::Watch::threads | test::Watch::fds);
   for (const Exit& exit : thread_exits()) {
     INFO(exit.what);
     gonso::PoolOptions options;
@@ -120,9 +121,7 @@ TEST_CASE("callable exit: a Pool hook that ends its thread fails the Pool cleanl
     options.after_create = [leave = exit.leave] { (void)leave(); };
     check_thread_ended([&] { gonso::Pool pool(Set::current(Kind::net), Kind::net, options); });
   }
-  gonso::retire_idle_workers();
-  CHECK(test::threads_settled_at(threads) == threads);
-  CHECK(test::count_fds() == fds);
+  base.check();
 }
 
 TEST_CASE("callable exit: values and exceptions of any type cross back as they are", "[callables][privileged]") {
@@ -144,8 +143,7 @@ TEST_CASE("callable exit: every way out of a run_in_process callable is reported
           "[callables][privileged][process]") {
   test::require_privilege();
   const Set net = Set::current(Kind::net).unshare(Kind::net);
-  const test::Snapshot caller = test::snapshot();
-  const std::set<pid_t> kids = test::children();
+  const test::Baseline base(test::Watch::namespaces | test::Watch::children);
   const auto error_of = [&](const std::function<int()>& fn) -> std::string {
     try {
       (void)net.run_in_process(fn);
@@ -179,6 +177,5 @@ TEST_CASE("callable exit: every way out of a run_in_process callable is reported
              Catch::Contains("signal 15"));
   CHECK_THAT(error_of([]() -> int { throw 17; }), Catch::Contains("int"));
   CHECK(net.run_in_process([] { return test::thread_ns(Kind::net); }) == net.identity(Kind::net));
-  CHECK(test::snapshot() == caller);
-  CHECK(test::eventually([&] { return test::children() == kids; }));
+  base.check();
 }

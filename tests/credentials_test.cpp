@@ -24,7 +24,9 @@
 #include <utility>
 #include <vector>
 
-#include "support.hpp"
+#include "support/fixtures.hpp"
+#include "support/kernel_view.hpp"
+#include "support/privilege.hpp"
 
 #include <gonso/set.hpp>
 #include <gonso/workers.hpp>

@@ -21,7 +21,9 @@
 #include <gonso/executor.hpp>
 #include <gonso/workers.hpp>
 
-#include "support.hpp"
+#include "support/baseline.hpp"
+#include "support/kernel_view.hpp"
+#include "support/privilege.hpp"
 
 using gonso::Executor;
 using gonso::Kind;
@@ -189,40 +191,36 @@ TEST_CASE("executor: in a mount namespace, every run starts at its root whatever
 
 TEST_CASE("executor: destruction joins its threads and closes its fds", "[executor][leak][privileged]") {
   test::require_privilege();
-  const test::Snapshot caller = test::snapshot();
   const Set set = Set::current().unshare(Kind::net);
-  gonso::retire_idle_workers();  // the unshare's worker: not what this test counts
-  const std::size_t fds = test::count_fds();
-  const std::size_t threads = test::count_threads();
+  // Retires the unshare's worker, which is not what this test counts.
+  const test::Baseline base(test::Watch::namespaces | test::Watch::fds | test::Watch::threads);
   {
     Executor ex(set);
     CHECK(ex.run([] { return test::thread_ns(Kind::net); }) == set.identity(Kind::net));
-    CHECK(test::count_threads() == threads + 2);
+    CHECK(test::count_threads() == base.threads() + 2);
     Executor moved(std::move(ex));
     CHECK(moved.run([] { return test::thread_ns(Kind::net); }) == set.identity(Kind::net));
     // A moved-from executor says so instead of crashing.
     CHECK_THROWS_AS(ex.run([] {}), std::logic_error);  // NOLINT(bugprone-use-after-move): on purpose
   }
-  CHECK(test::count_threads() == threads);
-  CHECK(test::count_fds() == fds);
-  CHECK(test::threads_outside(caller).empty());
+  CHECK(test::count_threads() == base.threads());  // joined by the destructor, at once
+  base.check();
 }
 
 TEST_CASE("executor: bad Sets and missing privilege fail with a clear error and leave nothing behind",
           "[executor][privileged]") {
   test::require_privilege();
   const Set net = Set::current().unshare(Kind::net);
-  gonso::retire_idle_workers();  // the unshare's worker: not what this test counts
-  const std::size_t fds = test::count_fds();
-  const std::size_t threads = test::count_threads();
+  // Retires the unshare's worker, which is not what this test counts.
+  const test::Baseline base(test::Watch::fds | test::Watch::threads);
   CHECK_THROWS_AS(Executor(Set()), std::logic_error);
-  CHECK(test::count_threads() == threads);
+  CHECK(test::count_threads() == base.threads());
 
   const test::Refusal refusal = test::refusal_on_unprivileged_thread([&] { const Executor ex(net); });
   CHECK(refusal.code == std::errc::operation_not_permitted);
   CHECK_THAT(refusal.message, Catch::StartsWith(fmt::format("cannot join net namespace {}", net.identity(Kind::net))));
-  CHECK(test::count_fds() == fds);
-  CHECK(test::count_threads() == threads);
+  CHECK(test::count_threads() == base.threads());
+  base.check();
 }
 
 TEST_CASE("executor: a foreign user namespace is refused before any thread starts", "[executor][process]") {

@@ -8,7 +8,10 @@
 #include <string>
 #include <utility>
 
-#include "support.hpp"
+#include "support/baseline.hpp"
+#include "support/kernel_view.hpp"
+#include "support/poll.hpp"
+#include "support/privilege.hpp"
 
 #include <gonso/executor.hpp>
 #include <gonso/pool.hpp>
@@ -44,8 +47,7 @@ TEST_CASE("reentrance: an Executor destroyed by its own callable ends when that 
           "[reentrance][executor][privileged]") {
   test::require_privilege();
   const Set net = Set::current(Kind::net).unshare(Kind::net);
-  const std::size_t threads = test::thread_baseline();
-  const std::size_t fds = test::count_fds();
+  const test::Baseline base(test::Watch::threads | test::Watch::fds);
   {
     std::optional<gonso::Executor> executor(std::in_place, net);
     const gonso::Executor& e = *executor;
@@ -68,9 +70,7 @@ TEST_CASE("reentrance: an Executor destroyed by its own callable ends when that 
       });
     }) == 5);
   }
-  gonso::retire_idle_workers();
-  CHECK(test::threads_settled_at(threads) == threads);
-  CHECK(test::count_fds() == fds);
+  base.check();
 }
 
 TEST_CASE("reentrance: a Set destroyed by the callable running in it", "[reentrance][privileged]") {
@@ -90,7 +90,7 @@ TEST_CASE("reentrance: a Set destroyed by the callable running in it", "[reentra
 
 TEST_CASE("reentrance: a Pool used from its own after_create hook refuses at once", "[reentrance][pool][privileged]") {
   test::require_privilege();
-  const std::size_t threads = test::thread_baseline();
+  const test::Baseline base(test::Watch::threads);
   for (const char* verb : {"get", "put", "wait_ready"}) {
     INFO(verb);
     std::atomic<gonso::Pool*> self{nullptr};  // set once the pool exists: the hook then uses it
@@ -111,15 +111,13 @@ TEST_CASE("reentrance: a Pool used from its own after_create hook refuses at onc
     CHECK_THROWS_WITH(pool.get(), Catch::Contains("from its own after_create hook"));
     CHECK_THROWS_WITH(pool.get(), Catch::Contains("from its own after_create hook"));
   }
-  gonso::retire_idle_workers();
-  CHECK(test::threads_settled_at(threads) == threads);
+  base.check();
 }
 
 TEST_CASE("reentrance: a Pool destroyed by its own after_create hook ends without waiting for itself",
           "[reentrance][pool][privileged]") {
   test::require_privilege();
-  const std::size_t threads = test::thread_baseline();
-  const std::size_t fds = test::count_fds();
+  const test::Baseline base(test::Watch::threads | test::Watch::fds);
   const gonso::Identity host = test::thread_ns(Kind::net);
   gonso::PoolOptions options;
   options.size = 1;
@@ -183,12 +181,6 @@ TEST_CASE("reentrance: a Pool destroyed by its own after_create hook ends withou
   }
   // The refill's worker comes home once its hook returned, maybe after a
   // first retire: retire until it did.
-  const bool fds_back = test::eventually([&] {
-    gonso::retire_idle_workers();
-    return test::count_fds() == fds;
-  });
-  CHECK(test::threads_settled_at(threads) == threads);
-  INFO("open fds: " << test::fd_list());
-  CHECK(fds_back);
+  base.check({.fds = true});
   CHECK(test::thread_ns(Kind::net) == host);
 }

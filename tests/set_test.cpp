@@ -13,7 +13,11 @@
 #include <type_traits>
 #include <vector>
 
-#include "support.hpp"
+#include "support/baseline.hpp"
+#include "support/cases.hpp"
+#include "support/fixtures.hpp"
+#include "support/kernel_view.hpp"
+#include "support/privilege.hpp"
 
 using gonso::Kind;
 using gonso::Kinds;
@@ -72,7 +76,7 @@ TEST_CASE("current() reads the calling thread, not the main thread", "[privilege
 }
 
 TEST_CASE("copies duplicate the fds; moves transfer them and empty the source") {
-  const std::size_t fds_before = test::count_fds();
+  const test::Baseline base(test::Watch::fds);
   {
     Set a = Set::current(Kind::net | Kind::uts);
     Set b = a;
@@ -95,9 +99,9 @@ TEST_CASE("copies duplicate the fds; moves transfer them and empty the source") 
     CHECK(d == c);
     d = std::move(c);  // move-assign closes d's old fds at once
     CHECK(d == b);
-    CHECK(test::count_fds() == fds_before + 4);  // b and d, two kinds each
+    CHECK(test::count_fds() == base.fds() + 4);  // b and d, two kinds each
   }
-  CHECK(test::count_fds() == fds_before);
+  base.check();
 }
 
 TEST_CASE("dup() copies a subset; fd() and identity() refuse kinds not held") {
@@ -156,7 +160,7 @@ TEST_CASE("from_pid() of another process sees that process's namespaces", "[priv
 }
 
 TEST_CASE("from_pid() refuses bad and missing pids") {
-  const std::size_t fds_before = test::count_fds();
+  const test::Baseline base(test::Watch::fds);
   CHECK_THROWS_AS(Set::from_pid(0), std::invalid_argument);
   CHECK_THROWS_AS(Set::from_pid(-5), std::invalid_argument);
 
@@ -168,7 +172,7 @@ TEST_CASE("from_pid() refuses bad and missing pids") {
   const auto e = test::system_error_of([&] { (void)Set::from_pid(gone); });
   CHECK(e.code() == std::errc::no_such_process);
   CHECK_THAT(e.what(), Catch::Contains(std::to_string(gone)));
-  CHECK(test::count_fds() == fds_before);
+  base.check();
 }
 
 TEST_CASE("from_dir() opens a folder of namespace files") {
@@ -188,7 +192,7 @@ TEST_CASE("from_dir() opens a folder of namespace files") {
     CHECK_THAT(e.what(), Catch::Contains("mnt"));
   }
   SECTION("an empty folder, a missing one, a regular file") {
-    const std::size_t fds_before = test::count_fds();
+    const test::Baseline base(test::Watch::fds);
     auto e = test::system_error_of([&] { (void)Set::from_dir(dir.path()); });
     CHECK(e.code() == std::errc::no_such_file_or_directory);
     CHECK_THAT(e.what(), Catch::Contains("holds no namespace file"));
@@ -197,7 +201,7 @@ TEST_CASE("from_dir() opens a folder of namespace files") {
     std::ofstream(dir.path() / "file") << "x";
     e = test::system_error_of([&] { (void)Set::from_dir(dir.path() / "file"); });
     CHECK(e.code() == std::errc::not_a_directory);
-    CHECK(test::count_fds() == fds_before);
+    base.check();
   }
   SECTION("a folder whose net file is not a namespace") {
     std::ofstream(dir.path() / "net") << "not a namespace";
@@ -208,7 +212,7 @@ TEST_CASE("from_dir() opens a folder of namespace files") {
 }
 
 TEST_CASE("from_file() and from_fd() validate what they are given") {
-  const std::size_t fds_before = test::count_fds();
+  const test::Baseline base(test::Watch::fds);
   test::TempDir dir;
   const auto regular = dir.path() / "plain";
   std::ofstream(regular) << "x";
@@ -259,7 +263,7 @@ TEST_CASE("from_file() and from_fd() validate what they are given") {
     CHECK(cloexec(s.fd(Kind::net)));
     CHECK(s.identity(Kind::net) == own_ns(Kind::net, "/proc/self"));
   }
-  CHECK(test::count_fds() == fds_before);
+  base.check();
 }
 
 TEST_CASE("const member functions may be called from many threads at once") {

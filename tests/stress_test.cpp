@@ -32,7 +32,12 @@
 #include <gonso/pool.hpp>
 #include <gonso/spawn.hpp>
 
-#include "support.hpp"
+#include "support/baseline.hpp"
+#include "support/fixtures.hpp"
+#include "support/kernel_view.hpp"
+#include "support/mounts.hpp"
+#include "support/privilege.hpp"
+#include "support/soak.hpp"
 
 using gonso::Kind;
 using gonso::Set;
@@ -44,29 +49,6 @@ namespace {
 constexpr int stress_threads = 8;
 constexpr int rounds = 6;
 constexpr int operations_per_round = 90;
-
-/// What went wrong, from any thread. Capped: one broken invariant repeats.
-class Failures {
- public:
-  void add(std::string what) {
-    const std::lock_guard lock(mutex_);
-    ++count_;
-    if (list_.size() < 20) list_.push_back(std::move(what));
-  }
-  [[nodiscard]] std::vector<std::string> list() const {
-    const std::lock_guard lock(mutex_);
-    return list_;
-  }
-  [[nodiscard]] std::size_t count() const {
-    const std::lock_guard lock(mutex_);
-    return count_;
-  }
-
- private:
-  mutable std::mutex mutex_;
-  std::vector<std::string> list_;
-  std::size_t count_ = 0;
-};
 
 /// A Set and what the test itself reads of its namespaces, through the
 /// kernel (stat of /proc/self/fd/N), not through gonso.
@@ -111,108 +93,8 @@ std::string mismatches(const ProcessView& view, const test::Snapshot& expected) 
 /// The same for the calling thread.
 std::string mismatches(const test::Snapshot& expected) { return mismatches(process_view(), expected); }
 
-std::size_t count_nsfs_mounts() {
-  const auto all = test::mounts();
-  return static_cast<std::size_t>(
-      std::count_if(all.begin(), all.end(), [](const test::MountEntry& m) { return m.fstype == "nsfs"; }));
-}
-
-/// The namespaces a thread of this process is in, for each kind where it
-/// differs from `own`; nullopt when the thread ended while being read.
-std::optional<std::vector<gonso::Identity>> foreign_namespaces_of(const std::string& task, const test::Snapshot& own) {
-  std::vector<gonso::Identity> out;
-  for (const auto& [kind, id] : own) {
-    struct stat st {};
-    if (::stat(fmt::format("{}/ns/{}", task, test::link_of(kind)).c_str(), &st) != 0) return std::nullopt;
-    const gonso::Identity seen{kind, st.st_dev, st.st_ino};
-    if (seen != id) out.push_back(seen);
-  }
-  return out;
-}
-
-/// A set that several threads add to and look up.
-template <typename T>
-class SharedSet {
- public:
-  void add(const T& value) {
-    const std::lock_guard lock(mutex_);
-    values_.insert(value);
-  }
-  [[nodiscard]] bool contains(const T& value) const {
-    const std::lock_guard lock(mutex_);
-    return values_.count(value) != 0;
-  }
-
- private:
-  mutable std::mutex mutex_;
-  std::set<T> values_;
-};
-
-/// The namespaces the test made, which gonso's threads may be in while they
-/// serve a run; any other foreign namespace on any thread is a leak.
-class KnownNamespaces : public SharedSet<std::pair<dev_t, ino_t>> {
- public:
-  void add(const test::Snapshot& expected) {
-    for (const auto& [kind, id] : expected) SharedSet::add({id.device, id.inode});
-  }
-};
-
-/// The threads that call gonso: none of them may ever change namespace.
-using CallerThreads = SharedSet<pid_t>;
-
-/// Scans /proc/self/task until stopped. A caller thread in any foreign
-/// namespace is a failure at once. Other threads (gonso's) may be in the
-/// namespaces of Sets: those the test made, and those gonso is making while
-/// unshare or a pool refill is under way, which the test learns of only once
-/// they are made; so the namespaces seen are kept, and checked at the end.
-class Monitor {
- public:
-  Monitor(const test::Snapshot& own, const CallerThreads& callers, Failures& failures)
-      : thread_([&, this](const std::stop_token& stop) {
-          while (!stop.stop_requested()) {
-            scan(own, callers, failures);
-            std::this_thread::sleep_for(std::chrono::microseconds(200));
-          }
-        }) {}
-  Monitor(const Monitor&) = delete;
-  Monitor& operator=(const Monitor&) = delete;
-  ~Monitor() = default;
-
-  /// Stops scanning; returns the foreign namespaces gonso's threads were seen in.
-  std::map<std::pair<dev_t, ino_t>, std::string> stop() {
-    thread_ = {};
-    return seen_;
-  }
-  /// Holds the scans off while the test's thread counts fds: a scan has a
-  /// directory of /proc open.
-  [[nodiscard]] std::unique_lock<std::mutex> hold() { return std::unique_lock(scanning_); }
-  [[nodiscard]] std::size_t scans() const noexcept { return scans_; }
-  [[nodiscard]] std::size_t foreign_seen() const noexcept { return foreign_seen_; }
-
- private:
-  void scan(const test::Snapshot& own, const CallerThreads& callers, Failures& failures) {
-    const std::lock_guard lock(scanning_);
-    for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
-      const auto foreign = foreign_namespaces_of(task.path().string(), own);
-      if (!foreign || foreign->empty()) continue;
-      ++foreign_seen_;
-      const pid_t tid = std::stoi(task.path().filename().string());
-      if (callers.contains(tid)) failures.add(fmt::format("caller thread {} is in {}", tid, foreign->front()));
-      for (const gonso::Identity& id : *foreign) {
-        seen_.try_emplace({id.device, id.inode}, fmt::format("thread {} in {}", tid, id));
-      }
-    }
-    ++scans_;
-  }
-
-  std::mutex scanning_;
-  std::atomic<std::size_t> scans_{0};
-  std::atomic<std::size_t> foreign_seen_{0};
-  std::map<std::pair<dev_t, ino_t>, std::string> seen_;  // the monitor thread's alone until stop()
-  std::jthread thread_;
-};
-
-/// What the rest of the process looks like once the workers are quiet.
+/// What the rest of the process looks like once the workers are quiet, to
+/// compare one round with the next.
 struct Quiet {
   std::size_t fds, threads, children, nsfs_mounts;
   friend bool operator==(const Quiet&, const Quiet&) = default;
@@ -220,7 +102,7 @@ struct Quiet {
 
 Quiet quiet_state() {
   gonso::retire_idle_workers();
-  return {test::count_fds(), test::count_threads(), test::children().size(), count_nsfs_mounts()};
+  return {test::count_fds(), test::count_threads(), test::children().size(), test::count_nsfs_mounts()};
 }
 
 }  // namespace
@@ -240,11 +122,10 @@ TEST_CASE("stress: every operation from many threads over several Sets; invarian
   test::require_privilege();
   test::leaves_machine_as_found([] {
     // ThreadSanitizer starts a thread of its own at the first thread creation:
-    // make it exist before the baseline.
-    std::thread([] {}).join();
-    const test::Snapshot own = test::snapshot();
-    const Quiet baseline = quiet_state();
-    Failures failures;
+    // the Baseline makes it exist before it counts.
+    const test::Baseline base(test::Watch::process);
+    const test::Snapshot& own = base.caller();
+    test::Problems failures;
     std::atomic<std::size_t> operations{0};
     std::array<std::atomic<std::size_t>, 9> succeeded{};  // without an exception, by operation
     std::size_t scans = 0;
@@ -257,7 +138,7 @@ TEST_CASE("stress: every operation from many threads over several Sets; invarian
       targets.push_back(make_target("net+uts", process.unshare(Kind::net | Kind::uts), own));
       targets.push_back(make_target("net+ipc+mnt", process.unshare(Kind::net | Kind::ipc | Kind::mnt), own));
       targets.push_back(make_target("pid+net", process.unshare(Kind::pid | Kind::net), own));
-      KnownNamespaces known;
+      test::KnownNamespaces known;
       for (const Target& t : targets) known.add(t.expected);
       std::vector<std::unique_ptr<gonso::Executor>> executors;
       executors.reserve(targets.size());
@@ -268,9 +149,9 @@ TEST_CASE("stress: every operation from many threads over several Sets; invarian
       gonso::Pool pool(process, Kind::net | Kind::uts,
                        {.size = 4, .after_create = [&known] { known.add(test::snapshot()); }});
 
-      CallerThreads callers;
+      test::CallerThreads callers;
       callers.add(test::tid());
-      Monitor monitor(own, callers, failures);
+      test::Monitor monitor(own, callers, failures);
 
       // Between rounds the workers stop, and the test's thread compares the
       // quiet process with the first round's.
@@ -401,7 +282,7 @@ TEST_CASE("stress: every operation from many threads over several Sets; invarian
         // Quiet: only executors' threads (the worker and its anchor) may be
         // in foreign namespaces now, each in its own Set's.
         for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
-          const auto foreign = foreign_namespaces_of(task.path().string(), own);
+          const auto foreign = test::foreign_namespaces_of(task.path().string(), own);
           if (!foreign || foreign->empty()) continue;
           const bool in_an_executor_set = std::any_of(targets.begin(), targets.end(), [&](const Target& t) {
             return std::all_of(foreign->begin(), foreign->end(),
@@ -428,11 +309,9 @@ TEST_CASE("stress: every operation from many threads over several Sets; invarian
       }
     }
     // Everything destroyed: back to where the test began.
-    CHECK(quiet_state() == baseline);
-    CHECK(test::snapshot() == own);
-    CHECK(test::threads_outside(own).empty());
-    siginfo_t info{};
-    CHECK((::waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_pid == 0));
+    base.check({.children = false});
+    CHECK(test::count_threads() == base.threads());  // exactly as many, at once
+    CHECK(test::reapable_child() == 0);
 
     INFO(fmt::format("{} operations, {} monitor scans, {} sightings of gonso threads in foreign namespaces",
                      operations.load(), scans, foreign_seen));

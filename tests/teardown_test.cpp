@@ -29,19 +29,16 @@
 #include <gonso/executor.hpp>
 #include <gonso/spawn.hpp>
 
-#include "support.hpp"
+#include "support/baseline.hpp"
+#include "support/kernel_view.hpp"
+#include "support/poll.hpp"
+#include "support/privilege.hpp"
+#include "support/programs.hpp"
 
 using gonso::Child;
 using gonso::ExitStatus;
 using gonso::Kind;
 using gonso::Set;
-
-namespace Catch {
-template <>
-struct StringMaker<ExitStatus> {
-  static std::string convert(const ExitStatus& status) { return fmt::format("{}", status); }
-};
-}  // namespace Catch
 
 namespace {
 
@@ -63,35 +60,13 @@ bool returns(Fn fn) {
   return finished.wait_for(watchdog) == std::future_status::ready;
 }
 
-/// What the process holds, from the kernel's view.
-struct Held {
-  std::set<pid_t> children;
-  std::size_t fds;
-  std::size_t threads;
-};
-Held held() {
-  gonso::retire_idle_workers();
-  return {test::children(), test::count_fds(), test::count_threads()};
-}
-
-/// After a case: no child process or zombie, fd or thread more than before.
-void check_back_to(const Held& before) {
-  CHECK(test::eventually([&] { return test::children() == before.children; }));
-  gonso::retire_idle_workers();
-  CHECK(test::count_fds() == before.fds);
-  CHECK(test::threads_settled_at(before.threads) == before.threads);
-}
+/// What the process holds, from the kernel's view: child processes and
+/// zombies, fds and threads, after a case no more than before.
+constexpr test::Watch held = test::Watch::children | test::Watch::fds | test::Watch::threads;
 
 /// Waits, without reaping it here, until the program has ended: its pidfd
 /// is readable (a zombie, or reaped already by another thread's teardown).
-bool ended_unreaped(const Child& child) {
-  pollfd ended{child.pidfd(), POLLIN, 0};
-  return ::poll(&ended, 1, static_cast<int>(std::chrono::milliseconds(watchdog).count())) == 1;
-}
-
-bool gone(pid_t pid) {
-  return test::eventually([&] { return !std::filesystem::exists(fmt::format("/proc/{}", pid)); });
-}
+bool ended_unreaped(const Child& child) { return test::ended(child, watchdog); }
 
 Set pid_set() { return Set::current().unshare(Kind::pid | Kind::net); }
 
@@ -99,7 +74,7 @@ Set pid_set() { return Set::current().unshare(Kind::pid | Kind::net); }
 
 TEST_CASE("teardown: the last pid Set destroyed while a program in it is unwaited", "[privileged][spawn][teardown]") {
   test::require_privilege();
-  const Held before = held();
+  const test::Baseline base(held);
   pid_t init = -1;
   pid_t program = -1;
   {
@@ -111,17 +86,17 @@ TEST_CASE("teardown: the last pid Set destroyed while a program in it is unwaite
     // The instance of issue 11: this destructor waited for an init that
     // waited for this thread to reap the program.
     REQUIRE(returns([owner] { owner->reset(); }));
-    CHECK(gone(init));
+    CHECK(test::gone(init));
     CHECK(child.wait() == ExitStatus::killed_by(SIGKILL));
     CHECK(child.wait() == ExitStatus::killed_by(SIGKILL));  // the same, again
   }
-  CHECK(gone(program));
-  check_back_to(before);
+  CHECK(test::gone(program));
+  base.check();
 }
 
 TEST_CASE("teardown: every order of Set and Child, program alive or ended", "[privileged][spawn][teardown]") {
   test::require_privilege();
-  const Held before = held();
+  const test::Baseline base(held);
   struct Order {
     const char* name;
     bool program_ends;  // `true` instead of `sleep`
@@ -154,15 +129,15 @@ TEST_CASE("teardown: every order of Set and Child, program alive or ended", "[pr
         destroy_child();
         CHECK(returns([owner] { owner->reset(); }));
       }
-      CHECK(gone(program));
+      CHECK(test::gone(program));
     }
   }
-  check_back_to(before);
+  base.check();
 }
 
 TEST_CASE("teardown: a Child waited on one thread while another destroys the Set", "[privileged][spawn][teardown]") {
   test::require_privilege();
-  const Held before = held();
+  const test::Baseline base(held);
   {
     std::optional<Set> owner(pid_set());
     Child child = gonso::spawn(*owner, {"/bin/sleep", "100"});
@@ -175,13 +150,13 @@ TEST_CASE("teardown: a Child waited on one thread while another destroys the Set
     waiter.join();
     CHECK(got.get() == ExitStatus::killed_by(SIGKILL));
   }
-  check_back_to(before);
+  base.check();
 }
 
 TEST_CASE("teardown: copies of a pid Set destroyed from other threads while programs run",
           "[privileged][spawn][teardown]") {
   test::require_privilege();
-  const Held before = held();
+  const test::Baseline base(held);
   {
     auto original = std::make_shared<std::optional<Set>>(pid_set());
     auto copy = std::make_shared<std::optional<Set>>(**original);
@@ -195,13 +170,13 @@ TEST_CASE("teardown: copies of a pid Set destroyed from other threads while prog
     CHECK(returns([original] { original->reset(); }));
     for (Child& child : children) CHECK(child.wait() == ExitStatus::killed_by(SIGKILL));
   }
-  check_back_to(before);
+  base.check();
 }
 
 TEST_CASE("teardown: a program spawned through a Set that does not own the namespace",
           "[privileged][spawn][teardown]") {
   test::require_privilege();
-  const Held before = held();
+  const test::Baseline base(held);
   {
     auto owner = std::make_shared<std::optional<Set>>(pid_set());
     const pid_t init = test::init_of((*owner)->identity(Kind::pid));
@@ -211,12 +186,12 @@ TEST_CASE("teardown: a program spawned through a Set that does not own the names
     CHECK(returns([owner] { owner->reset(); }));
     CHECK(child.wait() == ExitStatus::killed_by(SIGKILL));
   }
-  check_back_to(before);
+  base.check();
 }
 
 TEST_CASE("teardown: run_in_process children, and Executors, in every order", "[privileged][process][teardown]") {
   test::require_privilege();
-  const Held before = held();
+  const test::Baseline base(held);
   SECTION("a callable that leaves a process running in the namespace, then the Set") {
     auto owner = std::make_shared<std::optional<Set>>(pid_set());
     const pid_t left = (*owner)->run_in_process([] {
@@ -265,13 +240,13 @@ TEST_CASE("teardown: run_in_process children, and Executors, in every order", "[
       CHECK(child.wait() == ExitStatus::killed_by(SIGKILL));
     }
   }
-  check_back_to(before);
+  base.check();
 }
 
 TEST_CASE("teardown: a zombie of the caller's own in the namespace delays the destructor only boundedly",
           "[privileged][teardown]") {
   test::require_privilege();
-  const Held before = held();
+  const test::Baseline base(held);
   {
     auto owner = std::make_shared<std::optional<Set>>(pid_set());
     // A child forked by a callable of Set::run is the caller's own, inside
@@ -291,9 +266,9 @@ TEST_CASE("teardown: a zombie of the caller's own in the namespace delays the de
   CHECK(test::eventually([&] {
     // Let another Child end now and then, so the deferred init is swept.
     (void)gonso::spawn(Set::current(Kind::net), {"/bin/true"}).wait();
-    return test::children() == before.children;
+    return test::child_processes() == base.children();
   }));
-  check_back_to(before);
+  base.check();
 }
 
 // ---------------------------------------------------------------------------
@@ -383,7 +358,7 @@ void churn_round(Churn& churn, int thread, int round) {
 
 TEST_CASE("teardown soak: threads spawn into pid Sets and destroy them in every order", "[privileged][stress]") {
   test::require_privilege();
-  const Held before = held();
+  const test::Baseline base(held);
   constexpr int threads = 4;
   constexpr int rounds = 48;  // 192 Sets, 192 programs, every order 24 times
   auto churn = std::make_shared<Churn>();
@@ -409,5 +384,5 @@ TEST_CASE("teardown soak: threads spawn into pid Sets and destroy them in every 
   // Sets handed over last are destroyed here, on yet another thread.
   CHECK(returns([churn] { churn->handed_over.clear(); }));
   CHECK(churn->destroyed.load() == static_cast<long>(threads) * rounds * 3);
-  check_back_to(before);
+  base.check();
 }

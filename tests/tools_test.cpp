@@ -6,26 +6,14 @@
 #include <cstdio>
 #include <string>
 
-#include "support.hpp"
+#include "support/kernel_view.hpp"
+#include "support/privilege.hpp"
+#include "support/tools.hpp"
 
 #include <gonso/spawn.hpp>
 
 using gonso::Kind;
 using gonso::Set;
-
-namespace {
-
-std::string output_of(const std::string& command) {
-  std::string out;
-  FILE* pipe = ::popen(command.c_str(), "re");
-  if (pipe == nullptr) return out;
-  char buf[512];
-  for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, pipe)) > 0;) out.append(buf, n);
-  ::pclose(pipe);
-  return out;
-}
-
-}  // namespace
 
 TEST_CASE("nsenter --target and lsns see the namespaces gonso created", "[privileged][process][tools]") {
   test::require_privilege();
@@ -39,14 +27,14 @@ TEST_CASE("nsenter --target and lsns see the namespaces gonso created", "[privil
     // nsenter --pid forks, so its program is inside the pid namespace too.
     const std::string option = kind == Kind::mnt ? "mount" : name;
     const std::string seen =
-        output_of(fmt::format("nsenter --target {} --{} readlink /proc/self/ns/{}", pid, option, name));
+        test::tool_output(fmt::format("nsenter --target {} --{} readlink /proc/self/ns/{}", pid, option, name));
     CHECK(seen == gonso::to_string(box.identity(kind)) + "\n");
   }
 
   // lsns names a namespace by inode and one of its processes.
-  const std::string listed = output_of("lsns -t net -n -o NS");
+  const std::string listed = test::tool_output("lsns -t net -n -o NS");
   CHECK_THAT(listed, Catch::Contains(std::to_string(box.identity(Kind::net).inode)));
-  const std::string users = output_of(fmt::format("lsns -t user -n -o NS,PID"));
+  const std::string users = test::tool_output(fmt::format("lsns -t user -n -o NS,PID"));
   CHECK_THAT(users, Catch::Contains(std::to_string(box.identity(Kind::user).inode)));
 
   sleeper.kill(SIGKILL);

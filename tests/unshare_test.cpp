@@ -21,7 +21,11 @@
 #include <gonso/set.hpp>
 #include <gonso/workers.hpp>
 
-#include "support.hpp"
+#include "support/baseline.hpp"
+#include "support/fixtures.hpp"
+#include "support/kernel_view.hpp"
+#include "support/mounts.hpp"
+#include "support/privilege.hpp"
 
 namespace {
 
@@ -274,22 +278,21 @@ TEST_CASE("unshare: mount propagation of a new mount namespace", "[unshare][moun
 
 // None of these needs privilege: each request is refused before any system call.
 TEST_CASE("unshare: refused requests throw and change nothing", "[unshare][errors]") {
-  const test::Snapshot caller = test::snapshot();
   const gonso::Set source = gonso::Set::current();
-  const std::size_t fds = test::count_fds();
+  const test::Baseline base(test::Watch::namespaces | test::Watch::fds);
 
   SECTION("no kinds: std::invalid_argument") {
     const auto e = thrown_by<std::invalid_argument>([&] { (void)source.unshare(gonso::Kinds{}); });
     REQUIRE(e);
     CHECK_THAT(e->what(), Contains("no namespace kinds"));
-    CHECK(test::count_fds() == fds);
+    base.check();
   }
 
   SECTION("CLONE_VM is no namespace: std::invalid_argument naming the bit") {
     const auto e = thrown_by<std::invalid_argument>([&] { (void)source.unshare(CLONE_VM); });
     REQUIRE(e);
     CHECK_THAT(e->what(), Contains("0x00000100"));
-    CHECK(test::count_fds() == fds);
+    base.check();
   }
 
   SECTION("id maps without a new user namespace, time offsets without a new time namespace") {
@@ -303,7 +306,7 @@ TEST_CASE("unshare: refused requests throw and change nothing", "[unshare][error
     e = thrown_by<std::invalid_argument>([&] { (void)source.unshare(Kind::net | Kind::user, offsets); });
     REQUIRE(e);
     CHECK_THAT(e->what(), Contains("time offsets"));
-    CHECK(test::count_fds() == fds);
+    base.check();
   }
 
   SECTION("id maps that map nothing or overlap") {
@@ -317,14 +320,14 @@ TEST_CASE("unshare: refused requests throw and change nothing", "[unshare][error
     e = thrown_by<std::invalid_argument>([&] { (void)source.unshare(Kind::user, overlapping); });
     REQUIRE(e);
     CHECK_THAT(e->what(), Contains("gid_map") && Contains("overlap"));
-    CHECK(test::count_fds() == fds);
+    base.check();
   }
 
   SECTION("an empty or moved-from Set: std::logic_error") {
     gonso::Set moved_from = gonso::Set::current();
     const gonso::Set taker = std::move(moved_from);
     REQUIRE(moved_from.empty());  // NOLINT(bugprone-use-after-move): the point of the test
-    const std::size_t fds_now = test::count_fds();
+    const test::Baseline now(test::Watch::fds);
 
     const auto e1 = thrown_by<std::logic_error>([&] { (void)moved_from.unshare(Kind::net); });  // NOLINT
     REQUIRE(e1);
@@ -334,10 +337,10 @@ TEST_CASE("unshare: refused requests throw and change nothing", "[unshare][error
     const auto e2 = thrown_by<std::logic_error>([&] { (void)empty.unshare(Kind::uts); });
     REQUIRE(e2);
     CHECK_THAT(e2->what(), Contains("empty"));
-    CHECK(test::count_fds() == fds_now);
+    now.check();
   }
 
-  CHECK(text(test::snapshot()) == text(caller));
+  base.check();
 }
 
 TEST_CASE("unshare: Sets made and destroyed leave no fd behind", "[unshare][fds][privileged]") {
@@ -346,9 +349,9 @@ TEST_CASE("unshare: Sets made and destroyed leave no fd behind", "[unshare][fds]
   const test::Snapshot caller = test::snapshot();
   const gonso::Set source = gonso::Set::current();
 
-  // Idle workers hold fds of their own namespaces: not the Sets' to answer for.
-  gonso::retire_idle_workers();
-  const std::size_t fds_before = test::count_fds();
+  // Idle workers hold fds of their own namespaces, not the Sets' to answer
+  // for: the Baseline retires them before it counts, and so does its check.
+  const test::Baseline base(test::Watch::namespaces | test::Watch::fds);
   {
     std::vector<gonso::Set> sets;
     std::size_t held = 0;
@@ -367,9 +370,7 @@ TEST_CASE("unshare: Sets made and destroyed leave no fd behind", "[unshare][fds]
     CHECK(wrong == std::vector<std::string>{});
     gonso::retire_idle_workers();
     // While they live, the Sets hold exactly one fd per namespace.
-    CHECK(test::count_fds() == fds_before + held);
+    CHECK(test::count_fds() == base.fds() + held);
   }
-  gonso::retire_idle_workers();
-  CHECK(test::count_fds() == fds_before);
-  CHECK(text(test::snapshot()) == text(caller));
+  base.check();
 }

@@ -23,7 +23,10 @@
 #include <gonso/detail/process/report.hpp>
 #include <gonso/spawn.hpp>
 
-#include "support.hpp"
+#include "support/baseline.hpp"
+#include "support/kernel_view.hpp"
+#include "support/poll.hpp"
+#include "support/privilege.hpp"
 
 using gonso::Kind;
 using gonso::Set;
@@ -239,9 +242,7 @@ TEST_CASE("untrusted: a callable that writes into its own report pipe gets EPROT
           "[untrusted][privileged][process]") {
   test::require_privilege();
   const Set fresh = Set::current().unshare(Kind::net);
-  gonso::retire_idle_workers();
-  const std::size_t fds = test::count_fds();
-  const std::set<pid_t> kids = test::children();
+  const test::Baseline base(test::Watch::fds | test::Watch::children);
   for (const std::string& junk : {std::string("V\x01\x00\x00\x00", 5), std::string("J\xff\xff\xff\x7f", 5),
                                   std::string("garbage that is no report")}) {
     const int err = errno_of([&] {
@@ -259,15 +260,13 @@ TEST_CASE("untrusted: a callable that writes into its own report pipe gets EPROT
     });
     CHECK(err == EPROTO);
   }
-  CHECK(test::eventually([&] { return test::children() == kids; }));
-  gonso::retire_idle_workers();
-  CHECK(test::count_fds() == fds);
+  base.check();
 }
 
 TEST_CASE("untrusted: a string result over the limit is refused in the child, clearly", "[untrusted][privileged]") {
   test::require_privilege();
   const Set fresh = Set::current().unshare(Kind::uts);
-  const std::set<pid_t> kids = test::children();
+  const test::Baseline base(test::Watch::children);
   try {
     (void)fresh.run_in_process([] { return std::string(detail::max_report_body + 1, 'x'); });
     FAIL("no exception");
@@ -275,5 +274,5 @@ TEST_CASE("untrusted: a string result over the limit is refused in the child, cl
     CHECK(e.exception_type() == "std::length_error");
     CHECK_THAT(e.message(), Catch::Contains("exceeds run_in_process's limit"));
   }
-  CHECK(test::eventually([&] { return test::children() == kids; }));
+  base.check();
 }
