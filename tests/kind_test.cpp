@@ -1,7 +1,12 @@
 // Kinds and flags: pure values, no privilege needed.
+#include <fcntl.h>
+#include <linux/nsfs.h>
 #include <sched.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <cstddef>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -9,7 +14,9 @@
 #include <fmt/format.h>
 #include <catch2/catch.hpp>
 
+#include <gonso/detail/ns/kinds.hpp>
 #include <gonso/kind.hpp>
+#include <gonso/options.hpp>
 
 using gonso::Kind;
 using gonso::Kinds;
@@ -90,4 +97,54 @@ TEST_CASE("kinds format with fmt") {
   CHECK(fmt::format("{}", Kind::net | Kind::mnt) == "{mnt, net}");
   CHECK(fmt::format("{}", Kinds{}) == "{}");
   CHECK(fmt::format("{:>5}", Kind::ipc) == "  ipc");
+}
+
+TEST_CASE("the table of kinds agrees with the kernel, and the orders derived from it hold the rules") {
+  namespace detail = gonso::detail;
+  for (Kind kind : gonso::all_kinds) {
+    INFO(gonso::name(kind));
+    // The kernel's type of the namespace file of that name is the kind's flag.
+    const std::string path = fmt::format("/proc/thread-self/ns/{}", gonso::name(kind));
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    REQUIRE(fd >= 0);
+    CHECK(::ioctl(fd, NS_GET_NSTYPE) == gonso::clone_flag(kind));
+    ::close(fd);
+    // The link that shows what a thread joined exists under that name.
+    CHECK(::access(fmt::format("/proc/thread-self/ns/{}", detail::thread_link(kind)).c_str(), F_OK) == 0);
+  }
+  // Every kind once in the join order; user last, mnt after every other
+  // kind a thread joins.
+  Kinds seen;
+  for (Kind kind : detail::join_order) seen |= kind;
+  CHECK(seen == Kinds::all());
+  CHECK(detail::join_order.back() == Kind::user);
+  const auto at = [](Kind kind) {
+    for (std::size_t i = 0; i < detail::join_order.size(); ++i) {
+      if (detail::join_order[i] == kind) return i;
+    }
+    return detail::join_order.size();
+  };
+  for (Kind kind : detail::thread_join_order) {
+    if (kind != Kind::mnt) CHECK(at(kind) < at(Kind::mnt));
+  }
+  CHECK(detail::thread_join_order.back() == Kind::mnt);
+  CHECK(detail::thread_joinable_kinds == Kinds::all() - Kind::user - Kind::time);
+  CHECK(detail::process_only_kinds == (Kind::pid | Kind::time | Kind::user));
+  CHECK(detail::watched_kinds == Kinds::all() - Kind::user);
+  CHECK_FALSE(detail::pidfd_kinds.contains(Kind::mnt));
+}
+
+TEST_CASE("UnshareOptions::check refuses what unshare would, before anything is made") {
+  gonso::UnshareOptions maps;
+  maps.uid_map = {{0, 1000, 1}};
+  CHECK_THROWS_AS(maps.check(Kind::net), std::invalid_argument);  // maps without a user namespace
+  CHECK_NOTHROW(maps.check(Kind::user | Kind::net));
+  maps.uid_map = {{0, 1000, 10}, {5, 2000, 1}};  // inside ids 5 overlap
+  CHECK_THROWS_AS(maps.check(Kind::user), std::invalid_argument);
+  maps.uid_map = {{0, 1000, 0}};  // maps no ids
+  CHECK_THROWS_AS(maps.check(Kind::user), std::invalid_argument);
+  gonso::UnshareOptions offsets;
+  offsets.monotonic_offset = std::chrono::seconds(5);
+  CHECK_THROWS_AS(offsets.check(Kind::net), std::invalid_argument);
+  CHECK_NOTHROW(offsets.check(Kind::time));
 }

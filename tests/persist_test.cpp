@@ -104,6 +104,29 @@ TEST_CASE("persist(set, dir): the namespaces outlive their Set and threads, and 
   });
 }
 
+TEST_CASE("persist_dir and unpersist_dir are a pair: the folder's files are the Set's namespaces, then gone",
+          "[persist][privileged]") {
+  test::require_privilege();
+  test::leaves_machine_as_found([] {
+    const Kinds kinds = Kind::net | Kind::uts;
+    const test::PrivateTmpfs fs;
+    const auto dir = fs.path() / "pair";
+    const Set set = test::unshare_persistable(Set::current(kinds), kinds);
+    gonso::persist_dir(set, dir);
+    for (Kind kind : kinds) {
+      INFO(gonso::name(kind));
+      // The kernel's view of each file: an nsfs mount of the Set's namespace.
+      const Raw raw = raw_of_fd(set.fd(kind));
+      CHECK(same_file(stat_of(dir / std::string(gonso::name(kind))), raw));
+      CHECK(test::nsfs_mounts_at((dir / std::string(gonso::name(kind))).string()) ==
+            std::vector<std::string>{link_text(kind, raw)});
+    }
+    gonso::unpersist_dir(dir);
+    CHECK_FALSE(std::filesystem::exists(dir));
+    CHECK(nsfs_mounts_under(fs.path()).empty());
+  });
+}
+
 TEST_CASE("persist(set, dir): user, pid and time namespaces made in a process outlive it",
           "[persist][privileged][process]") {
   test::require_privilege();
