@@ -21,7 +21,7 @@
 
 #include <fmt/format.h>
 
-#include <gonso/detail/fs/mount_at.hpp>
+#include <gonso/detail/fs/propagation.hpp>
 #include <gonso/detail/ns/kinds.hpp>
 #include <gonso/detail/ns/ns_file.hpp>
 #include <gonso/detail/process/creator.hpp>

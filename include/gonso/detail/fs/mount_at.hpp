@@ -21,7 +21,6 @@
 
 #include <gonso/detail/sys/syscalls.hpp>
 #include <gonso/detail/sys/unique_fd.hpp>
-#include <gonso/options.hpp>
 
 // The new mount API (kernel 5.2), in case the C library predates it.
 #ifndef OPEN_TREE_CLONE
@@ -119,21 +118,6 @@ inline void unlink_if_same(int dir, const char* name, int fd) noexcept {
   }, there{};
   if (::fstat(fd, &ours) != 0 || ::fstatat(dir, name, &there, AT_SYMLINK_NOFOLLOW) != 0) return;
   if (ours.st_dev == there.st_dev && ours.st_ino == there.st_ino) ::unlinkat(dir, name, 0);
-}
-
-/// The mount(2) flag of a propagation, 0 for unchanged.
-[[nodiscard]] inline unsigned long propagation_flag(Propagation p) noexcept {
-  switch (p) {
-    case Propagation::rprivate:
-      return MS_PRIVATE;
-    case Propagation::rslave:
-      return MS_SLAVE;
-    case Propagation::rshared:
-      return MS_SHARED;
-    case Propagation::unchanged:
-      return 0;
-  }
-  return MS_PRIVATE;
 }
 
 }  // namespace gonso::detail

@@ -24,7 +24,7 @@
 
 #include <fmt/format.h>
 
-#include <gonso/detail/fs/mount_at.hpp>
+#include <gonso/detail/fs/propagation.hpp>
 #include <gonso/detail/ns/join.hpp>
 #include <gonso/detail/ns/ns_file.hpp>
 #include <gonso/detail/process/creator_child.hpp>
