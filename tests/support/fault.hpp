@@ -133,7 +133,16 @@ class SignalDisposition {
   }
   SignalDisposition(const SignalDisposition&) = delete;
   SignalDisposition& operator=(const SignalDisposition&) = delete;
-  ~SignalDisposition() { ::sigaction(sig_, &old_, nullptr); }
+  // Ignored for a moment first: that discards an instance still pending
+  // (on a thread that had it blocked when a storm's last one came), which
+  // the old disposition, if it is the default, would make fatal later.
+  ~SignalDisposition() {
+    struct sigaction ignore {};
+    ignore.sa_handler = SIG_IGN;
+    ::sigemptyset(&ignore.sa_mask);
+    ::sigaction(sig_, &ignore, nullptr);
+    ::sigaction(sig_, &old_, nullptr);
+  }
 
  private:
   int sig_;
