@@ -457,12 +457,7 @@ template <>
 struct fmt::formatter<gonso::Set> {
   constexpr auto parse(format_parse_context& ctx) { return ctx.begin(); }
   auto format(const gonso::Set& set, format_context& ctx) const {
-    auto out = fmt::format_to(ctx.out(), "{{");
-    const char* sep = "";
-    for (gonso::Kind kind : set.kinds()) {
-      out = fmt::format_to(out, "{}{}", sep, set.identity(kind));
-      sep = ", ";
-    }
-    return fmt::format_to(out, "}}");
+    return fmt::format_to(ctx.out(), "{}",
+                          gonso::detail::describe(gonso::detail::set_access::handles(set), set.kinds()));
   }
 };
