@@ -1,9 +1,14 @@
 # <gonso/child.hpp> pulls in no thread machinery: the headers it includes,
 # as the compiler lists them (-M), hold nothing under detail/thread/.
 cmake_minimum_required(VERSION 3.25)
-file(WRITE "${CMAKE_CURRENT_BINARY_DIR}/child_alone.cpp" "#include <gonso/child.hpp>\n")
+# Run by hand with cmake -P, the current binary directory is wherever the
+# shell stands, often the source tree: the probe goes where it is told.
+if(NOT WORK_DIR)
+  message(FATAL_ERROR "pass -DWORK_DIR=<a build directory> for the probe file")
+endif()
+file(WRITE "${WORK_DIR}/child_alone.cpp" "#include <gonso/child.hpp>\n")
 execute_process(
-  COMMAND "${CXX}" -std=c++20 -M -I "${GONSO_INCLUDE}" "${CMAKE_CURRENT_BINARY_DIR}/child_alone.cpp"
+  COMMAND "${CXX}" -std=c++20 -M -I "${GONSO_INCLUDE}" "${WORK_DIR}/child_alone.cpp"
   OUTPUT_VARIABLE deps RESULT_VARIABLE failed)
 if(failed)
   message(FATAL_ERROR "cannot list what <gonso/child.hpp> includes")

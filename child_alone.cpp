@@ -1,1 +1,0 @@
-#include <gonso/child.hpp>
