@@ -11,6 +11,7 @@
 
 #include <array>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -145,6 +146,12 @@ inline std::string describe(const std::map<int, std::string>& fds) {
 }
 // "fd -> target" for each open fd, to show what a leak check found.
 inline std::string fd_list() { return describe(fds_of("/proc/self")); }
+/// What fd `fd` of this process names, as its /proc/self/fd link reads
+/// ("net:[4026532008]" for a namespace).
+inline std::string fd_link(int fd) {
+  return std::filesystem::read_symlink(fmt::format("/proc/self/fd/{}", fd)).string();
+}
+
 inline std::size_t count_threads() { return count_entries("/proc/self/task"); }
 
 /// pthread_join returns once the kernel has cleared the thread's tid, before
@@ -163,10 +170,27 @@ inline bool threads_back_to(std::size_t expected) { return threads_settled_at(ex
 /// The thread count to come back to: idle workers retired, and one thread
 /// started first, since the first thread a process starts can bring a
 /// runtime's helper along for good (ThreadSanitizer's background thread).
+/// Threads of an earlier test still on their way out (joined, buried or
+/// retired, but not yet gone from /proc/self/task) would make the count too
+/// high and a later exact comparison fail, so the count is taken once it has
+/// stopped falling for a while (bounded: a count that never settles is
+/// returned as last seen).
 inline std::size_t thread_baseline() {
   std::thread([] {}).join();
   gonso::retire_idle_workers();
-  return count_threads();
+  using clock = std::chrono::steady_clock;
+  const auto give_up = clock::now() + std::chrono::seconds(2);
+  std::size_t count = count_threads();
+  auto steady_since = clock::now();
+  while (clock::now() - steady_since < std::chrono::milliseconds(25) && clock::now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    const std::size_t now = count_threads();
+    if (now != count) {
+      count = now;
+      steady_since = clock::now();
+    }
+  }
+  return count;
 }
 
 /// Thread `tid` of this process has left /proc/self/task (waited for within
