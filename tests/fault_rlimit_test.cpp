@@ -61,7 +61,7 @@ TEST_CASE("fault: too few fds fail cleanly with EMFILE at every step", "[fault][
   std::vector<std::pair<std::string, test::SweepCounts>> report;
   const auto note = [&](const std::string& what, test::SweepCounts c) { report.emplace_back(what, c); };
 
-  SECTION("Set::current, from_pid, from_dir, dup") {
+  SECTION("Set::current, from_pid, from_dir; copies and dup need no fd") {
     note("current", test::sweep(
                         "Set::current()", [] { return Set::current(); }, same_as_caller));
     note("from_pid", test::sweep(
@@ -69,8 +69,22 @@ TEST_CASE("fault: too few fds fail cleanly with EMFILE at every step", "[fault][
     note("from_dir", test::sweep(
                          "Set::from_dir()", [] { return Set::from_dir("/proc/self/ns"); }, same_as_caller));
     const Set all = Set::current();
-    note("dup", test::sweep(
-                    "Set::dup()", [&] { return all.dup(gonso::default_kinds); }, same_as_caller));
+    {
+      // Copies and subsets share the fds they hold: they need no fd, so no
+      // limit stops them.
+      const std::size_t fds = test::count_fds();
+      std::optional<Set> copy;
+      std::optional<Set> subset;
+      {
+        const test::FdLimit limit(0);
+        copy.emplace(all);
+        subset.emplace(all.dup(gonso::default_kinds));
+      }
+      CHECK(same_as_caller(*copy));
+      CHECK(same_as_caller(*subset));
+      for (Kind kind : subset->kinds()) CHECK(subset->fd(kind) == all.fd(kind));
+      CHECK(test::count_fds() == fds);
+    }
   }
   SECTION("Set::unshare, thread and process paths") {
     const auto fresh = [&](Kinds kinds) {

@@ -75,18 +75,22 @@ TEST_CASE("current() reads the calling thread, not the main thread", "[privilege
   CHECK(seen == thread_net);
 }
 
-TEST_CASE("copies duplicate the fds; moves transfer them and empty the source") {
+TEST_CASE("copies share the fds; moves transfer them and empty the source") {
   const test::Baseline base(test::Watch::fds);
   {
+    STATIC_REQUIRE(std::is_nothrow_copy_constructible_v<Set>);
+    STATIC_REQUIRE(std::is_nothrow_copy_assignable_v<Set>);
     Set a = Set::current(Kind::net | Kind::uts);
+    const std::size_t with_a = test::count_fds();
     Set b = a;
     CHECK(b == a);
     CHECK(b.kinds() == a.kinds());
     for (Kind kind : a.kinds()) {
-      CHECK(b.fd(kind) != a.fd(kind));
+      CHECK(b.fd(kind) == a.fd(kind));
       CHECK(b.identity(kind) == a.identity(kind));
       CHECK(cloexec(b.fd(kind)));
     }
+    CHECK(test::count_fds() == with_a);  // the copy opened nothing
     const int net_fd = a.fd(Kind::net);
     Set c = std::move(a);
     CHECK(c.fd(Kind::net) == net_fd);
@@ -97,9 +101,14 @@ TEST_CASE("copies duplicate the fds; moves transfer them and empty the source") 
     Set d;
     d = c;  // copy-assign into an empty Set
     CHECK(d == c);
-    d = std::move(c);  // move-assign closes d's old fds at once
+    d = std::move(c);  // move-assign drops d's old references at once
     CHECK(d == b);
-    CHECK(test::count_fds() == base.fds() + 4);  // b and d, two kinds each
+    CHECK(test::count_fds() == base.fds() + 2);  // one per namespace, however many Sets
+    b = Set();
+    // d alone holds them now: the fds stay open and name the same namespaces.
+    CHECK(test::count_fds() == base.fds() + 2);
+    for (Kind kind : d.kinds())
+      CHECK(test::identity_at(kind, fmt::format("/proc/self/fd/{}", d.fd(kind))) == own_ns(kind));
   }
   base.check();
 }
@@ -109,7 +118,7 @@ TEST_CASE("dup() copies a subset; fd() and identity() refuse kinds not held") {
   const Set sub = here.dup(Kind::net | Kind::ipc);
   CHECK(sub.kinds() == (Kind::net | Kind::ipc));
   CHECK(sub.identity(Kind::net) == here.identity(Kind::net));
-  CHECK(sub.fd(Kind::net) != here.fd(Kind::net));
+  CHECK(sub.fd(Kind::net) == here.fd(Kind::net));  // shared, not duplicated
 
   CHECK_THROWS_AS(sub.dup(Kind::uts), std::invalid_argument);
   CHECK_THROWS_WITH(sub.dup(Kind::uts), Catch::Contains("uts"));

@@ -41,8 +41,10 @@
 namespace gonso {
 
 /// A value type holding one namespace per kind, each as an owned,
-/// close-on-exec fd. Holding the fd keeps the namespace alive. Copying
-/// duplicates the fds; moving is noexcept and leaves the source empty.
+/// close-on-exec fd. Holding the fd keeps the namespace alive. Copies share
+/// the fds, one per namespace however many Sets hold it (copying is noexcept
+/// and makes no system call; the fd closes with the last Set holding it);
+/// moving is noexcept and leaves the source empty.
 /// Const member functions may be called from many threads at once.
 ///
 /// Running code inside a Set never moves the calling thread: run() uses a
@@ -52,20 +54,10 @@ class Set {
   /// An empty Set: holds no namespace.
   Set() noexcept = default;
 
-  Set(const Set& other) : kinds_(other.kinds_), pidfd_(other.pidfd_), lease_(other.lease_) {
-    for (Kind kind : other.kinds_) {
-      const detail::ns_handle& from = other.ns_[detail::index_of(kind)];
-      detail::ns_handle& to = ns_[detail::index_of(kind)];
-      to.fd = from.fd.duplicate();
-      if (!to.fd) throw detail::system_error(errno, "cannot duplicate the fd of {} namespace {}", kind, from.id);
-      to.id = from.id;
-      to.keep_alive = from.keep_alive;
-    }
-  }
-  Set& operator=(const Set& other) {
-    if (this != &other) *this = Set(other);
-    return *this;
-  }
+  // Copies share the namespace fds (detail::shared_fd): no system call, no
+  // failure. Moves leave the source empty.
+  Set(const Set& other) noexcept = default;
+  Set& operator=(const Set& other) noexcept = default;
   Set(Set&& other) noexcept
       : kinds_(std::exchange(other.kinds_, Kinds{})),
         ns_(std::move(other.ns_)),
@@ -74,7 +66,7 @@ class Set {
   Set& operator=(Set&& other) noexcept {
     if (this != &other) {
       kinds_ = std::exchange(other.kinds_, Kinds{});
-      ns_ = std::move(other.ns_);  // closes the fds held so far at once
+      ns_ = std::move(other.ns_);  // drops the fds held so far at once
       pidfd_ = std::move(other.pidfd_);
       lease_ = std::move(other.lease_);
     }
@@ -211,7 +203,9 @@ class Set {
   [[nodiscard]] bool contains(Kind kind) const noexcept { return kinds_.contains(kind); }
   [[nodiscard]] bool empty() const noexcept { return kinds_.empty(); }
 
-  /// The fd of one kind, still owned by the Set. Throws std::invalid_argument
+  /// The fd of one kind, still owned by the Set and shared with its copies:
+  /// never close it (Set::from_fd takes a duplicate of a caller's own fd, and
+  /// F_DUPFD_CLOEXEC gives one to keep). Throws std::invalid_argument
   /// when the Set holds no namespace of that kind.
   [[nodiscard]] int fd(Kind kind) const { return handle(detail::checked(kind, "Set::fd")).fd.get(); }
 
@@ -219,8 +213,8 @@ class Set {
   /// "net:[4026531840]". Throws std::invalid_argument when it holds none.
   [[nodiscard]] Identity identity(Kind kind) const { return handle(detail::checked(kind, "Set::identity")).id; }
 
-  /// A copy holding only `kinds`. Throws std::invalid_argument when the Set
-  /// lacks one of them, std::system_error when an fd cannot be duplicated.
+  /// A copy holding only `kinds`, sharing their fds with this Set. Throws
+  /// std::invalid_argument when the Set lacks one of them.
   [[nodiscard]] Set dup(Kinds kinds) const {
     detail::checked(kinds, "Set::dup");
     if (!kinds_.contains(kinds)) {
@@ -228,12 +222,7 @@ class Set {
           fmt::format("cannot copy {} out of a Set holding {}: {} missing", kinds, kinds_, kinds - kinds_));
     }
     Set subset;
-    for (Kind kind : kinds) {
-      const detail::ns_handle& from = ns_[detail::index_of(kind)];
-      detail::unique_fd fd = from.fd.duplicate();
-      if (!fd) throw detail::system_error(errno, "cannot duplicate the fd of {} namespace {}", kind, from.id);
-      subset.put(kind, {std::move(fd), from.id, from.keep_alive});
-    }
+    for (Kind kind : kinds) subset.put(kind, detail::ns_handle(ns_[detail::index_of(kind)]));
     return subset;
   }
 

@@ -7,13 +7,18 @@
 #include <sys/statfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
+#include <cstddef>
 #include <filesystem>
+#include <functional>
 #include <iterator>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 
 #include <fmt/format.h>
 
@@ -26,11 +31,96 @@
 
 namespace gonso::detail {
 
+/// One open namespace fd shared by every copy of the handle holding it. A
+/// namespace fd never changes what it names and is never repositioned, so
+/// copies need no descriptor of their own: a copy costs a reference count,
+/// not a dup(2), and 1000 Sets carrying the same namespaces hold one fd for
+/// each (a Set per container under the default 1024-fd limit). The fd closes
+/// with the last copy.
+class shared_fd {
+ public:
+  shared_fd() noexcept = default;
+  // Implicit: an ns_handle is built from the fd just opened. May throw
+  // std::bad_alloc, and then closes the fd.
+  shared_fd(unique_fd&& fd) : fd_(fd ? std::make_shared<const unique_fd>(std::move(fd)) : nullptr) {}  // NOLINT
+
+  [[nodiscard]] int get() const noexcept { return fd_ ? fd_->get() : -1; }
+  [[nodiscard]] bool valid() const noexcept { return fd_ != nullptr; }
+  explicit operator bool() const noexcept { return valid(); }
+
+  /// A namespace fd gonso just opened, identified as `id`: when a live
+  /// shared_fd already holds that namespace, that one is shared and `fd`
+  /// closed, so that Sets opened apart (1000 `Set::current().unshare(net)`
+  /// each carry seven kinds from a Set of their own) still hold one fd per
+  /// namespace. A live entry keeps its namespace alive, so its inode number
+  /// cannot have been given to another meanwhile.
+  [[nodiscard]] static shared_fd interned(unique_fd&& fd, const Identity& id);
+
+ private:
+  explicit shared_fd(std::shared_ptr<const unique_fd> fd) noexcept : fd_(std::move(fd)) {}
+
+  std::shared_ptr<const unique_fd> fd_;
+};
+
+/// The namespaces gonso holds open, by nsfs inode, for shared_fd::interned.
+/// Never destroyed: Sets may outlive static destructors.
+class ns_fd_registry {
+ public:
+  [[nodiscard]] static ns_fd_registry& instance() {
+    static ns_fd_registry* const registry = new ns_fd_registry;  // NOLINT(cppcoreguidelines-owning-memory)
+    return *registry;
+  }
+
+  [[nodiscard]] std::shared_ptr<const unique_fd> share(unique_fd&& fd, const Identity& id) {
+    auto made = std::make_shared<const unique_fd>(std::move(fd));
+    // try_lock, never lock: a child of fork() whose parent had another
+    // thread here must not wait for a lock nobody will release. Without the
+    // lock the fd is simply not shared.
+    std::unique_lock lock(mutex_, std::try_to_lock);
+    if (!lock) return made;
+    const key k{id.device, id.inode};
+    if (const auto it = held_.find(k); it != held_.end()) {
+      if (auto live = it->second.lock()) return live;  // `made` closes its fd
+      it->second = made;
+      return made;
+    }
+    if (held_.size() >= sweep_at_) {
+      std::erase_if(held_, [](const auto& entry) { return entry.second.expired(); });
+      sweep_at_ = std::max<std::size_t>(64, 2 * held_.size());
+    }
+    held_.emplace(k, made);
+    return made;
+  }
+
+ private:
+  struct key {
+    dev_t device;
+    ino_t inode;
+    friend bool operator==(const key&, const key&) = default;
+  };
+  struct key_hash {
+    std::size_t operator()(const key& k) const noexcept {
+      return std::hash<ino_t>{}(k.inode) ^ (std::hash<dev_t>{}(k.device) << 1U);
+    }
+  };
+
+  ns_fd_registry() = default;
+
+  std::mutex mutex_;
+  std::unordered_map<key, std::weak_ptr<const unique_fd>, key_hash> held_;
+  std::size_t sweep_at_ = 64;
+};
+
+inline shared_fd shared_fd::interned(unique_fd&& fd, const Identity& id) {
+  if (!fd) return {};
+  return shared_fd(ns_fd_registry::instance().share(std::move(fd), id));
+}
+
 /// One namespace held open: the fd that keeps it alive, its identity, and
 /// whatever else must live as long as it is used (the init of a pid
 /// namespace gonso made), shared by every copy.
 struct ns_handle {
-  unique_fd fd;
+  shared_fd fd;
   Identity id;
   std::shared_ptr<void> keep_alive;
 };
@@ -82,7 +172,7 @@ inline thread_local int worker_ns_dir = -1;
     throw system_error(errno, "cannot open {} namespace {}", kind, what);
   }
   Identity id = validate_ns_fd(fd.get(), kind, what);
-  return {std::move(fd), id, nullptr};
+  return {shared_fd::interned(std::move(fd), id), id, nullptr};
 }
 
 /// The identity of the namespace file at `path` (relative to `dirfd`), read
