@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include <atomic>
+#include <barrier>
 #include <chrono>
 #include <cstddef>
 #include <exception>
@@ -144,6 +145,83 @@ TEST_CASE("workers: at most max_idle are kept after concurrent runs", "[workers]
   const std::size_t idle = gonso::idle_workers();
   CHECK(idle <= policy.max_idle);
   CHECK(test::threads_settled_at(with_workers(threads_before, idle)) == with_workers(threads_before, idle));
+  CHECK(text(test::snapshot()) == text(caller));
+}
+
+TEST_CASE("workers: while runs are in flight the pool keeps a worker for each, beyond max_idle",
+          "[workers][privileged]") {
+  test::require_privilege();
+  PoolGuard guard;
+  gonso::set_worker_policy({1, long_timeout});
+  const gonso::Set uts = gonso::Set::current().unshare(Kind::uts);
+  gonso::retire_idle_workers();
+  const test::Snapshot caller = test::snapshot();
+  const std::size_t threads_before = test::count_threads();
+
+  // One run stays in flight throughout, so that the runs in flight never
+  // drop to none; three callers loop, all three inside at once each round.
+  constexpr std::size_t loopers = 3;
+  constexpr int rounds = 20;
+  std::latch holder_inside(1);
+  std::latch holder_may_leave(1);
+  std::barrier round(static_cast<std::ptrdiff_t>(loopers));
+  std::vector<std::set<pid_t>> tids(loopers);
+  std::vector<std::exception_ptr> errors(loopers + 1);
+  pid_t holder_tid = -1;
+  {
+    std::jthread holder([&] {
+      try {
+        holder_tid = uts.run(true, [&] {
+          holder_inside.count_down();
+          holder_may_leave.wait();
+          return test::tid();
+        });
+      } catch (...) {
+        errors[loopers] = std::current_exception();
+        holder_inside.count_down();
+      }
+    });
+    holder_inside.wait();
+    {
+      std::vector<std::jthread> threads;
+      for (std::size_t i = 0; i < loopers; ++i) {
+        threads.emplace_back([&, i] {
+          for (int r = 0; r < rounds; ++r) {
+            try {
+              tids[i].insert(uts.run(true, [&] {
+                round.arrive_and_wait();
+                return test::tid();
+              }));
+            } catch (...) {
+              errors[i] = std::current_exception();
+              round.arrive_and_drop();  // never leave the others waiting
+              return;
+            }
+          }
+        });
+      }
+    }  // joins the loopers
+    holder_may_leave.count_down();
+  }  // joins the holder
+  for (const std::exception_ptr& error : errors) {
+    if (!error) continue;
+    try {
+      std::rethrow_exception(error);
+    } catch (const std::exception& e) {
+      FAIL_CHECK("a run threw: " << e.what());
+    }
+  }
+  // Four runs were in flight at once: four workers, each reused every round
+  // (with max_idle alone, two of the three would have been ended and
+  // replaced each round). The workers live throughout, so no tid is reused.
+  std::set<pid_t> all;
+  for (const auto& seen : tids) all.insert(seen.begin(), seen.end());
+  INFO("worker tids seen by the loopers: " << all.size());
+  CHECK(all.size() == loopers);
+  CHECK(all.count(holder_tid) == 0);
+  // The last run to end trimmed the idle workers to max_idle.
+  CHECK(gonso::idle_workers() == 1);
+  CHECK(test::threads_settled_at(with_workers(threads_before, 1)) == with_workers(threads_before, 1));
   CHECK(text(test::snapshot()) == text(caller));
 }
 

@@ -22,8 +22,11 @@ namespace gonso {
 /// after each run with one setns(2) on the anchor's pidfd. It ends with the
 /// last worker, or when max_idle or idle_timeout is 0.
 struct WorkerPolicy {
-  /// Most idle workers kept at once; 0 keeps none (every run gets a new thread).
-  /// Default: the larger of 4 and the number of CPUs.
+  /// Most idle workers kept once no run is in flight; 0 keeps none (every
+  /// run gets a new thread). While runs are in flight, as many are kept as
+  /// there are runs, so that callers looping in many threads reuse workers
+  /// instead of starting one per run. Default: the larger of 4 and the
+  /// number of CPUs.
   std::size_t max_idle = detail::default_max_idle();
   /// An idle worker ends after this long without work; 0 keeps none. Longer
   /// than a year counts as a year. Default: 10 s.
@@ -33,8 +36,10 @@ struct WorkerPolicy {
   /// the kernel. Waking a sleeping thread costs 25-60 us on a small VM, a
   /// spinning one answers in well under 1 us: back-to-back runs within the
   /// budget cost little more than their setns calls, and a waiter never
-  /// burns more CPU than one wake-up would have cost. 0 always sleeps at
-  /// once. Longer than 10 ms counts as 10 ms. Default: 50 us.
+  /// burns more CPU than one wake-up would have cost. Only as many threads
+  /// spin at once as leave one CPU free for the thread they wait for (one
+  /// on two CPUs); the others sleep at once. 0 always sleeps at once.
+  /// Longer than 10 ms counts as 10 ms. Default: 50 us.
   std::chrono::microseconds spin = detail::default_spin;
 };
 

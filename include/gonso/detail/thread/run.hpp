@@ -88,7 +88,7 @@ auto run_on_worker(const ns_handles& ns, Kinds kinds, int pidfd, bool restore, F
   } else if (!restore) {
     pool.bury(std::move(runner));  // it ends on its own; joined later, without making us wait
   } else {
-    runner.reset();  // it could not go home: join it now, so that it lingers nowhere
+    pool.discard(std::move(runner));  // it could not go home
   }
   return job.take();
 }

@@ -44,9 +44,11 @@
 
 namespace gonso::detail {
 
-/// Keeps restored workers for reuse: at most max_idle of them, each for at
-/// most idle_timeout. Workers are handed out last-in first-out, so a warm
-/// thread is reused first and the cold ones time out.
+/// Keeps restored workers for reuse, each for at most idle_timeout: as many
+/// as runs are in flight (eight callers looping keep eight workers, instead
+/// of ending and starting one on every run), and at most max_idle once no
+/// run is. Workers are handed out last-in first-out, so a warm thread is
+/// reused first and the cold ones time out.
 class worker_pool {
  public:
   /// The process's pool. It is never destroyed, so that runs still in flight
@@ -80,9 +82,17 @@ class worker_pool {
         found = std::move(*same);
         idle_.erase(std::next(same).base());
       }
+      high_water_ = std::max(high_water_, ++in_flight_);
     }
     ended.clear();  // joins threads that ended long ago, outside the lock
-    return found ? std::move(found) : start_worker(false, std::move(mine));
+    if (found) return found;
+    try {
+      return start_worker(false, std::move(mine));
+    } catch (...) {
+      std::lock_guard lock(mutex_);
+      (void)leave_flight();
+      throw;
+    }
   }
 
   /// A worker that will not be kept: it runs once, then ends.
@@ -96,18 +106,42 @@ class worker_pool {
     return start_worker(/*once=*/true);
   }
 
-  /// Keeps a restored worker, or ends it when the pool keeps none or is full.
+  /// Takes back a worker from acquire() that came home restored: keeps it
+  /// while the pool's workers, idle and in flight, are no more than max_idle
+  /// or than the most runs in flight at once, else ends it. Counting the
+  /// peak rather than the runs in flight right now keeps a worker for a
+  /// caller that is between two runs. The last run in flight trims the idle
+  /// workers to max_idle and forgets the peak.
   void release(std::unique_ptr<worker> done) noexcept {
     std::lock_guard lock(mutex_);
-    if (closing_ || !keeps_workers() || idle_.size() >= max_idle_) {
+    const std::size_t others_in_flight = leave_flight();
+    if (closing_ || !keeps_workers() || idle_.size() + others_in_flight >= std::max(max_idle_, high_water_)) {
       bury_locked(std::move(done));
-      return;
+    } else {
+      try {
+        idle_.push_back(std::move(done));
+      } catch (...) {  // out of memory: ending the thread is always safe
+        bury_locked(std::move(done));
+      }
     }
-    try {
-      idle_.push_back(std::move(done));
-    } catch (...) {  // out of memory: ending the thread is always safe
-      bury_locked(std::move(done));
+    if (others_in_flight == 0) {
+      high_water_ = 0;
+      // The oldest go first; the warm ones stay.
+      while (idle_.size() > max_idle_) {
+        bury_locked(std::move(idle_.front()));
+        idle_.erase(idle_.begin());
+      }
     }
+  }
+
+  /// Takes back a worker from acquire() that must not run again (it could
+  /// not go home): joins its thread now, so that it lingers nowhere.
+  void discard(std::unique_ptr<worker> done) noexcept {
+    {
+      std::lock_guard lock(mutex_);
+      (void)leave_flight();
+    }
+    done.reset();
   }
 
   /// Takes a worker that ended, or is ending, its thread. It is joined later,
@@ -166,6 +200,10 @@ class worker_pool {
   [[nodiscard]] bool keeps_workers() const noexcept {
     return max_idle_ > 0 && idle_timeout() > std::chrono::milliseconds::zero();
   }
+
+  // Under mutex_. Never below 0: a child of fork() starts with none in
+  // flight, though the thread that forked may hold a worker of its parent's.
+  std::size_t leave_flight() noexcept { return in_flight_ > 0 ? --in_flight_ : 0; }
 
   /// The newest ended workers, which may still be on their way out, are not
   /// joined yet: joining one would make the caller sleep until it has exited.
@@ -254,6 +292,9 @@ class worker_pool {
     for (auto& w : pool.retired_) (void)w.release();
     pool.idle_.clear();
     pool.retired_.clear();
+    pool.in_flight_ = 0;  // the runs of other threads, which the child lacks
+    pool.high_water_ = 0;
+    spinning_threads().store(0, std::memory_order_relaxed);
     if (pool.home_) {
       // Leaked by placement in static storage, never destroyed: no allocation
       // in a child of fork(). A later fork's child ends the lifetime of what
@@ -291,6 +332,8 @@ class worker_pool {
   // lives: the anchor ends with the last of them.
   std::shared_ptr<const anchor> home_;
   std::size_t max_idle_ = default_max_idle();
+  std::size_t in_flight_ = 0;   // workers given out by acquire() and not yet back
+  std::size_t high_water_ = 0;  // most in flight at once since in_flight_ was last 0
   bool closing_ = false;
   std::atomic<long long> idle_timeout_ms_{default_idle_timeout.count()};
 };
