@@ -31,6 +31,8 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <map>
+#include <memory>
 #include <optional>
 #include <span>
 #include <sstream>
@@ -365,6 +367,8 @@ struct Context {
   gonso::Set net;                     // base with a fresh net namespace: what most figures run in
   std::vector<gonso::Set> net_sets;   // distinct net Sets for the round-robin figures
   std::vector<fs::path> bound_files;  // every namespace file this program bound, for the exit check
+  // Second figures of one measurement (a concurrent run's wall time), by name.
+  std::map<std::string, Value, std::less<>> stored;
 
   void open() {
     base = gonso::Set::current();
@@ -423,23 +427,42 @@ Result run_restore_net_uts_ipc(Context& ctx) {
   return measure(ctx.plan, [&] { set.run(true, noop); });
 }
 
-// Concurrent callers of one Set: the latency each sees when workers are
-// contended for. Every batch starts with all four callers at once.
-Result run_restore_net_4callers(Context& ctx) {
-  constexpr std::size_t callers = 4;
-  const auto op = [&] { ctx.net.run(true, noop); };
-  // One M for all, found with one caller: contended batches only last longer.
-  const std::int64_t ops = batch_size(ctx.plan, op);
+/// `callers` threads at once, each calling the op that make_op() makes for
+/// it (on that thread): the median per call each sees, and the wall time per
+/// op of all of them (from the batch's start to the last caller's end, over
+/// callers × M ops), which is what throughput costs. Every batch starts with
+/// all callers at once; M is found by the first caller alone, so contended
+/// batches only last longer.
+struct Concurrent {
+  Value per_call;
+  Value wall_per_op;
+};
+
+template <typename MakeOp>
+Concurrent measure_concurrent(const Plan& plan, std::size_t callers, MakeOp make_op) {
   std::barrier start(static_cast<std::ptrdiff_t>(callers));
-  std::array<std::vector<double>, callers> samples;
-  std::array<std::exception_ptr, callers> errors;
+  std::int64_t ops = 0;
+  std::vector<std::vector<double>> samples(callers);
+  // Per batch and caller: when it started and ended, for the wall time.
+  std::vector<std::vector<std::pair<Clock::time_point, Clock::time_point>>> spans(
+      static_cast<std::size_t>(plan.batches), std::vector<std::pair<Clock::time_point, Clock::time_point>>(callers));
+  std::vector<std::exception_ptr> errors(callers);
   const auto caller = [&](std::size_t c) {
     try {
-      for (int i = 0; i < ctx.plan.warmup_ops; ++i) op();
-      for (int b = 0; b < ctx.plan.batches; ++b) {
-        start.arrive_and_wait();
+      auto op = make_op();
+      if (c == 0) {
+        ops = batch_size(plan, op);
+      } else {
+        for (int i = 0; i < plan.warmup_ops; ++i) op();
+      }
+      for (int b = 0; b < plan.batches; ++b) {
+        start.arrive_and_wait();  // also publishes `ops` to the others
         check_interrupted();
-        samples[c].push_back(nanoseconds(time_batch(op, ops)) / static_cast<double>(ops));
+        const auto begun = Clock::now();
+        for (std::int64_t i = 0; i < ops; ++i) op();
+        const auto ended = Clock::now();
+        spans[static_cast<std::size_t>(b)][c] = {begun, ended};
+        samples[c].push_back(nanoseconds(ended - begun) / static_cast<double>(ops));
       }
     } catch (...) {
       errors[c] = std::current_exception();
@@ -461,12 +484,64 @@ Result run_restore_net_4callers(Context& ctx) {
     if (errors[c]) std::rethrow_exception(errors[c]);
     all.insert(all.end(), samples[c].begin(), samples[c].end());
   }
-  return Value{median(std::move(all)), fmt::format("{}×{}×{}", callers, ctx.plan.batches, ops)};
+  std::vector<double> walls;
+  for (const auto& batch : spans) {
+    const auto first = std::min_element(batch.begin(), batch.end())->first;
+    const auto last = std::max_element(batch.begin(), batch.end(), [](const auto& a, const auto& b) {
+                        return a.second < b.second;
+                      })->second;
+    walls.push_back(nanoseconds(last - first) / static_cast<double>(ops * static_cast<std::int64_t>(callers)));
+  }
+  const std::string shape = fmt::format("{}×{}×{}", callers, plan.batches, ops);
+  return {Value{median(std::move(all)), shape}, Value{median(std::move(walls)), shape}};
+}
+
+// The floor of N callers: N threads, each doing setns(2) into the net Set and
+// back on its own thread, at once. Its wall figure is stored for the next.
+template <std::size_t N>
+Result floor_setns_net_threads(Context& ctx) {
+  const int there = ctx.net.fd(gonso::Kind::net);
+  const Concurrent c = measure_concurrent(ctx.plan, N, [there] {
+    return [there, here = std::make_shared<Fd>(own_net_namespace())] {
+      if (::setns(there, CLONE_NEWNET) != 0) throw_errno("cannot join the net Set");
+      if (::setns(here->get(), CLONE_NEWNET) != 0) throw_errno("cannot go back to this thread's net namespace");
+    };
+  });
+  ctx.stored[fmt::format("floor_setns_net_{}threads_wall", N)] = c.wall_per_op;
+  return c.per_call;
+}
+
+// N callers of one Set at once: the latency each sees when workers are
+// contended for, and (stored for the next figure) the throughput.
+template <std::size_t N>
+Result run_restore_net_callers(Context& ctx) {
+  const Concurrent c = measure_concurrent(ctx.plan, N, [&] { return [&] { ctx.net.run(true, noop); }; });
+  ctx.stored[fmt::format("run_restore_net_{}callers_wall", N)] = c.wall_per_op;
+  return c.per_call;
+}
+
+/// A figure measured with the one before it (see Context::stored).
+template <const char* Name>
+Result stored_figure(Context& ctx) {
+  const auto it = ctx.stored.find(Name);
+  if (it == ctx.stored.end()) return std::nullopt;
+  return it->second;
 }
 
 Result floor_thread(Context& ctx) {
   return measure(ctx.plan, [] {
     std::jthread thread(noop);
+    thread.join();
+  });
+}
+
+// What run(false) must at least do: a thread that joins, and its join.
+Result floor_thread_setns_net(Context& ctx) {
+  const int there = ctx.net.fd(gonso::Kind::net);
+  return measure(ctx.plan, [there] {
+    std::jthread thread([there] {
+      if (::setns(there, CLONE_NEWNET) != 0) throw_errno("cannot join the net Set");  // ends the program
+    });
     thread.join();
   });
 }
@@ -581,7 +656,8 @@ Result run_restore_net_1set(Context& ctx) { return run_round_robin(ctx, 1); }
 Result run_restore_net_10sets(Context& ctx) { return run_round_robin(ctx, 10); }
 
 Result run_restore_net_1000sets(Context& ctx) {
-  // Each Set holds one fd per kind: 1000 of them need more than the usual 1024.
+  // 1000 Sets with a net namespace of their own hold 1000 fds (the kinds they
+  // carry are shared): just under the usual 1024, with the fds of the rest.
   rlimit files{};
   if (::getrlimit(RLIMIT_NOFILE, &files) != 0) throw_errno("cannot read RLIMIT_NOFILE");
   files.rlim_cur = files.rlim_max;
@@ -595,6 +671,18 @@ Result run_restore_net_1000sets(Context& ctx) {
 Result fds_at_1000_sets(Context& ctx) {
   (void)ctx.distinct_net_sets(1000);
   return Value{static_cast<double>(count_open_fds()), {}};
+}
+
+// Copying a Set of every kind and dropping the copy: what passing Sets by
+// value costs.
+Result copy_set(Context& ctx) {
+  std::size_t kinds = 0;
+  const Value v = measure(ctx.plan, [&] {
+    const gonso::Set copy = ctx.base;  // NOLINT(performance-unnecessary-copy-initialization): the copy is the figure
+    kinds += copy.kinds().size();
+  });
+  if (kinds == 0) throw std::logic_error("the copies held nothing");
+  return v;
 }
 
 Result threads_at_1000_sets(Context& ctx) {
@@ -624,6 +712,14 @@ struct Figure {
   Result (*measure)(Context&);
 };
 
+// Names of the stored figures, as template arguments.
+constexpr char floor_2_wall[] = "floor_setns_net_2threads_wall";
+constexpr char run_2_wall[] = "run_restore_net_2callers_wall";
+constexpr char floor_4_wall[] = "floor_setns_net_4threads_wall";
+constexpr char run_4_wall[] = "run_restore_net_4callers_wall";
+constexpr char floor_8_wall[] = "floor_setns_net_8threads_wall";
+constexpr char run_8_wall[] = "run_restore_net_8callers_wall";
+
 constexpr std::array figures{
     Figure{"floor_setns_net", Unit::ns, "setns(2) into a net namespace and back, inline", floor_setns_net},
     Figure{"run_restore_net", Unit::ns, "net.run(true, []{}): a kept worker joins and goes back", run_restore_net},
@@ -633,9 +729,27 @@ constexpr std::array figures{
     Figure{"executor_net_unverified", Unit::ns, "the same with verify_each_run = false: no setns at all",
            executor_net_unverified},
     Figure{"run_restore_net_uts_ipc", Unit::ns, "run(true, []{}) in fresh net+uts+ipc", run_restore_net_uts_ipc},
+    Figure{"floor_setns_net_2threads", Unit::ns, "2 threads at once, each setns(2) in and back, per op",
+           floor_setns_net_threads<2>},
+    Figure{"floor_setns_net_2threads_wall", Unit::ns, "the same, wall time over all ops", stored_figure<floor_2_wall>},
+    Figure{"run_restore_net_2callers", Unit::ns, "run(true, []{}) from 2 threads at once on one Set, per call",
+           run_restore_net_callers<2>},
+    Figure{"run_restore_net_2callers_wall", Unit::ns, "the same, wall time over all calls", stored_figure<run_2_wall>},
+    Figure{"floor_setns_net_4threads", Unit::ns, "4 threads at once, each setns(2) in and back, per op",
+           floor_setns_net_threads<4>},
+    Figure{"floor_setns_net_4threads_wall", Unit::ns, "the same, wall time over all ops", stored_figure<floor_4_wall>},
     Figure{"run_restore_net_4callers", Unit::ns, "run(true, []{}) from 4 threads at once on one Set, per call",
-           run_restore_net_4callers},
+           run_restore_net_callers<4>},
+    Figure{"run_restore_net_4callers_wall", Unit::ns, "the same, wall time over all calls", stored_figure<run_4_wall>},
+    Figure{"floor_setns_net_8threads", Unit::ns, "8 threads at once, each setns(2) in and back, per op",
+           floor_setns_net_threads<8>},
+    Figure{"floor_setns_net_8threads_wall", Unit::ns, "the same, wall time over all ops", stored_figure<floor_8_wall>},
+    Figure{"run_restore_net_8callers", Unit::ns, "run(true, []{}) from 8 threads at once on one Set, per call",
+           run_restore_net_callers<8>},
+    Figure{"run_restore_net_8callers_wall", Unit::ns, "the same, wall time over all calls", stored_figure<run_8_wall>},
     Figure{"floor_thread", Unit::ns, "std::jthread create + join, empty body", floor_thread},
+    Figure{"floor_thread_setns_net", Unit::ns, "std::jthread that setns(2) into the net Set, + join",
+           floor_thread_setns_net},
     Figure{"run_norestore_net", Unit::ns, "net.run(false, []{}): a new worker, ended after", run_norestore_net},
     Figure{"floor_fork_net", Unit::ns, "fork, the child setns(2) into the net Set, _exit, waitpid", floor_fork_net},
     Figure{"process_run_net", Unit::ns, "net.run_in_process([]{})", process_run_net},
@@ -650,8 +764,9 @@ constexpr std::array figures{
     Figure{"run_restore_net_10sets", Unit::ns, "run(true, []{}) round-robin over 10 net Sets", run_restore_net_10sets},
     Figure{"run_restore_net_1000sets", Unit::ns, "run(true, []{}) round-robin over 1000 net Sets",
            run_restore_net_1000sets},
-    Figure{"fds_at_1000_sets", Unit::fds, "open fds, 1000 net Sets alive (a Set holds an fd per kind)",
+    Figure{"fds_at_1000_sets", Unit::fds, "open fds, 1000 net Sets alive (copies share the fds they carry)",
            fds_at_1000_sets},
+    Figure{"copy_set", Unit::ns, "copy of a Set of every kind, then its destruction", copy_set},
     Figure{"threads_at_1000_sets", Unit::threads, "threads, 1000 net Sets alive, after their runs",
            threads_at_1000_sets},
     Figure{"idle_cpu_ticks", Unit::ticks, "CPU time of this process in 1 s, 1 s after the last run", idle_cpu_ticks},
@@ -678,19 +793,24 @@ constexpr Target ratio(std::string_view measured, std::string_view against, Targ
 }
 
 constexpr std::array targets{
-    ratio("run_restore_net", "floor_setns_net", Target::Bound::at_most, 2),
+    ratio("run_restore_net", "floor_setns_net", Target::Bound::at_most, 1.3),
+    ratio("run_restore_net_2callers_wall", "floor_setns_net_2threads_wall", Target::Bound::at_most, 1.5),
+    ratio("run_restore_net_4callers_wall", "floor_setns_net_4threads_wall", Target::Bound::at_most, 1.5),
+    ratio("run_restore_net_8callers_wall", "floor_setns_net_8threads_wall", Target::Bound::at_most, 1.5),
+    Target{figure_index("run_restore_net_8callers"), std::nullopt, Target::Bound::at_most, 10'000},
     ratio("executor_net", "floor_setns_net", Target::Bound::at_most, 1),
     ratio("executor_net_unverified", "floor_setns_net", Target::Bound::at_most, 1),
-    ratio("run_norestore_net", "floor_thread", Target::Bound::at_most, 1.2),
+    ratio("run_norestore_net", "floor_thread_setns_net", Target::Bound::at_most, 1.15),
     ratio("nsenter_true_net", "process_run_net", Target::Bound::at_least, 10),
     ratio("nsenter_true_net", "spawn_true_net", Target::Bound::at_least, 10),
     // Where the kernel's own cost makes the two above unreachable, what
     // gonso adds to a bare fork or posix_spawn.
     ratio("process_run_net", "floor_fork_net", Target::Bound::at_most, 1.1),
-    ratio("spawn_true_net", "floor_spawn_true", Target::Bound::at_most, 1.1),
-    ratio("unshare_net", "floor_unshare_net", Target::Bound::at_most, 1.3),
-    ratio("pool_get_net", "unshare_net", Target::Bound::at_most, 0.01),
-    ratio("run_restore_net_1000sets", "run_restore_net_1set", Target::Bound::at_most, 1.5),
+    ratio("spawn_true_net", "floor_spawn_true", Target::Bound::at_most, 1.05),
+    ratio("unshare_net", "floor_unshare_net", Target::Bound::at_most, 1.1),
+    ratio("pool_get_net", "unshare_net", Target::Bound::at_most, 0.001),
+    ratio("run_restore_net_1000sets", "run_restore_net_1set", Target::Bound::at_most, 1.1),
+    Target{figure_index("fds_at_1000_sets"), std::nullopt, Target::Bound::at_most, 1100},
     Target{figure_index("idle_cpu_ticks"), std::nullopt, Target::Bound::equal, 0},
 };
 
@@ -764,28 +884,44 @@ void print_row(const Figure& figure, const Result& result) {
   std::fflush(stdout);  // rows show up as they are measured, also through a pipe
 }
 
+/// A target evaluated on one run's results.
+struct Verdict {
+  std::string label;  // "measured / against", or the figure alone
+  std::string goal;   // "≤ 1.3"
+  std::optional<double> value;
+  bool met = false;
+};
+
+Verdict judge(const Target& t, const std::vector<Result>& results) {
+  Verdict v;
+  v.label = figures[t.measured].name;
+  if (t.against) v.label += fmt::format(" / {}", figures[*t.against].name);
+  const char* op = t.bound == Target::Bound::at_most ? "≤" : t.bound == Target::Bound::at_least ? "≥" : "=";
+  v.goal = fmt::format("{} {:g}", op, t.limit);
+  const Result& measured = results[t.measured];
+  const Result* against = t.against ? &results[*t.against] : nullptr;
+  if (!measured || (against && !*against)) return v;
+  v.value = against ? measured->number / (*against)->number : measured->number;
+  v.met = t.bound == Target::Bound::at_most    ? *v.value <= t.limit
+          : t.bound == Target::Bound::at_least ? *v.value >= t.limit
+                                               : *v.value == t.limit;
+  return v;
+}
+
 void print_ratios(const std::vector<Result>& results) {
-  fmt::print("\nratios (targets, from this run)\n");
+  fmt::print("\ntargets (ratios of figures of this run, or a figure as is)\n");
   for (const Target& t : targets) {
-    const Result& measured = results[t.measured];
-    const Result* against = t.against ? &results[*t.against] : nullptr;
-    std::string label(figures[t.measured].name);
-    if (t.against) label += fmt::format(" / {}", figures[*t.against].name);
-    const char* op = t.bound == Target::Bound::at_most ? "≤" : t.bound == Target::Bound::at_least ? "≥" : "=";
-    const std::string goal = fmt::format("{} {:g}", op, t.limit);
-    if (!measured || (against && !*against)) {
-      fmt::print("{:<52} {:>8}  {:<7} {}\n", label, "n/a", goal, "n/a");
+    const Verdict v = judge(t, results);
+    if (!v.value) {
+      fmt::print("{:<62} {:>8}  {:<8} {}\n", v.label, "n/a", v.goal, "not measured");
       continue;
     }
-    const double value = against ? measured->number / (*against)->number : measured->number;
-    const bool ok = t.bound == Target::Bound::at_most    ? value <= t.limit
-                    : t.bound == Target::Bound::at_least ? value >= t.limit
-                                                         : value == t.limit;
-    const std::string shown = value >= 100 ? fmt::format("{:.0f}", value) : fmt::format("{:.3g}", value);
-    fmt::print("{:<52} {:>8}  {:<7} {}\n", label, shown, goal, ok ? "OK" : "MISS");
+    const std::string shown = *v.value >= 100 ? fmt::format("{:.0f}", *v.value) : fmt::format("{:.3g}", *v.value);
+    fmt::print("{:<62} {:>8}  {:<8} {}\n", v.label, shown, v.goal, v.met ? "met" : "missed");
   }
 }
 
+// Figures at the top level, name -> number; the targets under "targets".
 void print_json(const std::vector<Result>& results) {
   std::string text = "{";
   const char* separator = "\n";
@@ -796,7 +932,18 @@ void print_json(const std::vector<Result>& results) {
     text += fmt::format("{}  \"{}\": {}", separator, figures[i].name, number);
     separator = ",\n";
   }
-  text += "\n}\n";
+  text += fmt::format("{}  \"targets\": [", separator);
+  separator = "\n";
+  for (const Target& t : targets) {
+    const Verdict v = judge(t, results);
+    const char* bound = t.bound == Target::Bound::at_most    ? "at_most"
+                        : t.bound == Target::Bound::at_least ? "at_least"
+                                                             : "equal";
+    text += fmt::format(R"({}    {{"target": "{}", "bound": "{}", "limit": {:g}, "value": {}, "met": {}}})", separator,
+                        v.label, bound, t.limit, v.value ? fmt::format("{:.4g}", *v.value) : "null", v.met);
+    separator = ",\n";
+  }
+  text += "\n  ]\n}\n";
   fmt::print("{}", text);
 }
 
@@ -851,7 +998,8 @@ constexpr std::string_view usage =
     "usage: gonso-bench [--quick] [--json] [--help]\n"
     "  Measures gonso against the system calls and tools it stands for. Run as root.\n"
     "  --quick  tiny counts: runs every figure once or so, measures nothing\n"
-    "  --json   print only one JSON object: figure name -> median ns per op (or count)\n";
+    "  --json   print only one JSON object: figure name -> median ns per op (or count),\n"
+    "           and \"targets\": each target's ratio, limit and whether it was met\n";
 
 std::optional<Options> parse(int argc, char** argv) {
   Options options;
