@@ -36,10 +36,8 @@ struct WorkerPolicy {
   /// the kernel. Waking a sleeping thread costs 25-60 us on a small VM, a
   /// spinning one answers in well under 1 us: back-to-back runs within the
   /// budget cost little more than their setns calls, and a waiter never
-  /// burns more CPU than one wake-up would have cost. Only as many threads
-  /// spin at once as leave one CPU free for the thread they wait for (one
-  /// on two CPUs); the others sleep at once. 0 always sleeps at once.
-  /// Longer than 10 ms counts as 10 ms. Default: 50 us.
+  /// burns more CPU than one wake-up would have cost. 0 always sleeps at
+  /// once. Longer than 10 ms counts as 10 ms. Default: 50 us.
   std::chrono::microseconds spin = detail::default_spin;
 };
 

@@ -24,28 +24,6 @@ inline constexpr std::chrono::microseconds default_spin{50};
 /// Longer spins are cut to this: a waiter must never keep a CPU for long.
 inline constexpr std::chrono::microseconds longest_spin{10'000};
 
-/// How many threads may spin in event::wait at once: one fewer than the
-/// CPUs this process may run on, read once. A spinner helps only while the
-/// thread it waits for has a CPU of its own; with more spinners than that
-/// (eight callers on two CPUs), the thread that must do the work queues
-/// behind them, and every hand-off costs a time slice instead of a wake-up.
-[[nodiscard]] inline unsigned spin_slots() noexcept {
-  static const unsigned slots = [] {
-    cpu_set_t cpus;
-    CPU_ZERO(&cpus);
-    if (::sched_getaffinity(0, sizeof cpus, &cpus) != 0) return 0U;
-    const int count = CPU_COUNT(&cpus);
-    return count > 1 ? static_cast<unsigned>(count - 1) : 0U;
-  }();
-  return slots;
-}
-
-/// The threads of the process spinning in event::wait right now.
-[[nodiscard]] inline std::atomic<unsigned>& spinning_threads() noexcept {
-  static std::atomic<unsigned> count{0};
-  return count;
-}
-
 inline void cpu_relax() noexcept {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_ia32_pause();
@@ -55,8 +33,7 @@ inline void cpu_relax() noexcept {
 }
 
 /// A one-shot signal from any thread to one waiting thread: post() sets it,
-/// wait() spins for a budget while a CPU is free for the poster (see
-/// spin_slots), then sleeps on a futex, and consumes it. post()
+/// wait() spins for a budget, then sleeps on a futex, and consumes it. post()
 /// makes a system call only when the waiter is asleep, so a hand-off between
 /// two threads that are both awake costs no system call at all.
 class event {
@@ -81,23 +58,16 @@ class event {
     using clock = std::chrono::steady_clock;
     if (consume()) return true;
     const auto start = clock::now();
-    if (spin > std::chrono::nanoseconds::zero() && spin_slot()) {
-      // Other runnable threads may share our CPU (a noisy machine): yielding
-      // now and then lets the thread we wait for run.
-      bool posted_meanwhile = false;
-      for (unsigned round = 1;; ++round) {
-        cpu_relax();
-        if (consume()) {
-          posted_meanwhile = true;
-          break;
-        }
-        if (round % 64 == 0) {
-          if (clock::now() - start >= spin) break;
-          ::sched_yield();
-        }
+    // Several runnable threads may share fewer CPUs (many callers, a noisy
+    // machine): yielding now and then lets the thread we wait for run. No
+    // budget means no spinning at all, not one round of it.
+    for (unsigned round = 1; spin > std::chrono::nanoseconds::zero(); ++round) {
+      cpu_relax();
+      if (consume()) return true;
+      if (round % 64 == 0) {
+        if (clock::now() - start >= spin) break;
+        ::sched_yield();
       }
-      spinning_threads().fetch_sub(1, std::memory_order_relaxed);
-      if (posted_meanwhile) return true;
     }
     const bool forever = timeout < std::chrono::nanoseconds::zero();
     const auto deadline = start + timeout;
@@ -125,14 +95,6 @@ class event {
   static constexpr std::uint32_t idle = 0;
   static constexpr std::uint32_t posted = 1;
   static constexpr std::uint32_t sleeping = 2;
-
-  // Takes one of the spin_slots(), or says there is none free: then the
-  // waiter sleeps at once. No budget means no spinning at all.
-  static bool spin_slot() noexcept {
-    if (spinning_threads().fetch_add(1, std::memory_order_relaxed) < spin_slots()) return true;
-    spinning_threads().fetch_sub(1, std::memory_order_relaxed);
-    return false;
-  }
 
   bool consume() noexcept {
     std::uint32_t expected = posted;

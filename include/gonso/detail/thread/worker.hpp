@@ -52,7 +52,8 @@ class worker_pool;
 /// process's own namespaces; an executor's worker makes a Set its home.
 ///
 /// The hand-off both ways spins before it sleeps (detail::event), so runs in
-/// quick succession cost little more than their setns(2) calls. After a run
+/// quick succession cost little more than their setns(2) calls. A pooled
+/// worker checks its credentials once home, after its caller has returned. After a run
 /// the worker goes home with one setns on the anchor's pidfd, covering cgroup,
 /// ipc, net, pid and uts whatever the callable did; meanwhile the caller checks
 /// the two things that undoes not: that the worker still shares root and cwd
@@ -98,6 +99,14 @@ class worker {
 
   [[nodiscard]] const credentials& creds() const noexcept { return creds_; }
 
+  /// After a restoring run, a pooled worker checks its own credentials
+  /// before it may serve again: ready (checked, or never run), checking, or
+  /// unfit (a callable changed them: the thread has ended or is ending).
+  enum fitness_state : int { ready, checking, unfit };
+  [[nodiscard]] fitness_state fitness() const noexcept {
+    return static_cast<fitness_state>(fitness_.load(std::memory_order_acquire));
+  }
+
   /// Makes the worker's own namespaces, joined from `target`, its home for
   /// good: an executor's worker. Runs on the worker's thread through a job.
   void settle(const ns_handles& target, Kinds kinds, std::shared_ptr<const anchor> home);
@@ -129,8 +138,9 @@ class worker {
   event done_;          // the callable returned, or joining failed
   event home_reached_;  // back home after a restoring job, or given up
   std::atomic<bool> stop_{false};
-  job* job_ = nullptr;     // published by work_
-  bool reusable_ = false;  // published by home_reached_
+  std::atomic<int> fitness_{ready};  // see fitness()
+  job* job_ = nullptr;               // published by work_
+  bool reusable_ = false;            // published by home_reached_
 
   // Set by the worker's thread before it takes its first job, then read-only
   // until the thread ends.
@@ -192,9 +202,20 @@ GONSO_CATCHES_FORCED_UNWIND inline bool worker::perform(job& work) {
   // posted, unless it waits for home_reached_ too.
   done_.post();
   if (!restore) return false;
-  reusable_ = wanted && (!verify || go_home(joined)) && (pool_ == nullptr || has_its_credentials());
+  reusable_ = wanted && (!verify || go_home(joined));
+  if (pool_ == nullptr || !reusable_) {
+    home_reached_.post();
+    return reusable_;
+  }
+  // Home: the caller may return. A pooled worker then reads its own
+  // credentials, off the caller's path (about half of a run's cost here:
+  // credentials_read in gonso-bench), and is offered again only once they
+  // are found unchanged (worker_pool::acquire waits for the verdict).
+  fitness_.store(checking, std::memory_order_relaxed);  // published by home_reached_
   home_reached_.post();
-  return reusable_;
+  const bool fit = has_its_credentials();
+  fitness_.store(fit ? ready : unfit, std::memory_order_release);
+  return fit;  // unfit: see worker::loop
 }
 
 // The callable ended its thread (pthread_exit, or a cancellation it let

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <linux/kcmp.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -77,6 +78,7 @@ class worker_pool {
     {
       std::lock_guard lock(mutex_);
       take_ended(ended);
+      drop_unfit_locked();
       const auto same = std::find_if(idle_.rbegin(), idle_.rend(), [&](const auto& w) { return w->creds() == mine; });
       if (same != idle_.rend()) {
         found = std::move(*same);
@@ -85,6 +87,10 @@ class worker_pool {
       high_water_ = std::max(high_water_, ++in_flight_);
     }
     ended.clear();  // joins threads that ended long ago, outside the lock
+    // A worker still checking its credentials after its last run is done
+    // within microseconds: waiting beats starting a thread. One found unfit
+    // ends by itself; it is joined here.
+    if (found && await_verdict(*found) != worker::ready) found.reset();
     if (found) return found;
     try {
       return start_worker(false, std::move(mine));
@@ -115,7 +121,8 @@ class worker_pool {
   void release(std::unique_ptr<worker> done) noexcept {
     std::lock_guard lock(mutex_);
     const std::size_t others_in_flight = leave_flight();
-    if (closing_ || !keeps_workers() || idle_.size() + others_in_flight >= std::max(max_idle_, high_water_)) {
+    if (closing_ || !keeps_workers() || done->fitness() == worker::unfit ||
+        idle_.size() + others_in_flight >= std::max(max_idle_, high_water_)) {
       bury_locked(std::move(done));
     } else {
       try {
@@ -165,9 +172,19 @@ class worker_pool {
     }
   }
 
+  /// The idle workers fit to serve, once those still checking their
+  /// credentials have a verdict.
   [[nodiscard]] std::size_t idle_count() {
-    std::lock_guard lock(mutex_);
-    return idle_.size();
+    for (int round = 0;; ++round) {
+      {
+        std::lock_guard lock(mutex_);
+        drop_unfit_locked();
+        const bool settled =
+            std::none_of(idle_.begin(), idle_.end(), [](const auto& w) { return w->fitness() == worker::checking; });
+        if (settled || round >= 100'000) return idle_.size();
+      }
+      ::sched_yield();
+    }
   }
 
   void set_limits(std::size_t max_idle, std::chrono::milliseconds idle_timeout) {
@@ -199,6 +216,31 @@ class worker_pool {
   // Whether idle workers are kept at all; under mutex_ (max_idle_).
   [[nodiscard]] bool keeps_workers() const noexcept {
     return max_idle_ > 0 && idle_timeout() > std::chrono::milliseconds::zero();
+  }
+
+  // Under mutex_: moves the idle workers found unfit to retired_.
+  void drop_unfit_locked() noexcept {
+    for (auto it = idle_.begin(); it != idle_.end();) {
+      if ((*it)->fitness() != worker::unfit) {
+        ++it;
+        continue;
+      }
+      bury_locked(std::move(*it));
+      it = idle_.erase(it);
+    }
+  }
+
+  // Waits, yielding, until `w` has checked its credentials.
+  static worker::fitness_state await_verdict(const worker& w) noexcept {
+    worker::fitness_state now = w.fitness();
+    for (unsigned round = 1; now == worker::checking; ++round, now = w.fitness()) {
+      if (round % 64 == 0) {
+        ::sched_yield();
+      } else {
+        cpu_relax();
+      }
+    }
+    return now;
   }
 
   // Under mutex_. Never below 0: a child of fork() starts with none in
@@ -294,7 +336,6 @@ class worker_pool {
     pool.retired_.clear();
     pool.in_flight_ = 0;  // the runs of other threads, which the child lacks
     pool.high_water_ = 0;
-    spinning_threads().store(0, std::memory_order_relaxed);
     if (pool.home_) {
       // Leaked by placement in static storage, never destroyed: no allocation
       // in a child of fork(). A later fork's child ends the lifetime of what
@@ -358,7 +399,13 @@ inline void worker::loop() {
       continue;
     }
     if (stop_.load(std::memory_order_relaxed)) return;
-    if (!perform(*job_)) return;  // never run anything else in a thread we could not restore
+    if (!perform(*job_)) {
+      // Never run anything else in a thread we could not restore. One whose
+      // credentials changed may be idle in the pool already: it leaves it
+      // (else the pool buries it when its caller releases it).
+      if (fitness() == unfit) (void)pool_->retire_self(*this);
+      return;
+    }
   }
 }
 
