@@ -19,7 +19,6 @@
 #include "support/privilege.hpp"
 
 using gonso::Kind;
-using gonso::Kinds;
 using gonso::Set;
 
 namespace {
@@ -56,6 +55,7 @@ TEST_CASE("a thousand copies of a Set hold the fds of one") {
     CHECK(with_one == base.fds() + here.kinds().size());
     std::vector<Set> copies(1000, here);
     std::vector<Set> subsets;
+    subsets.reserve(1000);
     for (int i = 0; i < 1000; ++i) subsets.push_back(here.dup(Kind::net | Kind::mnt));
     CHECK(test::count_fds() == with_one);
     for (Kind kind : here.kinds()) {
