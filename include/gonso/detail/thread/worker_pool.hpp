@@ -96,7 +96,7 @@ class worker_pool {
       return start_worker(false, std::move(mine));
     } catch (...) {
       std::lock_guard lock(mutex_);
-      (void)leave_flight();
+      leave_flight();
       throw;
     }
   }
@@ -113,16 +113,17 @@ class worker_pool {
   }
 
   /// Takes back a worker from acquire() that came home restored: keeps it
-  /// while the pool's workers, idle and in flight, are no more than max_idle
-  /// or than the most runs in flight at once, else ends it. Counting the
+  /// while fewer than max_idle are idle, or while the pool's workers, idle
+  /// and in flight, are no more than the most runs in flight at once; else
+  /// ends it. Counting the
   /// peak rather than the runs in flight right now keeps a worker for a
   /// caller that is between two runs. The last run in flight trims the idle
   /// workers to max_idle and forgets the peak.
   void release(std::unique_ptr<worker> done) noexcept {
     std::lock_guard lock(mutex_);
-    const std::size_t others_in_flight = leave_flight();
-    if (closing_ || !keeps_workers() || done->fitness() == worker::unfit ||
-        idle_.size() + others_in_flight >= std::max(max_idle_, high_water_)) {
+    const std::size_t others_in_flight = in_flight_ > 0 ? in_flight_ - 1 : 0;
+    const bool room = idle_.size() < max_idle_ || idle_.size() + others_in_flight < high_water_;
+    if (closing_ || !keeps_workers() || done->fitness() == worker::unfit || !room) {
       bury_locked(std::move(done));
     } else {
       try {
@@ -131,14 +132,7 @@ class worker_pool {
         bury_locked(std::move(done));
       }
     }
-    if (others_in_flight == 0) {
-      high_water_ = 0;
-      // The oldest go first; the warm ones stay.
-      while (idle_.size() > max_idle_) {
-        bury_locked(std::move(idle_.front()));
-        idle_.erase(idle_.begin());
-      }
-    }
+    leave_flight();
   }
 
   /// Takes back a worker from acquire() that must not run again (it could
@@ -146,7 +140,7 @@ class worker_pool {
   void discard(std::unique_ptr<worker> done) noexcept {
     {
       std::lock_guard lock(mutex_);
-      (void)leave_flight();
+      leave_flight();
     }
     done.reset();
   }
@@ -245,7 +239,17 @@ class worker_pool {
 
   // Under mutex_. Never below 0: a child of fork() starts with none in
   // flight, though the thread that forked may hold a worker of its parent's.
-  std::size_t leave_flight() noexcept { return in_flight_ > 0 ? --in_flight_ : 0; }
+  // The last run to leave trims the idle workers to max_idle (the oldest
+  // go first; the warm ones stay) and forgets the peak.
+  void leave_flight() noexcept {
+    if (in_flight_ > 0) --in_flight_;
+    if (in_flight_ != 0) return;
+    high_water_ = 0;
+    while (idle_.size() > max_idle_) {
+      bury_locked(std::move(idle_.front()));
+      idle_.erase(idle_.begin());
+    }
+  }
 
   /// The newest ended workers, which may still be on their way out, are not
   /// joined yet: joining one would make the caller sleep until it has exited.
