@@ -44,8 +44,7 @@ TEST_CASE("run() refuses user and foreign time namespaces before starting anythi
   test::require_privilege();
   const test::Snapshot caller = test::snapshot();
   const Set net = Set::current().unshare(Kind::net);
-  gonso::retire_idle_workers();
-  const std::size_t threads = test::count_threads();
+  const test::Baseline base(test::Watch::threads);
   const Kind kind = GENERATE(Kind::user, Kind::time);
   const bool restore = GENERATE(true, false);
   DYNAMIC_SECTION(gonso::name(kind) << (restore ? " with restore" : " without restore")) {
@@ -72,7 +71,7 @@ TEST_CASE("run() refuses user and foreign time namespaces before starting anythi
     CHECK(test::snapshot() == caller);
     // No worker was started or taken: the pool and the process look the same.
     CHECK(gonso::idle_workers() == 0);
-    CHECK(test::count_threads() == threads);
+    CHECK(base.threads_started() == 0);
     CHECK(test::count_fds() == fds);
   }
 }

@@ -38,7 +38,7 @@ using test::PoolGuard;
 using test::Seen;
 using test::seen_in;
 using test::text;
-using test::threads_outside_settled;
+using test::threads_outside;
 using test::with_workers;
 
 TEST_CASE("workers: a worker created in a foreign namespace is never pooled", "[workers][privileged]") {
@@ -51,7 +51,7 @@ TEST_CASE("workers: a worker created in a foreign namespace is never pooled", "[
   gonso::retire_idle_workers();  // so that the inner run must create a worker
 
   const test::Snapshot caller = test::snapshot();
-  const std::size_t threads_before = test::count_threads();
+  const std::size_t threads_before = test::thread_baseline();
   REQUIRE(text(s.identity(Kind::net)) != text(caller.at(Kind::net)));
 
   struct Nested {
@@ -81,7 +81,7 @@ TEST_CASE("workers: a worker created in a foreign namespace is never pooled", "[
 
   // No thread of the process, pooled or not, is left in a foreign namespace:
   // the inner worker ended, the outer one went back and is the only one kept.
-  CHECK(threads_outside_settled(caller) == std::vector<std::string>{});
+  CHECK(threads_outside(caller) == std::vector<std::string>{});
   const std::size_t idle = gonso::idle_workers();
   CHECK(idle == 1);
   CHECK(test::threads_settled_at(with_workers(threads_before, idle)) == with_workers(threads_before, idle));
@@ -92,7 +92,7 @@ TEST_CASE("workers: a worker created in a foreign namespace is never pooled", "[
   });
   CHECK(text(later.first) == text(uts_only.identity(Kind::uts)));
   CHECK(text(later.second) == text(caller.at(Kind::net)));
-  CHECK(threads_outside_settled(caller) == std::vector<std::string>{});
+  CHECK(threads_outside(caller) == std::vector<std::string>{});
   CHECK(text(test::snapshot()) == text(caller));
 }
 
@@ -143,7 +143,7 @@ TEST_CASE("workers: runs from several threads racing idle timeouts", "[workers][
   gonso::retire_idle_workers();
   CHECK(gonso::idle_workers() == 0);
   base.check();
-  CHECK(threads_outside_settled(caller) == std::vector<std::string>{});
+  CHECK(threads_outside(caller) == std::vector<std::string>{});
 }
 
 TEST_CASE("workers: many mixed runs leak no fd and no thread", "[workers][leak][privileged]") {
@@ -186,7 +186,7 @@ TEST_CASE("workers: many mixed runs leak no fd and no thread", "[workers][leak][
   gonso::retire_idle_workers();
   CHECK(gonso::idle_workers() == 0);
   base.check();
-  CHECK(threads_outside_settled(caller) == std::vector<std::string>{});
+  CHECK(threads_outside(caller) == std::vector<std::string>{});
   CHECK(text(test::snapshot()) == text(caller));
 }
 

@@ -33,11 +33,11 @@
 using namespace std::chrono_literals;
 using Catch::Matchers::Contains;
 using gonso::Kind;
+using test::exit_bound;
 using test::long_timeout;
 using test::PoolGuard;
 using test::Seen;
 using test::seen_in;
-using test::settle_bound;
 using test::text;
 using test::with_workers;
 
@@ -100,7 +100,7 @@ TEST_CASE("workers: at most max_idle are kept after concurrent runs", "[workers]
   gonso::retire_idle_workers();
 
   const test::Snapshot caller = test::snapshot();
-  const std::size_t threads_before = test::count_threads();
+  const std::size_t threads_before = test::thread_baseline();
 
   constexpr std::size_t callers = 6;
   std::latch all_inside(static_cast<std::ptrdiff_t>(callers));
@@ -156,7 +156,7 @@ TEST_CASE("workers: while runs are in flight the pool keeps a worker for each, b
   const gonso::Set uts = gonso::Set::current().unshare(Kind::uts);
   gonso::retire_idle_workers();
   const test::Snapshot caller = test::snapshot();
-  const std::size_t threads_before = test::count_threads();
+  const std::size_t threads_before = test::thread_baseline();
 
   // One run stays in flight throughout, so that the runs in flight never
   // drop to none; three callers loop, all three inside at once each round.
@@ -231,7 +231,8 @@ TEST_CASE("workers: an idle worker ends after idle_timeout", "[workers][privileg
   const gonso::Set uts = gonso::Set::current().unshare(Kind::uts);
   gonso::retire_idle_workers();
   const test::Snapshot caller = test::snapshot();
-  const std::size_t threads_before = test::count_threads();
+  (void)test::thread_baseline();
+  const std::set<pid_t> tids_before = test::thread_ids();
 
   gonso::set_worker_policy({4, 100ms});
   const Seen seen = seen_in(uts, Kind::uts);
@@ -242,15 +243,15 @@ TEST_CASE("workers: an idle worker ends after idle_timeout", "[workers][privileg
   // The timed-out worker's thread exits by itself; its std::jthread is joined
   // later (next acquire or retire), but /proc/self/task drops it already.
   std::size_t idle = 0;
-  std::size_t threads = 0;
+  std::size_t started = 0;  // the worker and its anchor, until they end
   const bool back_to_baseline = test::eventually(
       [&] {
         idle = gonso::idle_workers();
-        threads = test::count_threads();
-        return idle == 0 && threads == threads_before;
+        started = test::threads_started_since(tids_before).size();
+        return idle == 0 && started == 0;
       },
-      settle_bound);
-  INFO("idle workers " << idle << ", threads " << threads << ", baseline " << threads_before);
+      exit_bound);
+  INFO("idle workers " << idle << ", threads started by the run still there " << started);
   CHECK(back_to_baseline);
   CHECK(text(test::snapshot()) == text(caller));
 }
@@ -263,7 +264,7 @@ TEST_CASE("workers: retire_idle_workers ends every idle worker", "[workers][priv
   const gonso::Set net = gonso::Set::current().unshare(Kind::net);
   gonso::retire_idle_workers();
   const test::Snapshot caller = test::snapshot();
-  const std::size_t threads_before = test::count_threads();
+  const std::size_t threads_before = test::thread_baseline();
 
   // Sequential runs, then two at once so that two workers are needed.
   for (int i = 0; i < 3; ++i) {
@@ -314,7 +315,7 @@ TEST_CASE("workers: lowering max_idle ends the idle workers beyond it at once", 
   const gonso::Set uts = gonso::Set::current().unshare(Kind::uts);
   gonso::retire_idle_workers();
   const test::Snapshot caller = test::snapshot();
-  const std::size_t threads_before = test::count_threads();
+  const std::size_t threads_before = test::thread_baseline();
 
   // Three runs at once leave three restored workers behind.
   constexpr std::size_t callers = 3;
@@ -354,7 +355,7 @@ TEST_CASE("workers: max_idle 0 keeps no worker", "[workers][privileged]") {
   const gonso::Set uts = gonso::Set::current().unshare(Kind::uts);
   gonso::retire_idle_workers();
   const test::Snapshot caller = test::snapshot();
-  const std::size_t threads_before = test::count_threads();
+  const std::size_t threads_before = test::thread_baseline();
 
   constexpr int runs = 5;
   std::set<pid_t> tids;

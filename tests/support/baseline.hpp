@@ -126,7 +126,10 @@ class Baseline {
   /// and idle workers are retired before anything is counted (see
   /// thread_baseline()).
   explicit Baseline(Watch watch = Watch::everything) : watch_(watch) {
-    if (watches(watch_, Watch::threads)) threads_ = thread_baseline();
+    if (watches(watch_, Watch::threads)) {
+      threads_ = thread_baseline();
+      tids_ = thread_ids();
+    }
     if (watches(watch_, Watch::fds)) gonso::retire_idle_workers();
     if (watches(watch_, Watch::namespaces)) caller_ = snapshot();
     if (watches(watch_, Watch::worker_policy)) policy_ = gonso::worker_policy();
@@ -141,6 +144,13 @@ class Baseline {
   [[nodiscard]] const Snapshot& caller() const { return caller_; }
   [[nodiscard]] std::size_t fds() const { return fds_; }
   [[nodiscard]] std::size_t threads() const { return threads_; }
+  /// Threads alive now that were not when the baseline was taken.
+  [[nodiscard]] std::size_t threads_started() const { return threads_started_since(tids_).size(); }
+  /// Every thread started since the baseline has ended (allowing exit_bound
+  /// for threads on their way out).
+  [[nodiscard]] bool no_thread_left() const {
+    return eventually([&] { return threads_started_since(tids_).empty(); }, exit_bound);
+  }
   [[nodiscard]] const std::vector<std::string>& children() const { return children_; }
 
   /// Checks that everything recorded is as it was; idle workers are retired
@@ -173,10 +183,13 @@ class Baseline {
       CHECK(now == fds_);
     }
     if (watches(watch_, Watch::threads)) {
-      const std::size_t now = threads_settled_at(threads_);
-      INFO("threads were " << threads_ << ", now " << now << ": " << task_list());
-      CHECK(now == threads_);
-      CHECK(count_threads() <= threads_);  // fewer: see threads_settled_at
+      // Compared by tid: a thread of an earlier test that ends meanwhile is
+      // no leak, and must not hide one.
+      (void)no_thread_left();
+      const std::set<pid_t> started = threads_started_since(tids_);
+      INFO("threads were " << threads_ << ", started since and still there: "
+                           << fmt::format("{}", fmt::join(started, ", ")) << "; now " << task_list());
+      CHECK(started.empty());
     }
     if (watches(watch_, Watch::children)) {
       if (settle.children) (void)eventually([&] { return child_processes() == children_; });
@@ -215,6 +228,7 @@ class Baseline {
   std::size_t fds_ = 0;
   std::string fd_list_;
   std::size_t threads_ = 0;
+  std::set<pid_t> tids_;
   std::vector<std::string> children_;
   MachineState machine_;
 };

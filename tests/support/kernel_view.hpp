@@ -154,6 +154,25 @@ inline std::string fd_link(int fd) {
 
 inline std::size_t count_threads() { return count_entries("/proc/self/task"); }
 
+/// The tids of this process's threads.
+inline std::set<pid_t> thread_ids() {
+  std::set<pid_t> out;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    out.insert(static_cast<pid_t>(std::stol(task.path().filename().string())));
+  }
+  return out;
+}
+
+/// Threads of this process now that are not among `before`: those started
+/// since, whatever ended meanwhile.
+inline std::set<pid_t> threads_started_since(const std::set<pid_t>& before) {
+  std::set<pid_t> out;
+  for (pid_t tid : thread_ids()) {
+    if (!before.contains(tid)) out.insert(tid);
+  }
+  return out;
+}
+
 /// pthread_join returns once the kernel has cleared the thread's tid, before
 /// the thread leaves /proc/self/task: waits, within a bound, until the
 /// process has at most `expected` threads, and returns the last count seen,
@@ -261,7 +280,7 @@ inline pid_t init_of(const gonso::Identity& ns) {
 
 /// Threads of this process (by tid) that are in a namespace other than the
 /// one `reference` names for that kind.
-inline std::vector<std::string> threads_outside(const Snapshot& reference) {
+inline std::vector<std::string> threads_outside_now(const Snapshot& reference) {
   std::vector<std::string> out;
   for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
     for (const auto& [kind, id] : reference) {
@@ -276,8 +295,29 @@ inline std::vector<std::string> threads_outside(const Snapshot& reference) {
   return out;
 }
 
-/// No thread of the process is in `id`'s namespace.
-inline bool no_thread_in(const gonso::Identity& id) {
+/// Bound for the kernel to finish tearing down threads that already ended.
+/// A thread that has returned from its start routine, or was joined, still
+/// holds its namespaces until do_exit(2) drops them, after the point where
+/// pthread_join returns; a run(false) worker or a discarded one ends after
+/// its caller has returned. Checks that no thread is left somewhere wait
+/// this long for such threads, and fail on one that stays.
+inline constexpr auto exit_bound = std::chrono::seconds(5);
+
+/// threads_outside_now once threads on their way out are gone: a thread
+/// that stays outside for exit_bound is reported.
+inline std::vector<std::string> threads_outside(const Snapshot& reference) {
+  std::vector<std::string> out;
+  (void)eventually(
+      [&] {
+        out = threads_outside_now(reference);
+        return out.empty();
+      },
+      exit_bound);
+  return out;
+}
+
+/// No thread of the process is in `id`'s namespace (now: see exit_bound).
+inline bool no_thread_in_now(const gonso::Identity& id) {
   const std::string link = link_of(id.kind);
   for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
     struct stat st {};
@@ -286,6 +326,12 @@ inline bool no_thread_in(const gonso::Identity& id) {
     }
   }
   return true;
+}
+
+/// No thread of the process is in `id`'s namespace, once threads on their way
+/// out are gone.
+inline bool no_thread_in(const gonso::Identity& id) {
+  return eventually([&] { return no_thread_in_now(id); }, exit_bound);
 }
 
 }  // namespace test

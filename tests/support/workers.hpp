@@ -39,26 +39,11 @@ class PoolGuard {
 
 /// An idle timeout no test waits for: workers stay until retired.
 inline constexpr auto long_timeout = std::chrono::milliseconds(std::chrono::minutes(10));
-/// Bound for the kernel to finish tearing down threads that already exited.
-inline constexpr auto settle_bound = std::chrono::seconds(5);
 
 /// Threads gonso runs while `idle` workers wait: each worker, plus the anchor
 /// that holds the process's namespaces for them to return to, which lives as
 /// long as any worker does.
 inline std::size_t with_workers(std::size_t baseline, std::size_t idle) { return baseline + idle + (idle > 0 ? 1 : 0); }
-
-/// threads_outside once exiting threads are gone (see
-/// test::threads_settled_at).
-inline std::vector<std::string> threads_outside_settled(const Snapshot& reference) {
-  std::vector<std::string> out;
-  (void)eventually(
-      [&] {
-        out = threads_outside(reference);
-        return out.empty();
-      },
-      settle_bound);
-  return out;
-}
 
 /// What a callable saw of the worker it ran on.
 struct Seen {
