@@ -184,33 +184,6 @@ TEST_CASE("without restore, or when the callable discards it, each run has a new
   CHECK(test::threads_outside(caller).empty());
 }
 
-TEST_CASE("a thread that joined a mount namespace is never reused", "[privileged]") {
-  test::require_privilege();
-  const test::Snapshot caller = test::snapshot();
-  const std::filesystem::path cwd = std::filesystem::current_path();
-  const Set mnt = Set::current().unshare(Kind::mnt);
-  std::vector<pid_t> tids;
-  for (int i = 0; i < 3; ++i) {
-    const auto [tid, inside] = mnt.run(true, [] { return std::pair(test::tid(), test::thread_ns(Kind::mnt)); });
-    CHECK(inside == mnt.identity(Kind::mnt));
-    tids.push_back(tid);
-  }
-  CHECK(tids[0] != tids[1]);
-  CHECK(tids[1] != tids[2]);
-  CHECK(tids[0] != tids[2]);
-  CHECK(test::thread_ended(tids[2]));
-  // The worker's private root and cwd never leak to the process.
-  CHECK(std::filesystem::current_path() == cwd);
-  CHECK(test::snapshot() == caller);
-
-  SECTION("but a Set holding the worker's own mount namespace needs no join and stays reusable") {
-    const Set here = Set::current();
-    const pid_t a = here.run(true, [] { return test::tid(); });
-    const pid_t b = here.run(true, [] { return test::tid(); });
-    CHECK(a == b);
-  }
-}
-
 TEST_CASE("a restore that fails discards the thread", "[privileged]") {
   test::require_privilege();
   const test::Snapshot caller = test::snapshot();

@@ -550,6 +550,42 @@ Result run_norestore_net(Context& ctx) {
   return measure(ctx.plan, [&] { ctx.net.run(false, noop); });
 }
 
+// A mount namespace is joined only by a thread with root and cwd of its own:
+// the floor is that thread's setns(2) in and back.
+Result floor_setns_mnt(Context& ctx) {
+  const gonso::Set mnt = ctx.base.unshare(gonso::Kind::mnt);
+  const int there = mnt.fd(gonso::Kind::mnt);
+  Result result;
+  std::exception_ptr error;
+  std::jthread([&] {
+    try {
+      if (::unshare(CLONE_FS) != 0) throw_errno("cannot unshare CLONE_FS");
+      const Fd here(::open("/proc/thread-self/ns/mnt", O_RDONLY | O_CLOEXEC));
+      if (here.get() < 0) throw_errno("cannot open /proc/thread-self/ns/mnt");
+      result = measure(ctx.plan, [&] {
+        if (::setns(there, CLONE_NEWNS) != 0) throw_errno("cannot join the mnt Set");
+        if (::setns(here.get(), CLONE_NEWNS) != 0) throw_errno("cannot go back to this thread's mount namespace");
+      });
+    } catch (...) {
+      error = std::current_exception();
+    }
+  }).join();
+  if (error) std::rethrow_exception(error);
+  return result;
+}
+
+Result run_restore_mnt(Context& ctx) {
+  const gonso::Set mnt = ctx.base.unshare(gonso::Kind::mnt);
+  return measure(ctx.plan, [&] { mnt.run(true, noop); });
+}
+
+// A new thread for every run, as every run in a mount namespace had before
+// workers with root and cwd of their own were kept.
+Result run_norestore_mnt(Context& ctx) {
+  const gonso::Set mnt = ctx.base.unshare(gonso::Kind::mnt);
+  return measure(ctx.plan, [&] { mnt.run(false, noop); });
+}
+
 // What run_in_process must at least do: a child that joins, and its reaping.
 Result floor_fork_net(Context& ctx) {
   const int fd = ctx.net.fd(gonso::Kind::net);
@@ -751,6 +787,12 @@ constexpr std::array figures{
     Figure{"floor_thread_setns_net", Unit::ns, "std::jthread that setns(2) into the net Set, + join",
            floor_thread_setns_net},
     Figure{"run_norestore_net", Unit::ns, "net.run(false, []{}): a new worker, ended after", run_norestore_net},
+    Figure{"floor_setns_mnt", Unit::ns, "setns(2) into a mount namespace and back, on a thread with its own root/cwd",
+           floor_setns_mnt},
+    Figure{"run_restore_mnt", Unit::ns, "mnt.run(true, []{}): a kept worker with its own root and cwd",
+           run_restore_mnt},
+    Figure{"run_norestore_mnt", Unit::ns, "mnt.run(false, []{}): a new thread each run, as before mount workers",
+           run_norestore_mnt},
     Figure{"floor_fork_net", Unit::ns, "fork, the child setns(2) into the net Set, _exit, waitpid", floor_fork_net},
     Figure{"process_run_net", Unit::ns, "net.run_in_process([]{})", process_run_net},
     Figure{"floor_spawn_true", Unit::ns, "posix_spawn /usr/bin/true + waitpid, no namespace", floor_spawn_true},
@@ -801,6 +843,8 @@ constexpr std::array targets{
     ratio("executor_net", "floor_setns_net", Target::Bound::at_most, 1),
     ratio("executor_net_unverified", "floor_setns_net", Target::Bound::at_most, 1),
     ratio("run_norestore_net", "floor_thread_setns_net", Target::Bound::at_most, 1.15),
+    ratio("run_restore_mnt", "floor_setns_mnt", Target::Bound::at_most, 2),
+    ratio("run_norestore_mnt", "run_restore_mnt", Target::Bound::at_least, 5),
     ratio("nsenter_true_net", "process_run_net", Target::Bound::at_least, 10),
     ratio("nsenter_true_net", "spawn_true_net", Target::Bound::at_least, 10),
     // Where the kernel's own cost makes the two above unreachable, what

@@ -14,7 +14,7 @@ endif()
 
 set(keys
   floor_setns_net floor_thread floor_fork_net floor_spawn_true floor_unshare_net
-  floor_thread_setns_net
+  floor_thread_setns_net floor_setns_mnt run_restore_mnt run_norestore_mnt
   floor_setns_net_2threads floor_setns_net_2threads_wall run_restore_net_2callers run_restore_net_2callers_wall
   floor_setns_net_4threads floor_setns_net_4threads_wall run_restore_net_4callers run_restore_net_4callers_wall
   floor_setns_net_8threads floor_setns_net_8threads_wall run_restore_net_8callers run_restore_net_8callers_wall

@@ -113,6 +113,43 @@ inline void require_own(Kind kind, Kinds kinds, const ns_handles& target, const 
   throw system_error(err, "cannot start {}{}", what, why);
 }
 
+/// The calling thread's umask, read from /proc/thread-self/status (no system
+/// call reads it without changing it, and changing it for a moment would
+/// give every thread sharing it that value meanwhile); -1 with errno when it
+/// cannot be read.
+[[nodiscard]] inline int read_thread_umask() noexcept {
+  const int fd = ::open("/proc/thread-self/status", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  std::array<char, 4096> text{};
+  std::size_t size = 0;
+  for (;;) {
+    const ssize_t n = ::read(fd, text.data() + size, text.size() - 1 - size);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    size += static_cast<std::size_t>(n);
+    if (size == text.size() - 1) break;
+  }
+  const int saved = errno;
+  (void)::close(fd);
+  const std::string_view status(text.data(), size);
+  // "Umask:\t0022", in octal, near the top.
+  constexpr std::string_view field = "\nUmask:\t";
+  const std::size_t at = status.find(field);
+  if (at == std::string_view::npos) {
+    errno = saved != 0 ? saved : ENODATA;
+    return -1;
+  }
+  int mask = 0;
+  for (std::size_t i = at + field.size(); i < status.size() && status[i] >= '0' && status[i] <= '7'; ++i) {
+    mask = mask * 8 + (status[i] - '0');
+    if (mask > 0777) {
+      errno = EINVAL;
+      return -1;
+    }
+  }
+  return mask;
+}
+
 /// Work handed to a worker: the namespaces to join and, behind invoke(), the
 /// callable and the place for its result. Lives on the caller's stack for the
 /// duration of one run.
@@ -141,6 +178,14 @@ class job {
   /// The callable's exception, or the join's; invoke() is not called when
   /// joining failed.
   std::exception_ptr error;
+  /// Set when the worker has root, cwd and umask of its own from an earlier
+  /// run in a mount namespace (worker::fs_private): its umask no longer
+  /// follows the process's, so the caller reads its own while the worker
+  /// joins, and hands it over through umask_ready (a fresh worker would have
+  /// copied it). Negative: -errno, it could not be read.
+  bool wants_umask = false;
+  int caller_umask = -1;
+  event umask_ready;
 
  protected:
   ~job() = default;

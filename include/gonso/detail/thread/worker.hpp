@@ -89,6 +89,12 @@ class worker {
   [[nodiscard]] bool execute(job& work) {
     job_ = &work;
     work_.post();
+    if (work.wants_umask) {
+      // Read while the worker joins: /proc costs more than the setns calls.
+      const int mask = read_thread_umask();
+      work.caller_umask = mask >= 0 ? mask : -(errno != 0 ? errno : EIO);
+      work.umask_ready.post();
+    }
     (void)done_.wait(spin_budget());
     if (!work.restore) return false;
     // The worker is on its way home; check what that does not undo meanwhile.
@@ -98,6 +104,16 @@ class worker {
   }
 
   [[nodiscard]] const credentials& creds() const noexcept { return creds_; }
+
+  /// Root, cwd and umask are the thread's own: it unshared CLONE_FS to join
+  /// a mount namespace, which cannot be undone. Going home through the
+  /// anchor's pidfd then takes it back to the process's mount namespace too,
+  /// at that namespace's root, so the pool keeps it for runs that join
+  /// another mount namespace (which reset root and cwd to that namespace's
+  /// `/`) and hands it the caller's umask with each (job::wants_umask); it
+  /// never serves a run whose callable would see the process's root and cwd.
+  /// Read by the thread that holds the worker (published by home_reached_).
+  [[nodiscard]] bool fs_private() const noexcept { return joined_mnt_; }
 
   /// After a restoring run, a pooled worker checks its own credentials
   /// before it may serve again: ready (checked, or never run), checking, or
@@ -118,6 +134,7 @@ class worker {
   void start();
   void arrive();
   void join(const job& work, Kinds& joined);
+  static void take_umask(job& work);
   [[nodiscard]] bool go_home(Kinds joined) noexcept;
   [[nodiscard]] bool restore_slowly(Kinds joined) noexcept;
   [[nodiscard]] bool still_in_place() const noexcept;
@@ -166,6 +183,7 @@ GONSO_CATCHES_FORCED_UNWIND inline bool worker::perform(job& work) {
   try {
     if (start_error_) std::rethrow_exception(start_error_);
     join(work, joined);
+    if (work.wants_umask) take_umask(work);
     // Cancellation may act only inside the callable: at a cancellation
     // point of gonso's own (close, open) it would unwind through code that
     // cannot let it pass. One the callable asked for and left pending acts
@@ -293,7 +311,12 @@ inline void worker::join(const job& work, Kinds& joined) {
   if (!origin_[index_of(Kind::net)].fd && home_ && home_->pidfd() >= 0 && work.kinds.contains(pidfd_kinds)) {
     at_home = set_ns(home_->pidfd(), pidfd_kinds.clone_flags()) == 0;
   }
+  // A worker with root and cwd of its own serves only runs into another mount
+  // namespace than home's (see fs_private), and joins it even when it seems
+  // to be there already: the join is what puts root and cwd at its `/`.
+  const bool rejoin_mnt = joined_mnt_ && pool_ != nullptr;
   const auto here = [&](Kind kind) {
+    if (kind == Kind::mnt && rejoin_mnt) return Identity{};
     if (!joined.contains(kind)) {
       // A pooled worker waits for work where it started: home.
       if (const ns_handle& origin = origin_[index_of(kind)]; origin.fd) return origin.id;
@@ -318,11 +341,24 @@ inline void worker::join(const job& work, Kinds& joined) {
 }
 
 inline bool worker::go_home(Kinds joined) noexcept {
-  if (joined_mnt_ && !(fast_ && (home_flags_ & CLONE_NEWNS) != 0)) return false;
   if (!fast_) return restore_slowly(joined);
-  if (set_ns(home_->pidfd(), home_flags_) != 0) return false;
+  // With root and cwd of its own the worker goes back to home's mount
+  // namespace in the same setns, whatever the callable mounted or unshared.
+  if (set_ns(home_->pidfd(), home_flags_ | (joined_mnt_ ? CLONE_NEWNS : 0)) != 0) return false;
   if (pid_by_fd_ && set_ns(home_->ns()[index_of(Kind::pid)].fd.get(), CLONE_NEWPID) != 0) return false;
   return true;
+}
+
+// On the worker's thread, joined: the umask the caller read for it (see
+// job::wants_umask). A worker that cannot have it runs nothing.
+inline void worker::take_umask(job& work) {
+  (void)work.umask_ready.wait(spin_budget());
+  if (work.caller_umask < 0) {
+    throw system_error(-work.caller_umask,
+                       "cannot read the calling thread's umask (/proc/thread-self/status) for a run in a mount "
+                       "namespace");
+  }
+  (void)::umask(static_cast<mode_t>(work.caller_umask));
 }
 
 // On the caller's thread, while the worker goes home: what setns on the

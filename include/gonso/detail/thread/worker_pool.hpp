@@ -70,8 +70,12 @@ class worker_pool {
     return home_;
   }
 
-  /// An idle worker with the caller's credentials, or a new one.
-  [[nodiscard]] std::unique_ptr<worker> acquire() {
+  /// An idle worker with the caller's credentials, or a new one. `mnt`, for
+  /// a run that joins a mount namespace, names it: a run into another mount
+  /// namespace than home's takes a worker with root and cwd of its own
+  /// (worker::fs_private) when one is idle, and every other run one that
+  /// shares them with the process.
+  [[nodiscard]] std::unique_ptr<worker> acquire(const Identity* mnt = nullptr) {
     std::vector<std::unique_ptr<worker>> ended;
     std::unique_ptr<worker> found;
     credentials mine = this_thread_credentials(worker_ns_dir, thread_token());
@@ -79,7 +83,10 @@ class worker_pool {
       std::lock_guard lock(mutex_);
       take_ended(ended);
       drop_unfit_locked();
-      const auto same = std::find_if(idle_.rbegin(), idle_.rend(), [&](const auto& w) { return w->creds() == mine; });
+      const bool fs_private = mnt != nullptr && home_ && home_->ns()[index_of(Kind::mnt)].id != *mnt;
+      const auto same = std::find_if(idle_.rbegin(), idle_.rend(), [&](const auto& w) {
+        return w->fs_private() == fs_private && w->creds() == mine;
+      });
       if (same != idle_.rend()) {
         found = std::move(*same);
         idle_.erase(std::next(same).base());
