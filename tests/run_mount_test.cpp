@@ -7,9 +7,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
+#include <utility>
 
 #include "support/baseline.hpp"
 #include "support/fault.hpp"
@@ -165,6 +169,32 @@ TEST_CASE("a callable that unshares, mounts or joins another mount namespace mov
     const Inside after = a.run(true, look);
     CHECK(after.tid == worker);
     CHECK(after.mnt == a.identity(Kind::mnt));
+
+    // A thread started by the callable shares the worker's root and cwd, and
+    // outlives the run: the next runs still join, and it is left where it was.
+    std::thread lingering;
+    std::atomic<bool> release{false};
+    std::atomic<pid_t> lingering_tid{0};
+    const auto [tid_started, started_mnt] = a.run(true, [&] {
+      lingering = std::thread([&] {
+        lingering_tid = test::tid();
+        while (!release.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      });
+      while (lingering_tid.load() == 0) std::this_thread::yield();
+      return std::pair(test::tid(), test::thread_ns(Kind::mnt));
+    });
+    CHECK(tid_started == worker);
+    const Inside beside = b.run(true, look);
+    CHECK(beside.tid == worker);
+    CHECK(beside.mnt == b.identity(Kind::mnt));
+    CHECK(beside.cwd == "/");
+    CHECK(a.run(true, look).mnt == a.identity(Kind::mnt));
+    // The callable's thread is still in `a`'s mount namespace.
+    const auto lingering_mnt =
+        test::identity_at(Kind::mnt, fmt::format("/proc/self/task/{}/ns/mnt", lingering_tid.load()));
+    CHECK(lingering_mnt == started_mnt);
+    release = true;
+    lingering.join();
 
     // setns into another mount namespace by hand.
     const pid_t tid2 = a.run(true, [&] {

@@ -4,7 +4,10 @@
 #pragma once
 
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <sched.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -118,6 +121,12 @@ class anchor {
   /// process can change either (the README, "How namespaces behave").
   [[nodiscard]] const Identity& user() const noexcept { return user_; }
   [[nodiscard]] const Identity& time() const noexcept { return time_; }
+  /// An O_PATH fd of the procfs that showed this process's threads when the
+  /// anchor started (checked to be procfs, and to show the anchor's own
+  /// thread-self), or -1: callers whose `/proc` path names something else
+  /// now (a chroot, another mount namespace) still read their own files
+  /// through it.
+  [[nodiscard]] int proc() const noexcept { return proc_.get(); }
 
  private:
   void main(const ns_handles* target, Kinds kinds) noexcept {
@@ -136,11 +145,21 @@ class anchor {
       if (stat_ns(ns_dir.get(), "user", Kind::user, user_) != 0) user_ = {};
       if (stat_ns(ns_dir.get(), "time", Kind::time, time_) != 0) time_ = {};
       pidfd_.reset(pidfd_open(tid_, PIDFD_THREAD));
+      open_proc();
     } catch (...) {
       error_ = std::current_exception();
     }
     ready_.post();
     while (!stop_.load(std::memory_order_relaxed)) (void)wake_.wait(std::chrono::nanoseconds::zero());
+  }
+
+  void open_proc() noexcept {
+    unique_fd proc(::open("/proc", O_PATH | O_DIRECTORY | O_CLOEXEC));
+    struct statfs fs {};
+    if (!proc || ::fstatfs(proc.get(), &fs) != 0 || fs.f_type != PROC_SUPER_MAGIC) return;
+    struct stat own {};
+    if (::fstatat(proc.get(), "thread-self/status", &own, 0) != 0) return;  // another pid namespace's procfs
+    proc_ = std::move(proc);
   }
 
   event ready_;
@@ -149,6 +168,7 @@ class anchor {
   std::exception_ptr error_;
   pid_t tid_ = -1;
   unique_fd pidfd_;
+  unique_fd proc_;
   ns_handles ns_{};
   Identity active_pid_{};
   Identity user_{};

@@ -113,12 +113,12 @@ inline void require_own(Kind kind, Kinds kinds, const ns_handles& target, const 
   throw system_error(err, "cannot start {}{}", what, why);
 }
 
-/// The calling thread's umask, read from /proc/thread-self/status (no system
-/// call reads it without changing it, and changing it for a moment would
-/// give every thread sharing it that value meanwhile); -1 with errno when it
-/// cannot be read.
-[[nodiscard]] inline int read_thread_umask() noexcept {
-  const int fd = ::open("/proc/thread-self/status", O_RDONLY | O_CLOEXEC);
+/// The calling thread's umask, read from thread-self/status under `proc`, a
+/// procfs fd (anchor::proc): no system call reads a umask without changing
+/// it, and changing it for a moment would give every thread sharing it that
+/// value meanwhile. -1 with errno when it cannot be read.
+[[nodiscard]] inline int read_thread_umask(int proc) noexcept {
+  const int fd = ::openat(proc, "thread-self/status", O_RDONLY | O_CLOEXEC);
   if (fd < 0) return -1;
   std::array<char, 4096> text{};
   std::size_t size = 0;
@@ -140,12 +140,15 @@ inline void require_own(Kind kind, Kinds kinds, const ns_handles& target, const 
     return -1;
   }
   int mask = 0;
-  for (std::size_t i = at + field.size(); i < status.size() && status[i] >= '0' && status[i] <= '7'; ++i) {
+  std::size_t i = at + field.size();
+  for (; i < status.size() && status[i] >= '0' && status[i] <= '7'; ++i) {
     mask = mask * 8 + (status[i] - '0');
-    if (mask > 0777) {
-      errno = EINVAL;
-      return -1;
-    }
+    if (mask > 0777) break;
+  }
+  // Octal digits, then the end of the line, or it is no umask.
+  if (i == at + field.size() || mask > 0777 || i >= status.size() || status[i] != '\n') {
+    errno = EINVAL;
+    return -1;
   }
   return mask;
 }

@@ -82,10 +82,7 @@ auto run_on_worker(const ns_handles& ns, Kinds kinds, int pidfd, bool restore, F
   }
   run_job<F, R> job(&ns, kinds, restore, std::forward<F>(fn));
   if (pidfd >= 0) job.pidfd = pidfd;
-  // A nested caller's /proc may be another mount namespace's: it cannot read
-  // its umask for a worker with one of its own, and gets one sharing the
-  // process's.
-  const Identity* mnt = kinds.contains(Kind::mnt) && worker_ns_dir < 0 ? &ns[index_of(Kind::mnt)].id : nullptr;
+  const Identity* mnt = kinds.contains(Kind::mnt) ? &ns[index_of(Kind::mnt)].id : nullptr;
   std::unique_ptr<worker> runner = restore ? pool.acquire(mnt) : pool.spawn();
   job.wants_umask = runner->fs_private();
   if (runner->execute(job)) {

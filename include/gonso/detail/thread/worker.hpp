@@ -91,8 +91,13 @@ class worker {
     work_.post();
     if (work.wants_umask) {
       // Read while the worker joins: /proc costs more than the setns calls.
-      const int mask = read_thread_umask();
+      // open and read are cancellation points, and the worker holds `work`
+      // on this stack: no cancellation may unwind it now.
+      int cancel_state = 0;
+      (void)::pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
+      const int mask = read_thread_umask(home_proc_);
       work.caller_umask = mask >= 0 ? mask : -(errno != 0 ? errno : EIO);
+      (void)::pthread_setcancelstate(cancel_state, nullptr);
       work.umask_ready.post();
     }
     (void)done_.wait(spin_budget());
@@ -163,6 +168,7 @@ class worker {
   // until the thread ends.
   std::shared_ptr<const anchor> home_;
   pid_t home_tid_ = -1;                // for the caller's checks, which must not touch home_
+  int home_proc_ = -1;                 // home's procfs fd (anchor::proc), for the caller's umask
   std::uint64_t home_time_inode_ = 0;  // 0: the kernel has no time namespaces
   std::exception_ptr start_error_;
   pid_t tid_ = -1;
@@ -264,6 +270,7 @@ inline void worker::start() {
 inline void worker::arrive() {
   origin_ = open_thread_ns(ns_dir_.get());
   home_tid_ = home_->tid();
+  home_proc_ = home_->proc();
   const ns_handle& time = home_->ns()[index_of(Kind::time)];
   home_time_inode_ = time.fd ? time.id.inode : 0;
   // Threads inherit their creator's namespaces. A worker created by a thread
@@ -344,6 +351,12 @@ inline bool worker::go_home(Kinds joined) noexcept {
   if (!fast_) return restore_slowly(joined);
   // With root and cwd of its own the worker goes back to home's mount
   // namespace in the same setns, whatever the callable mounted or unshared.
+  // A thread the callable started shares that fs_struct (threads are made
+  // with CLONE_FS): a setns of several kinds would still move it along (its
+  // check of fs users runs on a copy), and the next join of the mount
+  // namespace alone would fail. Unsharing again leaves it behind; with no
+  // other user it does nothing.
+  if (joined_mnt_ && unshare_ns(CLONE_FS) != 0) return false;
   if (set_ns(home_->pidfd(), home_flags_ | (joined_mnt_ ? CLONE_NEWNS : 0)) != 0) return false;
   if (pid_by_fd_ && set_ns(home_->ns()[index_of(Kind::pid)].fd.get(), CLONE_NEWPID) != 0) return false;
   return true;

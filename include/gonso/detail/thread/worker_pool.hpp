@@ -83,7 +83,10 @@ class worker_pool {
       std::lock_guard lock(mutex_);
       take_ended(ended);
       drop_unfit_locked();
-      const bool fs_private = mnt != nullptr && home_ && home_->ns()[index_of(Kind::mnt)].id != *mnt;
+      // Without a procfs to read the caller's umask from, no worker is kept
+      // with a filesystem context of its own (see worker::fs_private).
+      const bool fs_private =
+          mnt != nullptr && home_ && home_->proc() >= 0 && home_->ns()[index_of(Kind::mnt)].id != *mnt;
       const auto same = std::find_if(idle_.rbegin(), idle_.rend(), [&](const auto& w) {
         return w->fs_private() == fs_private && w->creds() == mine;
       });
@@ -130,7 +133,10 @@ class worker_pool {
     std::lock_guard lock(mutex_);
     const std::size_t others_in_flight = in_flight_ > 0 ? in_flight_ - 1 : 0;
     const bool room = idle_.size() < max_idle_ || idle_.size() + others_in_flight < high_water_;
-    if (closing_ || !keeps_workers() || done->fitness() == worker::unfit || !room) {
+    // One with a filesystem context of its own is served only where the
+    // caller's umask can be read (see acquire).
+    const bool servable = !done->fs_private() || (home_ && home_->proc() >= 0);
+    if (closing_ || !keeps_workers() || done->fitness() == worker::unfit || !room || !servable) {
       bury_locked(std::move(done));
     } else {
       try {
