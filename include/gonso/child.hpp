@@ -9,13 +9,18 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <fcntl.h>
 #include <poll.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
+#include <climits>
 #include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <utility>
 
 #include <fmt/core.h>
@@ -65,7 +70,8 @@ class ExitStatus {
 ///
 /// The handle owns the child: when a Child that was neither wait()ed nor
 /// seen to end by poll() is destroyed (or assigned to), the process gets
-/// SIGKILL and is reaped, so it never stays a zombie. The destructor blocks
+/// SIGKILL and is reaped, so it never stays a zombie; release() and
+/// detach() give it up instead. The destructor blocks
 /// until the kernel has ended it and never throws.
 ///
 /// Reaping uses waitid(P_PIDFD), which needs SIGCHLD not to be ignored
@@ -145,6 +151,95 @@ class Child {
     if (status_) return *status_;
     require_valid("wait for");
     return *reap(true);
+  }
+
+  /// Waits at most `timeout` for the process to end: how it ended (reaped),
+  /// or nullopt when it still runs then. A zero or negative timeout looks
+  /// once, as poll() does. Throws as wait() does.
+  template <typename Rep, typename Period>
+  [[nodiscard]] std::optional<ExitStatus> wait_for(const std::chrono::duration<Rep, Period>& timeout) {
+    using clock = std::chrono::steady_clock;
+    const auto now = clock::now();
+    // A timeout beyond the clock's range waits as long as it can (compared
+    // in floating point: in the clock's unit, hours::max() would overflow).
+    using seconds = std::chrono::duration<double>;
+    if (seconds(timeout) >= seconds(clock::time_point::max() - now)) return wait_until(clock::time_point::max());
+    return wait_until(now + std::chrono::ceil<clock::duration>(timeout));
+  }
+
+  /// Waits until `deadline` (of any clock) for the process to end: how it
+  /// ended (reaped), or nullopt when it still runs then. Throws as wait()
+  /// does.
+  template <typename Clock, typename Duration>
+  [[nodiscard]] std::optional<ExitStatus> wait_until(const std::chrono::time_point<Clock, Duration>& deadline) {
+    if (status_) return status_;
+    require_valid("wait for");
+    for (;;) {
+      if (std::optional<ExitStatus> ended = reap(false)) return ended;
+      const auto left = deadline - Clock::now();
+      if (left <= decltype(left)::zero()) return std::nullopt;
+      const auto ms = std::chrono::ceil<std::chrono::milliseconds>(left).count();
+      pollfd ended{state_->pidfd.get(), POLLIN, 0};
+      if (::poll(&ended, 1, static_cast<int>(std::min<decltype(ms)>(ms, INT_MAX))) < 0 && errno != EINTR) {
+        throw detail::system_error(errno, "cannot wait for pid {}", pid_);
+      }
+    }
+  }
+
+  /// What communicate() gathered: everything the program wrote to its
+  /// stdout and stderr pipes (empty for one that is not a pipe), and how it
+  /// ended.
+  struct Output {
+    std::string out;
+    std::string err;
+    ExitStatus status = ExitStatus::exited_with(0);
+  };
+
+  /// Writes `input` to the stdin pipe and closes it, reads the stdout and
+  /// stderr pipes to their end, all at once through poll(2), so that a
+  /// program filling one pipe while gonso writes or reads another never
+  /// blocks either side; then waits for the process. A program that closes
+  /// its stdin early gets the rest of `input` dropped, and the caller no
+  /// SIGPIPE (it is blocked on the calling thread meanwhile, and one it
+  /// raised is discarded). Throws std::logic_error on an empty handle, or
+  /// when there is input but stdin is not a pipe; std::system_error when a
+  /// read, write or poll fails.
+  [[nodiscard]] Output communicate(std::string_view input = {}) {
+    require_valid("communicate with");
+    if (!input.empty() && !stdin_) {
+      throw std::logic_error(
+          fmt::format("cannot write {} bytes to the stdin of pid {}: it is not a pipe", input.size(), pid_));
+    }
+    Output result;
+    detail::exchange(stdin_, input, stdout_, result.out, stderr_, result.err);
+    result.status = wait();
+    return result;
+  }
+
+  /// Gives up the process without ending it and returns a new pidfd on it
+  /// (close-on-exec) that the caller owns: the handle becomes empty, gonso
+  /// neither kills nor reaps the process, and it stays a child of the
+  /// caller, a zombie once it ends until the caller reaps it (waitid(2) with
+  /// P_PIDFD, or waitpid). The pipes are closed. Throws std::logic_error on
+  /// an empty handle and std::system_error when no fd can be made (the
+  /// handle then still owns the process).
+  [[nodiscard]] int release() {
+    require_valid("release");
+    const int fd = ::fcntl(state_->pidfd.get(), F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) throw detail::system_error(errno, "cannot release pid {}: no fd for its pidfd", pid_);
+    forget();
+    return fd;
+  }
+
+  /// As release(), without a pidfd: the process runs on, and the caller,
+  /// whose child it stays, reaps it by pid (waitpid) or leaves it to the
+  /// kernel by ignoring SIGCHLD. Returns that pid. Throws std::logic_error
+  /// on an empty handle.
+  pid_t detach() {
+    require_valid("detach");
+    const pid_t pid = pid_;
+    forget();
+    return pid;
   }
 
   /// How the process ended, reaping it, or nullopt while it still runs.
@@ -233,6 +328,17 @@ class Child {
   std::string read_pipe(const detail::unique_fd& fd, const char* stream) const {
     if (!fd) throw std::logic_error(fmt::format("cannot read the {} of pid {}: it is not a pipe", stream, pid_));
     return detail::read_to_end(fd.get());
+  }
+
+  // Lets go of the process without ending it; closes the pipes.
+  void forget() noexcept {
+    detail::child_registry::get().remove(state_.get());
+    stdin_.reset();
+    stdout_.reset();
+    stderr_.reset();
+    state_.reset();
+    pid_ = -1;
+    status_.reset();
   }
 
   // Kills and reaps an unreaped process, closes everything. Never throws.
