@@ -55,23 +55,19 @@ inline std::string read_to_end(int fd) {
 class sigpipe_blocked {
  public:
   sigpipe_blocked() noexcept {
-    sigset_t pipe_only;
-    (void)::sigemptyset(&pipe_only);
-    (void)::sigaddset(&pipe_only, SIGPIPE);
+    (void)::sigemptyset(&pipe_only_);
+    (void)::sigaddset(&pipe_only_, SIGPIPE);
     sigset_t pending;
     (void)::sigpending(&pending);
     was_pending_ = ::sigismember(&pending, SIGPIPE) == 1;
-    (void)::pthread_sigmask(SIG_BLOCK, &pipe_only, &old_);
+    (void)::pthread_sigmask(SIG_BLOCK, &pipe_only_, &old_);
   }
   sigpipe_blocked(const sigpipe_blocked&) = delete;
   sigpipe_blocked& operator=(const sigpipe_blocked&) = delete;
   ~sigpipe_blocked() {
     if (raised_ && !was_pending_) {
-      sigset_t pipe_only;
-      (void)::sigemptyset(&pipe_only);
-      (void)::sigaddset(&pipe_only, SIGPIPE);
       const timespec now{0, 0};
-      while (::sigtimedwait(&pipe_only, nullptr, &now) < 0 && errno == EINTR) {
+      while (::sigtimedwait(&pipe_only_, nullptr, &now) < 0 && errno == EINTR) {
       }
     }
     (void)::pthread_sigmask(SIG_SETMASK, &old_, nullptr);
@@ -80,6 +76,7 @@ class sigpipe_blocked {
   void raised() noexcept { raised_ = true; }
 
  private:
+  sigset_t pipe_only_{};
   sigset_t old_{};
   bool was_pending_ = false;
   bool raised_ = false;

@@ -83,10 +83,8 @@ class worker_pool {
       std::lock_guard lock(mutex_);
       take_ended(ended);
       drop_unfit_locked();
-      // Without a procfs to read the caller's umask from, no worker is kept
-      // with a filesystem context of its own (see worker::fs_private).
       const bool fs_private =
-          mnt != nullptr && home_ && home_->proc() >= 0 && home_->ns()[index_of(Kind::mnt)].id != *mnt;
+          mnt != nullptr && serves_fs_private_locked() && home_->ns()[index_of(Kind::mnt)].id != *mnt;
       const auto same = std::find_if(idle_.rbegin(), idle_.rend(), [&](const auto& w) {
         return w->fs_private() == fs_private && w->creds() == mine;
       });
@@ -133,9 +131,7 @@ class worker_pool {
     std::lock_guard lock(mutex_);
     const std::size_t others_in_flight = in_flight_ > 0 ? in_flight_ - 1 : 0;
     const bool room = idle_.size() < max_idle_ || idle_.size() + others_in_flight < high_water_;
-    // One with a filesystem context of its own is served only where the
-    // caller's umask can be read (see acquire).
-    const bool servable = !done->fs_private() || (home_ && home_->proc() >= 0);
+    const bool servable = !done->fs_private() || serves_fs_private_locked();
     if (closing_ || !keeps_workers() || done->fitness() == worker::unfit || !room || !servable) {
       bury_locked(std::move(done));
     } else {
@@ -224,6 +220,11 @@ class worker_pool {
   [[nodiscard]] bool keeps_workers() const noexcept {
     return max_idle_ > 0 && idle_timeout() > std::chrono::milliseconds::zero();
   }
+
+  // Under mutex_: whether workers with a filesystem context of their own
+  // (worker::fs_private) are kept and handed out: only with a procfs to read
+  // each caller's umask from.
+  [[nodiscard]] bool serves_fs_private_locked() const noexcept { return home_ && home_->proc() >= 0; }
 
   // Under mutex_: moves the idle workers found unfit to retired_.
   void drop_unfit_locked() noexcept {
