@@ -23,7 +23,7 @@
 #include <string_view>
 #include <utility>
 
-#include <fmt/core.h>
+#include <fmt/format.h>
 
 #include <gonso/detail/process/children.hpp>
 #include <gonso/detail/process/launch.hpp>
@@ -31,6 +31,7 @@
 #include <gonso/detail/sys/io.hpp>
 #include <gonso/detail/sys/syscalls.hpp>
 #include <gonso/detail/sys/unique_fd.hpp>
+#include <gonso/detail/text_formatter.hpp>
 
 namespace gonso {
 
@@ -386,13 +387,13 @@ inline Child detail::child_access::make(unique_fd pidfd, pid_t pid, unique_fd in
 
 /// Prints "exited 3" or "killed by signal 9 (Killed)".
 template <>
-struct fmt::formatter<gonso::ExitStatus> {
-  constexpr auto parse(format_parse_context& ctx) { return ctx.begin(); }
+struct fmt::formatter<gonso::ExitStatus> : gonso::detail::text_formatter {
   auto format(const gonso::ExitStatus& status, format_context& ctx) const {
-    if (status.exited()) return fmt::format_to(ctx.out(), "exited {}", status.code());
+    if (status.exited()) return write(fmt::format("exited {}", status.code()), ctx);
     // sigdescr_np, unlike strsignal, is thread-safe; nullptr for unknown numbers.
     const char* description = ::sigdescr_np(status.signal());
-    return fmt::format_to(ctx.out(), "killed by signal {} ({})", status.signal(),
-                          description != nullptr ? description : "unknown signal");
+    return write(
+        fmt::format("killed by signal {} ({})", status.signal(), description != nullptr ? description : "unknown signal"),
+        ctx);
   }
 };

@@ -15,6 +15,7 @@
 
 #include <gonso/detail/sys/error.hpp>
 #include <gonso/detail/sys/syscalls.hpp>
+#include <gonso/detail/text_formatter.hpp>
 #include <gonso/kind.hpp>
 
 namespace gonso {
@@ -77,9 +78,8 @@ struct std::hash<gonso::Identity> {
 };
 
 template <>
-struct fmt::formatter<gonso::Identity> {
-  constexpr auto parse(format_parse_context& ctx) { return ctx.begin(); }
+struct fmt::formatter<gonso::Identity> : gonso::detail::text_formatter {
   auto format(const gonso::Identity& id, format_context& ctx) const {
-    return fmt::format_to(ctx.out(), "{}:[{}]", id.kind, id.inode);
+    return write(fmt::format("{}:[{}]", id.kind, id.inode), ctx);
   }
 };

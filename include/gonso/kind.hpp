@@ -18,6 +18,7 @@
 #include <fmt/format.h>
 
 #include <gonso/detail/ns/table.hpp>
+#include <gonso/detail/text_formatter.hpp>
 
 namespace gonso {
 
@@ -178,28 +179,26 @@ inline constexpr Kinds default_kinds = Kinds::all() - Kind::user;
 }  // namespace gonso
 
 /// Prints the kind's name; a value that is no kind prints as "Kind(0x...)",
-/// so that an error message about it can still be written.
+/// so that an error message about it can still be written. Takes the
+/// options of a string ("{:>5}").
 template <>
-struct fmt::formatter<gonso::Kind> : fmt::formatter<std::string_view> {
+struct fmt::formatter<gonso::Kind> : gonso::detail::text_formatter {
   auto format(gonso::Kind kind, format_context& ctx) const {
-    if (!gonso::is_kind(kind)) {
-      return fmt::format_to(ctx.out(), "Kind({:#x})", static_cast<std::uint32_t>(kind));
-    }
-    return fmt::formatter<std::string_view>::format(gonso::name(kind), ctx);
+    if (!gonso::is_kind(kind)) return write(fmt::format("Kind({:#x})", static_cast<std::uint32_t>(kind)), ctx);
+    return write(gonso::name(kind), ctx);
   }
 };
 
 /// Prints "{mnt, net}"; "{}" when empty.
 template <>
-struct fmt::formatter<gonso::Kinds> {
-  constexpr auto parse(format_parse_context& ctx) { return ctx.begin(); }
+struct fmt::formatter<gonso::Kinds> : gonso::detail::text_formatter {
   auto format(gonso::Kinds kinds, format_context& ctx) const {
-    auto out = fmt::format_to(ctx.out(), "{{");
-    const char* sep = "";
+    std::string text = "{";
     for (gonso::Kind kind : kinds) {
-      out = fmt::format_to(out, "{}{}", sep, gonso::name(kind));
-      sep = ", ";
+      if (text.size() > 1) text += ", ";
+      text += gonso::name(kind);
     }
-    return fmt::format_to(out, "}}");
+    text += '}';
+    return write(text, ctx);
   }
 };

@@ -443,10 +443,8 @@ struct std::hash<gonso::Set> {
 
 /// Prints "{net:[4026532008], uts:[4026531838]}"; "{}" when empty.
 template <>
-struct fmt::formatter<gonso::Set> {
-  constexpr auto parse(format_parse_context& ctx) { return ctx.begin(); }
+struct fmt::formatter<gonso::Set> : gonso::detail::text_formatter {
   auto format(const gonso::Set& set, format_context& ctx) const {
-    return fmt::format_to(ctx.out(), "{}",
-                          gonso::detail::describe(gonso::detail::set_access::handles(set), set.kinds()));
+    return write(gonso::detail::describe(gonso::detail::set_access::handles(set), set.kinds()), ctx);
   }
 };

@@ -208,8 +208,7 @@ inline thread_local int worker_ns_dir = -1;
 /// `ns`, as a Set prints itself; "{}" when empty.
 [[nodiscard]] inline std::string describe(const ns_handles& ns, Kinds kinds) {
   std::string out = "{";
-  for (Kind kind : kinds)
-    fmt::format_to(std::back_inserter(out), "{}{}", out.size() > 1 ? ", " : "", ns[index_of(kind)].id);
+  for (Kind kind : kinds) out += fmt::format("{}{}", out.size() > 1 ? ", " : "", ns[index_of(kind)].id);
   return out + "}";
 }
 
