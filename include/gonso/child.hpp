@@ -23,7 +23,7 @@
 #include <string_view>
 #include <utility>
 
-#include <fmt/format.h>
+#include <fmt/core.h>
 
 #include <gonso/detail/process/children.hpp>
 #include <gonso/detail/process/launch.hpp>
