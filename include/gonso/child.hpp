@@ -392,8 +392,8 @@ struct fmt::formatter<gonso::ExitStatus> : gonso::detail::text_formatter {
     if (status.exited()) return write(fmt::format("exited {}", status.code()), ctx);
     // sigdescr_np, unlike strsignal, is thread-safe; nullptr for unknown numbers.
     const char* description = ::sigdescr_np(status.signal());
-    return write(
-        fmt::format("killed by signal {} ({})", status.signal(), description != nullptr ? description : "unknown signal"),
-        ctx);
+    return write(fmt::format("killed by signal {} ({})", status.signal(),
+                             description != nullptr ? description : "unknown signal"),
+                 ctx);
   }
 };

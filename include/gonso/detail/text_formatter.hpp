@@ -33,8 +33,7 @@ class text_formatter {
  protected:
   auto write(std::string_view text, fmt::format_context& ctx) const {
     if (size_ == 0) return std::copy(text.begin(), text.end(), ctx.out());
-    const std::string padded =
-        fmt::vformat("{:" + std::string(spec_.data(), size_) + "}", fmt::make_format_args(text));
+    const std::string padded = fmt::vformat("{:" + std::string(spec_.data(), size_) + "}", fmt::make_format_args(text));
     return std::copy(padded.begin(), padded.end(), ctx.out());
   }
 
