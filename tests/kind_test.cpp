@@ -97,6 +97,10 @@ TEST_CASE("kinds format with fmt") {
   CHECK(fmt::format("{}", Kind::net | Kind::mnt) == "{mnt, net}");
   CHECK(fmt::format("{}", Kinds{}) == "{}");
   CHECK(fmt::format("{:>5}", Kind::ipc) == "  ipc");
+  // Every gonso formatter takes a string's fill, align and width.
+  CHECK(fmt::format("{:*<12}", Kind::net | Kind::mnt) == "{mnt, net}**");
+  CHECK(fmt::format("{:^9}", static_cast<Kind>(0x10)) == "Kind(0x10)");  // wider than the width: as is
+  CHECK(fmt::format("[{:>6}]", Kinds{}) == "[    {}]");
 }
 
 TEST_CASE("the table of kinds agrees with the kernel, and the orders derived from it hold the rules") {

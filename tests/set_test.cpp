@@ -143,6 +143,9 @@ TEST_CASE("Sets format as their identities") {
   CHECK(fmt::format("{}", s) ==
         fmt::format("{{{}, {}}}", test::thread_ns_link(Kind::net), test::thread_ns_link(Kind::uts)));
   CHECK(fmt::format("{}", s.identity(Kind::net)) == test::thread_ns_link(Kind::net));
+  // Padded as a string: the kernel's link text, right-aligned in 40.
+  const std::string link = test::thread_ns_link(Kind::net);
+  CHECK(fmt::format("{:>40}", s.identity(Kind::net)) == std::string(40 - link.size(), ' ') + link);
 }
 
 TEST_CASE("from_pid() reads /proc/PID/ns") {
