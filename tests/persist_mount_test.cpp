@@ -142,16 +142,13 @@ struct OrderFindings {
   bool setup_failed = false;
 };
 
-// A mount namespace made on a thread pinned to `cpu`; its fd, or -1.
-int mnt_ns_made_on(std::size_t cpu) {
+// A mount namespace made on a thread pinned to the n-th CPU this one may
+// use; its fd, or -1.
+int mnt_ns_made_on(unsigned n) {
   int fd = -1;
   std::thread maker([&] {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu, &set);
-    if (::sched_setaffinity(0, sizeof set, &set) == 0 && ::unshare(CLONE_FS | CLONE_NEWNS) == 0) {
-      fd = ::open("/proc/thread-self/ns/mnt", O_RDONLY | O_CLOEXEC);
-    }
+    const test::PinnedToCpu pin(n);
+    if (::unshare(CLONE_FS | CLONE_NEWNS) == 0) fd = ::open("/proc/thread-self/ns/mnt", O_RDONLY | O_CLOEXEC);
   });
   maker.join();
   return fd;
@@ -170,11 +167,11 @@ OrderFindings persist_by_mnt_order() {
   cpu_set_t allowed;
   CPU_ZERO(&allowed);
   (void)::sched_getaffinity(0, sizeof allowed, &allowed);
+  const auto cpus = static_cast<unsigned>(CPU_COUNT(&allowed));
   gonso::detail::unique_fd older, newer;
   for (int round = 0; round < 50 && (!older || !newer); ++round) {
-    for (std::size_t cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
-      if (CPU_ISSET(cpu, &allowed) == 0) continue;
-      gonso::detail::unique_fd fd(mnt_ns_made_on(cpu));
+    for (unsigned n = 0; n < cpus; ++n) {
+      gonso::detail::unique_fd fd(mnt_ns_made_on(n));
       const std::uint64_t id = fd ? test::kernel_ns_id(fd.get()) : 0;
       if (id != 0 && id < f.own && !older) {
         f.older = id;

@@ -63,9 +63,10 @@ TEST_CASE("util-linux: what `unshare --net=FILE --mount=FILE` persisted, gonso o
     // Inside a container the kernel refuses unshare(1) too when its new mount
     // namespace got a lower id than ours (ids come in per-CPU batches; a
     // mount namespace is bound only into an older one): it runs again, on
-    // whichever CPU it lands, until it is not refused.
+    // each CPU in turn (test::PinnedToCpu), until it is not refused.
     test::ToolResult made;
     for (int tries = 0; tries < 50 && !made.ok(); ++tries) {
+      const test::PinnedToCpu pin(static_cast<unsigned>(tries));
       for (const auto& file : {net_file, mnt_file}) {
         while (::umount2(file.c_str(), MNT_DETACH | UMOUNT_NOFOLLOW) == 0) {
         }

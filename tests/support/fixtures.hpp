@@ -269,16 +269,51 @@ void netns_case(Body&& body) {
   });
 }
 
+/// Pins the calling thread to the n-th CPU it may run on (n modulo their
+/// number) until destroyed, and with it every thread and process it starts
+/// meanwhile. Mount namespace ids come in per-CPU batches: a test that needs
+/// a namespace made on another CPU than the last cannot count on the
+/// scheduler to move it there (on a busy machine it keeps picking the idle
+/// CPU), so it walks the CPUs itself.
+class PinnedToCpu {
+ public:
+  explicit PinnedToCpu(unsigned n) {
+    if (::sched_getaffinity(0, sizeof saved_, &saved_) != 0) return;
+    const unsigned count = static_cast<unsigned>(CPU_COUNT(&saved_));
+    if (count == 0) return;
+    unsigned wanted = n % count;
+    for (std::size_t cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+      if (!CPU_ISSET(cpu, &saved_) || wanted-- != 0) continue;
+      cpu_set_t one;
+      CPU_ZERO(&one);
+      CPU_SET(cpu, &one);
+      pinned_ = ::sched_setaffinity(0, sizeof one, &one) == 0;
+      break;
+    }
+  }
+  PinnedToCpu(const PinnedToCpu&) = delete;
+  PinnedToCpu& operator=(const PinnedToCpu&) = delete;
+  ~PinnedToCpu() {
+    if (pinned_) (void)::sched_setaffinity(0, sizeof saved_, &saved_);
+  }
+
+ private:
+  cpu_set_t saved_{};
+  bool pinned_ = false;
+};
+
 /// from.unshare(kinds) (kinds holding mnt), made again until the kernel will
 /// bind its mount namespace from the calling thread: it binds one only into
 /// an older mount namespace (a lower id), and the ids come in per-CPU
 /// batches, so inside a container a namespace made after the caller's may
-/// still be older (gonso then refuses, as persist_test.cpp checks). Each try
-/// runs on a worker the scheduler places anew; 200 tries bound it.
+/// still be older (gonso then refuses, as persist_test.cpp checks). The tries
+/// go round the CPUs (a fresh worker starts where its creator is pinned);
+/// 200 bound them.
 inline gonso::Set unshare_persistable(const gonso::Set& from, gonso::Kinds kinds) {
   const std::uint64_t own = own_mnt_id();
   if (!kinds.contains(gonso::Kind::mnt)) return from.unshare(kinds);
   for (int tries = 0;; ++tries) {
+    const PinnedToCpu pin(static_cast<unsigned>(tries));
     gonso::Set fresh = from.unshare(kinds);
     if (own == 0 || kernel_ns_id(fresh.fd(gonso::Kind::mnt)) > own || tries == 200) return fresh;
   }
