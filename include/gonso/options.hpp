@@ -2,11 +2,15 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
+#include <sys/resource.h>
+#include <sys/types.h>
+
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <initializer_list>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -14,6 +18,7 @@
 
 #include <fmt/format.h>
 
+#include <gonso/dir.hpp>
 #include <gonso/kind.hpp>
 
 namespace gonso {
@@ -106,22 +111,92 @@ struct ProcessOptions {
 
 /// Where one standard stream of a spawned program goes.
 enum class Stdio {
-  inherit,  ///< the caller's fd 0, 1 or 2, as it is
-  pipe,     ///< a pipe; the caller's end is on the Child (stdin_fd(), stdout_fd(), stderr_fd())
-  null,     ///< /dev/null, opened by the caller (the Set's mount namespace may have none)
+  inherit,    ///< the caller's fd 0, 1 or 2, as it is, unless SpawnOptions::fds maps another fd there
+  pipe,       ///< a pipe; the caller's end is on the Child (stdin_fd(), stdout_fd(), stderr_fd())
+  null,       ///< /dev/null, opened by the caller (the Set's mount namespace may have none)
+  to_stdout,  ///< standard error only: whatever standard output became (`2>&1`)
 };
 
-/// Options of gonso::spawn().
+/// Who a spawned program runs as: ids of the user namespace it runs in
+/// (the Set's, once joined), set after joining with setgroups(2),
+/// setresgid(2) and setresuid(2), as `nsenter -S UID -G GID` does.
+struct Credentials {
+  uid_t uid = 0;
+  gid_t gid = 0;
+  /// The supplementary groups. nullopt: none when the program may set them
+  /// (CAP_SETGID in its user namespace, setgroups allowed), else left as
+  /// they are; an empty vector: none, or an error saying why not.
+  std::optional<std::vector<gid_t>> groups{};
+};
+
+/// The capability sets of a spawned program, one bit per capability
+/// (1 << CAP_NET_ADMIN, ...; see capability_mask). Set after the ids change,
+/// with the bounding set dropped to `bounding` before, so that a uid change
+/// away from 0 keeps what is asked (PR_SET_KEEPCAPS).
+///
+/// execve(2) recomputes the sets. A program running as uid 0 gets
+/// permitted = inheritable | bounding, whatever the rest says, so restrict
+/// it with `bounding`. Any other uid keeps only `ambient` (unless the file
+/// has capabilities of its own), which must lie within permitted and
+/// inheritable.
+struct Capabilities {
+  std::uint64_t effective = 0;
+  std::uint64_t permitted = 0;
+  std::uint64_t inheritable = 0;
+  /// nullopt: the bounding set stays as inherited.
+  std::optional<std::uint64_t> bounding{};
+  std::uint64_t ambient = 0;
+};
+
+/// The bits of `caps` (CAP_* numbers) as a mask for Capabilities. Throws
+/// std::invalid_argument for a number outside 0..63 (spawn refuses numbers
+/// this kernel does not know).
+[[nodiscard]] inline std::uint64_t capability_mask(std::initializer_list<int> caps) {
+  std::uint64_t mask = 0;
+  for (const int cap : caps) {
+    if (cap < 0 || cap > 63) throw std::invalid_argument(fmt::format("{} is not a capability number", cap));
+    mask |= std::uint64_t{1} << static_cast<unsigned>(cap);
+  }
+  return mask;
+}
+
+/// One resource limit (RLIMIT_NOFILE, ...), set with prlimit(2) before the
+/// ids change, so that raising a hard limit counts the caller's privilege.
+struct Rlimit {
+  int resource = 0;
+  rlim_t soft = 0;
+  rlim_t hard = 0;
+};
+
+/// An fd of the caller that the program gets as fd `as` (a socket, a netns
+/// fd, a pipe end). Mapping onto 0, 1 or 2 redirects that stream, which
+/// must then be left at Stdio::inherit.
+struct FdMapping {
+  int fd = -1;
+  int as = -1;
+};
+
+/// Options of gonso::spawn(). Applied in the child after joining the Set, in
+/// this order: /etc/netns, mount_proc's mount namespace, root, /proc, cwd,
+/// rlimits, umask, the fds, the session, and last the ids and capabilities,
+/// so that every step before still has the caller's privilege.
 struct SpawnOptions {
   /// The program's whole environment, "NAME=value" each; nullopt passes the
   /// caller's environ. Its PATH (else the caller's, else "/bin:/usr/bin")
   /// is where a program name without '/' is looked for.
   std::optional<std::vector<std::string>> env{};
-  /// Working directory, changed to after joining the Set, so it names a path
-  /// in the Set's mount namespace. nullopt: the caller's working directory
-  /// when the mount namespace is not joined (the Set has none, or the caller
-  /// is in it already), "/" of the namespace when it is.
+  /// Working directory, changed to after joining the Set and entering
+  /// `root`, so it names a path in the Set's mount namespace under that root
+  /// (nsenter `--wdns`). nullopt: `cwd_dir` if given, else "/" when `root`
+  /// is given or the mount namespace is joined, else the caller's.
   std::optional<std::filesystem::path> cwd{};
+  /// A directory to start in, held open (nsenter `-w`, with
+  /// Target::cwd()); not with `cwd`.
+  std::optional<Dir> cwd_dir{};
+  /// A directory that becomes the program's root (fchdir and chroot after
+  /// joining: nsenter `-r`, with Target::root()). Needs CAP_SYS_CHROOT in
+  /// the user namespace the program runs in.
+  std::optional<Dir> root{};
   /// The name of a network namespace (as under /run/netns) whose files in
   /// /etc/netns/NAME are bound over those of /etc for the program, in a
   /// mount namespace of its own, as `ip netns exec NAME` does (resolv.conf,
@@ -130,6 +205,37 @@ struct SpawnOptions {
   Stdio in = Stdio::inherit;   ///< standard input
   Stdio out = Stdio::inherit;  ///< standard output
   Stdio err = Stdio::inherit;  ///< standard error
+  /// Extra fds, each at the number asked for; every other fd of the caller
+  /// stays closed to the program.
+  std::vector<FdMapping> fds{};
+  /// The program is pid 1 of a new pid namespace (`unshare --pid --fork`),
+  /// a child of the Set's pid namespace (or the caller's); the Child's
+  /// pidfd reaches it, and Set::from_pidfd(child.pidfd(), Kind::pid) holds
+  /// that namespace, which ends with the program. Needs CAP_SYS_ADMIN in
+  /// the user namespace the program runs in.
+  bool new_pid_namespace = false;
+  /// A mount namespace of the program's own with a fresh /proc (under
+  /// `root`), showing the pid namespace the program is in: with
+  /// new_pid_namespace, the program as pid 1 (`unshare --mount-proc`).
+  /// Mounts made there stay there (its `/` turns rprivate).
+  bool mount_proc = false;
+  /// A cgroup v2 directory (Dir::open("/sys/fs/cgroup/NAME"), or
+  /// Target::cgroup()) the program starts in: the child moves itself there
+  /// before joining anything, so the program never runs elsewhere.
+  std::optional<Dir> cgroup{};
+  std::optional<Credentials> user{};           ///< nullopt: the caller's ids
+  std::optional<Capabilities> capabilities{};  ///< nullopt: as the ids change leaves them
+  /// prctl(PR_SET_NO_NEW_PRIVS): execve(2) never grants privilege again
+  /// (no setuid bit, no file capabilities).
+  bool no_new_privs = false;
+  std::vector<Rlimit> rlimits{};
+  std::optional<mode_t> umask{};  ///< nullopt: the caller's
+  /// setsid(2): the program leads a new session and process group, with no
+  /// controlling terminal.
+  bool new_session = false;
+  /// An fd of the program (0, 1, 2 or a FdMapping's `as`) on a terminal that
+  /// becomes its controlling terminal (TIOCSCTTY); implies new_session.
+  std::optional<int> controlling_terminal{};
 };
 
 /// Options of an Executor.

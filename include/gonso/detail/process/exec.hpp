@@ -4,8 +4,11 @@
 #pragma once
 
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -22,6 +25,7 @@
 #include <gonso/detail/process/etc_overlay.hpp>
 #include <gonso/detail/process/join.hpp>
 #include <gonso/detail/process/launch.hpp>
+#include <gonso/detail/process/program_setup.hpp>
 #include <gonso/detail/sys/unique_fd.hpp>
 #include <gonso/kind.hpp>
 
@@ -30,8 +34,34 @@ namespace gonso::detail {
 /// What the child of spawn() reports on its close-on-exec pipe, in a
 /// child_record: the program's pid (from the middle process of a pid or time
 /// namespace), or the step that failed (value: the join step, the standard
-/// stream, the /etc/netns pair) and its errno.
-enum class spawn_step : std::int32_t { pid = 1, join, fork, stdio, chdir, cloexec, exec, etc };
+/// stream, the /etc/netns pair, the rlimit, the extra fd, the capability,
+/// which part of a step) and its errno.
+enum class spawn_step : std::int32_t {
+  pid = 1,
+  join,
+  fork,
+  stdio,
+  chdir,
+  cloexec,
+  exec,
+  etc,
+  cgroup,
+  new_pid,
+  proc,
+  root,
+  rlimit,
+  fds,
+  session,
+  ctty,
+  bounding,
+  keepcaps,
+  groups,
+  gid,
+  uid,
+  caps,
+  ambient,
+  no_new_privs,
+};
 using spawn_record = child_record<spawn_step>;
 
 /// Everything the child needs, built before it is made so that the child
@@ -47,6 +77,8 @@ struct spawn_plan {
   std::string cwd_storage;
   const char* cwd = nullptr;
   int stdio[3] = {-1, -1, -1};  // what becomes fd 0, 1, 2; -1 keeps the caller's
+  program_setup setup;
+  program_setup_storage setup_storage;
 
   /// The vectors above as plain arrays, set by seal() once they are
   /// complete: the child reads these alone and calls no member function.
@@ -94,10 +126,11 @@ GONSO_CHILD_CODE inline void send_record(const spawn_reporter& to, spawn_step wh
   send_record(to.fd, what, value, err);
 }
 
-/// Returns `fd` if it is above 2, else a close-on-exec copy above 2, so that
-/// moving the standard streams into place cannot overwrite it. -1 on failure.
-GONSO_CHILD_CODE inline int above_stdio(int fd) noexcept {
-  return fd < 0 || fd > 2 ? fd : static_cast<int>(::syscall(SYS_fcntl, fd, F_DUPFD_CLOEXEC, 3));
+/// Returns `fd` if it is above `floor`, else a close-on-exec copy above it,
+/// so that moving fds into place (0, 1, 2 and the extra fds, at most
+/// `floor`) cannot overwrite it. -1 on failure.
+GONSO_CHILD_CODE inline int above(int fd, int floor) noexcept {
+  return fd < 0 || fd > floor ? fd : static_cast<int>(::syscall(SYS_fcntl, fd, F_DUPFD_CLOEXEC, floor + 1));
 }
 
 /// Marks every fd from 3 up close-on-exec. close_range(2) needs Linux 5.11;
@@ -121,40 +154,144 @@ GONSO_CHILD_CODE inline bool not_here(int err) noexcept {
   return err == ENOENT || err == ENOTDIR || err == ESTALE || err == ENODEV || err == ETIMEDOUT;
 }
 
-/// The process that becomes the program: standard streams, working
-/// directory, fds, death signal, signal mask, then execve over the
-/// candidates. Async-signal-safe. Never returns.
-[[noreturn]] GONSO_CHILD_CODE inline void exec_program(const spawn_plan& plan, const spawn_reporter& report) noexcept {
+[[noreturn]] GONSO_CHILD_CODE inline void step_failed(const spawn_reporter& report, spawn_step step, std::int32_t value,
+                                                      int err) noexcept {
+  send_record(report, step, value, err);
+  child_exit(127);
+}
+
+/// Moves the child into its cgroup before it joins anything: "0" moves the
+/// writer, and the fd was opened (and its permission judged) by the caller.
+GONSO_CHILD_CODE inline void enter_cgroup(const program_setup& setup, const spawn_reporter& report) noexcept {
+  if (setup.cgroup_procs >= 0 && ::syscall(SYS_write, setup.cgroup_procs, "0", 1) != 1) {
+    step_failed(report, spawn_step::cgroup, 0, errno);
+  }
+}
+
+/// The program's mount namespace, root, /proc and working directory. A fresh
+/// /proc goes into a mount namespace of its own whose tree is first made
+/// private: /proc may be a shared mount, and a proc mounted on it would
+/// then show up in the caller's namespace too.
+GONSO_CHILD_CODE inline void enter_place(const spawn_plan& plan, const spawn_reporter& report) noexcept {
+  const program_setup& setup = plan.setup;
+  if (setup.mount_proc) {
+    if (::syscall(SYS_unshare, CLONE_NEWNS) != 0) step_failed(report, spawn_step::proc, 0, errno);
+    if (::syscall(SYS_mount, nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
+      step_failed(report, spawn_step::proc, 1, errno);
+    }
+  }
+  if (setup.root >= 0 && (::syscall(SYS_fchdir, setup.root) != 0 || ::syscall(SYS_chroot, ".") != 0)) {
+    step_failed(report, spawn_step::root, 0, errno);
+  }
+  if (setup.mount_proc &&
+      ::syscall(SYS_mount, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0) {
+    step_failed(report, spawn_step::proc, 2, errno);
+  }
+  if (setup.cwd_dir >= 0 && ::syscall(SYS_fchdir, setup.cwd_dir) != 0) step_failed(report, spawn_step::chdir, 1, errno);
+  if (plan.cwd != nullptr && ::syscall(SYS_chdir, plan.cwd) != 0) step_failed(report, spawn_step::chdir, 0, errno);
+}
+
+/// The program's fds: the standard streams and the extra fds at their
+/// numbers, everything else close-on-exec. Sources at or below the highest
+/// number given out are first copied above it.
+GONSO_CHILD_CODE inline void place_fds(const spawn_plan& plan, const spawn_reporter& report) noexcept {
+  const program_setup& setup = plan.setup;
   int from[3];
   for (int i = 0; i < 3; ++i) {
-    from[i] = above_stdio(plan.stdio[i]);
-    if (plan.stdio[i] >= 0 && from[i] < 0) {
-      send_record(report, spawn_step::stdio, i, errno);
-      child_exit(127);
-    }
+    from[i] = above(plan.stdio[i], setup.fd_floor);
+    if (plan.stdio[i] >= 0 && from[i] < 0) step_failed(report, spawn_step::stdio, i, errno);
   }
-  for (int i = 0; i < 3; ++i) {
-    // dup3 leaves close-on-exec clear on `i`; from[i] > 2, so never equal.
-    if (from[i] >= 0 && ::syscall(SYS_dup3, from[i], i, 0) < 0) {
-      send_record(report, spawn_step::stdio, i, errno);
-      child_exit(127);
-    }
-  }
-  std::size_t failed = 0;
-  if (const int err = bind_etc_overlay(plan.raw.etc, plan.raw.etc_count, failed); err != 0) {
-    send_record(report, spawn_step::etc, failed == SIZE_MAX ? -1 : static_cast<std::int32_t>(failed), err);
-    child_exit(127);
-  }
-  if (plan.cwd != nullptr && ::syscall(SYS_chdir, plan.cwd) != 0) {
-    send_record(report, spawn_step::chdir, 0, errno);
-    child_exit(127);
+  for (std::size_t k = 0; k < setup.fd_count; ++k) {
+    setup.scratch[k] = above(setup.fd_from[k], setup.fd_floor);
+    if (setup.scratch[k] < 0) step_failed(report, spawn_step::fds, static_cast<std::int32_t>(k), errno);
   }
   // Whatever the caller opened without O_CLOEXEC, and whatever other threads
-  // open meanwhile, stops here: the program gets fds 0, 1 and 2 only.
-  if (const int err = cloexec_from_3(); err != 0) {
-    send_record(report, spawn_step::cloexec, 0, err);
-    child_exit(127);
+  // open meanwhile, stops here: the program gets 0, 1, 2 and its extra fds.
+  if (const int err = cloexec_from_3(); err != 0) step_failed(report, spawn_step::cloexec, 0, err);
+  for (int i = 0; i < 3; ++i) {
+    // dup3 leaves close-on-exec clear on `i`; from[i] > fd_floor >= 2.
+    if (from[i] >= 0 && ::syscall(SYS_dup3, from[i], i, 0) < 0) step_failed(report, spawn_step::stdio, i, errno);
   }
+  if (setup.err_to_stdout && ::syscall(SYS_dup3, 1, 2, 0) < 0) step_failed(report, spawn_step::stdio, 2, errno);
+  for (std::size_t k = 0; k < setup.fd_count; ++k) {
+    if (::syscall(SYS_dup3, setup.scratch[k], setup.fd_to[k], 0) < 0) {
+      step_failed(report, spawn_step::fds, static_cast<std::int32_t>(k), errno);
+    }
+  }
+}
+
+/// Session, limits and umask, then who the program is: the bounding set
+/// dropped while the caller's privilege lasts, the groups and ids, and the
+/// capabilities asked for, kept across a uid change by PR_SET_KEEPCAPS
+/// (which execve clears again).
+GONSO_CHILD_CODE inline void become_user(const program_setup& setup, const spawn_reporter& report) noexcept {
+  for (std::size_t i = 0; i < setup.rlimit_count; ++i) {
+    const struct { std::uint64_t cur, max; } limit{setup.rlimits[i].soft, setup.rlimits[i].hard};
+    if (::syscall(SYS_prlimit64, 0, setup.rlimits[i].resource, &limit, nullptr) != 0) {
+      step_failed(report, spawn_step::rlimit, static_cast<std::int32_t>(i), errno);
+    }
+  }
+  if (setup.umask >= 0) (void)::syscall(SYS_umask, setup.umask);
+  if (setup.new_session && ::syscall(SYS_setsid) < 0) step_failed(report, spawn_step::session, 0, errno);
+  if (setup.ctty >= 0 && ::syscall(SYS_ioctl, setup.ctty, TIOCSCTTY, 0) != 0) {
+    step_failed(report, spawn_step::ctty, 0, errno);
+  }
+  if (setup.drop_bounding) {
+    for (int cap = 0; cap <= setup.last_cap; ++cap) {
+      if ((setup.bounding >> cap & 1U) == 0 && ::syscall(SYS_prctl, PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) {
+        step_failed(report, spawn_step::bounding, cap, errno);
+      }
+    }
+  }
+  if (setup.set_ids) {
+    if (setup.set_caps && ::syscall(SYS_prctl, PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0) {
+      step_failed(report, spawn_step::keepcaps, 0, errno);
+    }
+    if (setup.groups >= 0) {
+      if (::syscall(SYS_setgroups, setup.groups, setup.group_list) != 0)
+        step_failed(report, spawn_step::groups, 0, errno);
+    } else {
+      // Dropped where allowed; a user namespace with setgroups "deny" (or
+      // no CAP_SETGID) keeps the groups it has, as nsenter -S does.
+      (void)::syscall(SYS_setgroups, 0, nullptr);
+    }
+    if (::syscall(SYS_setresgid, setup.gid, setup.gid, setup.gid) != 0) step_failed(report, spawn_step::gid, 0, errno);
+    if (::syscall(SYS_setresuid, setup.uid, setup.uid, setup.uid) != 0) step_failed(report, spawn_step::uid, 0, errno);
+  }
+  if (setup.set_caps) {
+    __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+    __user_cap_data_struct data[2] = {
+        {static_cast<std::uint32_t>(setup.effective), static_cast<std::uint32_t>(setup.permitted),
+         static_cast<std::uint32_t>(setup.inheritable)},
+        {static_cast<std::uint32_t>(setup.effective >> 32), static_cast<std::uint32_t>(setup.permitted >> 32),
+         static_cast<std::uint32_t>(setup.inheritable >> 32)}};
+    if (::syscall(SYS_capset, &header, data) != 0) step_failed(report, spawn_step::caps, 0, errno);
+    if (::syscall(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && setup.ambient != 0) {
+      step_failed(report, spawn_step::ambient, -1, errno);
+    }
+    for (int cap = 0; cap <= setup.last_cap; ++cap) {
+      if ((setup.ambient >> cap & 1U) != 0 &&
+          ::syscall(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) != 0) {
+        step_failed(report, spawn_step::ambient, cap, errno);
+      }
+    }
+  }
+  if (setup.no_new_privs && ::syscall(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
+    step_failed(report, spawn_step::no_new_privs, 0, errno);
+  }
+}
+
+/// The process that becomes the program: /etc/netns, place, fds, ids (see
+/// SpawnOptions for the order), death signal, signal mask, then execve over
+/// the candidates. Async-signal-safe. Never returns.
+[[noreturn]] GONSO_CHILD_CODE inline void exec_program(const spawn_plan& plan, const spawn_reporter& report) noexcept {
+  std::size_t failed = 0;
+  if (const int err = bind_etc_overlay(plan.raw.etc, plan.raw.etc_count, failed); err != 0) {
+    step_failed(report, spawn_step::etc, failed == SIZE_MAX ? -1 : static_cast<std::int32_t>(failed), err);
+  }
+  enter_place(plan, report);
+  place_fds(plan, report);
+  become_user(plan.setup, report);
   // The death signal was for a child still being set up: it fires when the
   // spawning *thread* ends and persists across execve, so it would kill a
   // program that the Child handle (movable to any thread) may outlive.
@@ -186,13 +323,16 @@ GONSO_CHILD_CODE inline bool not_here(int err) noexcept {
 [[noreturn]] GONSO_CHILD_CODE inline void spawn_child(const spawn_plan& plan, int report_fd, pid_t parent) noexcept {
   default_all_signals();
   die_with_parent(parent);
-  const spawn_reporter report{above_stdio(report_fd), nullptr};
+  const spawn_reporter report{above(report_fd, plan.setup.fd_floor), nullptr};
   if (report.fd < 0) child_exit(127);  // no way to say why; the parent sees exit status 127
+  enter_cgroup(plan.setup, report);
   std::size_t failed = 0;
   if (const int err = join_in_child(plan.join, failed); err != 0) {
     send_record(report, spawn_step::join, static_cast<std::int32_t>(failed), err);
     child_exit(127);
   }
+  if (plan.setup.new_pid && ::syscall(SYS_unshare, CLONE_NEWPID) != 0)
+    step_failed(report, spawn_step::new_pid, 0, errno);
   if (plan.join.fork_after) {
     // Joining pid or time changed only where children go. CLONE_PARENT makes
     // the program a child of the caller (with this process's exit signal,
@@ -244,10 +384,14 @@ GONSO_CHILD_CODE inline int shared_spawn_child(void* arg) noexcept {
   const spawn_reporter report{-1, &job.failure};
   default_all_signals();
   die_with_parent(job.parent);
+  enter_cgroup(job.plan->setup, report);
   std::size_t failed = 0;
   if (const int err = join_in_child(job.plan->join, failed); err != 0) {
     send_record(report, spawn_step::join, static_cast<std::int32_t>(failed), err);
     child_exit(127);
+  }
+  if (job.plan->setup.new_pid && ::syscall(SYS_unshare, CLONE_NEWPID) != 0) {
+    step_failed(report, spawn_step::new_pid, 0, errno);
   }
   if (job.plan->join.fork_after) {
     // Joining pid changed only where children go. CLONE_PARENT gives the

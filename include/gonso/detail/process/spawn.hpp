@@ -84,6 +84,11 @@ inline void plan_spawn(spawn_plan& plan, const ns_handles& ns, Kinds kinds, cons
                        const SpawnOptions& options, std::string& search) {
   check_argv(argv);
   plan.join = plan_join(ns, kinds);
+  bool joins_user = false;
+  for (std::size_t i = 0; i < plan.join.count; ++i) joins_user = joins_user || plan.join.steps[i].kind == Kind::user;
+  plan_program_setup(plan.setup, plan.setup_storage, options, !joins_user, argv[0]);
+  // The program is then a child of a process that made the pid namespace.
+  if (plan.setup.new_pid) plan.join.fork_after = true;
   if (plan.join.fork_after && !children_share_pid_ns()) {
     throw system_error(EINVAL,
                        "cannot spawn {} into the pid or time namespace of {} from a thread whose children go "
@@ -255,7 +260,7 @@ struct spawn_call {
   }
   // Never signalled if this throws: a pidfd that fails the check may name
   // a process that is not ours.
-  verify_program(program, job.program, call.ns, call.plan.join);
+  verify_program(program, job.program, call.ns, call.plan.join, call.plan.setup.new_pid);
   return stdio.to(std::move(program), job.program);
 }
 
@@ -309,7 +314,7 @@ struct spawn_call {
     if (!program) throw system_error(errno, "cannot open a pidfd for pid {} ({})", outcome.program, call.argv[0]);
     // Before it is reaped or held, and never signalled if this throws: the
     // pid came from the child.
-    verify_program(program, outcome.program, call.ns, call.plan.join);
+    verify_program(program, outcome.program, call.ns, call.plan.join, call.plan.setup.new_pid);
   }
   if (outcome.failure) {
     if (program) (void)reap(program);
@@ -342,7 +347,8 @@ struct spawn_call {
                         argv,
                         plan,
                         std::move(search),
-                        {plan.join.count, plan.etc_files.size(), plan.join.fork_after},
+                        {plan.join.count, plan.etc_files.size(), plan.join.fork_after, plan.setup.rlimit_count,
+                         plan.setup.fd_count, plan.setup.last_cap},
                         bind_syscall()};
   if (may_share_memory(plan)) {
     if (std::optional<spawned> done = spawn_sharing_memory(call, stdio)) return std::move(*done);

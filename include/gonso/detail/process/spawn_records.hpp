@@ -42,6 +42,9 @@ struct spawn_limits {
   std::size_t join_steps = 0;
   std::size_t etc_files = 0;  // pairs: an index names the first of two
   bool expect_pid = false;
+  std::size_t rlimits = 0;
+  std::size_t fds = 0;
+  int last_cap = 0;
 };
 
 /// What the records say, validated.
@@ -73,10 +76,38 @@ inline void check_spawn_failure(const spawn_record& record, const spawn_limits& 
         bad("an /etc/netns file the plan has not");
       }
       return;
-    case spawn_step::fork:
+    case spawn_step::rlimit:
+      if (value < 0 || static_cast<std::uint64_t>(value) >= limits.rlimits) bad("an rlimit the plan has not");
+      return;
+    case spawn_step::fds:
+      if (value < 0 || static_cast<std::uint64_t>(value) >= limits.fds) bad("an extra fd the plan has not");
+      return;
+    case spawn_step::bounding:
+      if (value < 0 || value > limits.last_cap) bad("a capability the kernel has not");
+      return;
+    case spawn_step::ambient:
+      if (value < -1 || value > limits.last_cap) bad("a capability the kernel has not");
+      return;
     case spawn_step::chdir:
+      if (value < 0 || value > 1) bad("a working directory the plan has not");
+      return;
+    case spawn_step::proc:
+      if (value < 0 || value > 2) bad("a /proc step the plan has not");
+      return;
+    case spawn_step::fork:
     case spawn_step::cloexec:
     case spawn_step::exec:
+    case spawn_step::cgroup:
+    case spawn_step::new_pid:
+    case spawn_step::root:
+    case spawn_step::session:
+    case spawn_step::ctty:
+    case spawn_step::keepcaps:
+    case spawn_step::groups:
+    case spawn_step::gid:
+    case spawn_step::uid:
+    case spawn_step::caps:
+    case spawn_step::no_new_privs:
       if (value != 0) bad("a value where none belongs");
       return;
     case spawn_step::pid:
@@ -131,10 +162,12 @@ inline spawn_outcome read_spawn_records(int fd, const spawn_limits& limits) {
 /// Whether `pidfd` (for `pid`) is a process the caller may take as the
 /// program: its own child (or one already reaped elsewhere, when the
 /// application ignores SIGCHLD) that no Child holds yet, and inside the Set's
-/// pid and time namespaces where those were joined. A pid (or pidfd) comes
+/// pid and time namespaces where those were joined (its own pid namespace,
+/// with `new_pid`). A pid (or pidfd) comes
 /// from a child, so it is never taken on trust. Opens no fd (the caller may
 /// be out of them). Throws std::system_error(EPROTO) when it is not.
-inline void verify_program(const unique_fd& pidfd, pid_t pid, const ns_handles& ns, const join_plan& plan) {
+inline void verify_program(const unique_fd& pidfd, pid_t pid, const ns_handles& ns, const join_plan& plan,
+                           bool new_pid) {
   siginfo_t info{};
   int r = 0;
   while ((r = ::waitid(P_PIDFD, static_cast<id_t>(pidfd.get()), &info, WEXITED | WNOHANG | WNOWAIT | __WALL)) != 0 &&
@@ -157,7 +190,8 @@ inline void verify_program(const unique_fd& pidfd, pid_t pid, const ns_handles& 
   }
   for (std::size_t i = 0; i < plan.count; ++i) {
     const Kind kind = plan.steps[i].kind;
-    if (kind != Kind::pid && kind != Kind::time) continue;
+    // A program in a pid namespace of its own is in none the Set has.
+    if ((kind != Kind::pid || new_pid) && kind != Kind::time) continue;
     Identity seen{};
     const std::string path = fmt::format("/proc/{}/ns/{}", pid, name(kind));
     // A zombie keeps its namespace links; a pid reused since cannot be ours
@@ -183,7 +217,50 @@ inline void verify_program(const unique_fd& pidfd, pid_t pid, const ns_handles& 
     case spawn_step::stdio:
       return system_error(record.err, "cannot set up the {} of {}", streams[record.value % 3], argv[0]);
     case spawn_step::chdir:
+      if (record.value == 1)
+        return system_error(record.err, "cannot change directory to {} for {}", fd_target(plan.setup.cwd_dir), argv[0]);
       return system_error(record.err, "cannot change directory to {}", plan.cwd);
+    case spawn_step::cgroup:
+      return system_error(record.err, "cannot start {} in its cgroup (writing cgroup.procs)", argv[0]);
+    case spawn_step::new_pid:
+      return system_error(record.err, "cannot make a pid namespace for {}", argv[0]);
+    case spawn_step::proc: {
+      static constexpr const char* parts[] = {"make a mount namespace", "make the mounts of / private",
+                                              "mount a fresh /proc"};
+      return system_error(record.err, "cannot {} for {} (mount_proc)", parts[record.value % 3], argv[0]);
+    }
+    case spawn_step::root:
+      return system_error(record.err, "cannot change the root directory of {}", argv[0]);
+    case spawn_step::rlimit: {
+      const Rlimit& r = plan.setup.rlimits[record.value];
+      return system_error(record.err, "cannot set rlimit {} of {} to {}/{}", r.resource, argv[0], r.soft, r.hard);
+    }
+    case spawn_step::fds:
+      return system_error(record.err, "cannot pass fd {} to {} as fd {}", plan.setup.fd_from[record.value], argv[0],
+                          plan.setup.fd_to[record.value]);
+    case spawn_step::session:
+      return system_error(record.err, "cannot start a new session for {}", argv[0]);
+    case spawn_step::ctty:
+      return system_error(record.err, "cannot make fd {} the controlling terminal of {}", plan.setup.ctty, argv[0]);
+    case spawn_step::bounding:
+      return system_error(record.err, "cannot drop capability {} from the bounding set of {}", record.value, argv[0]);
+    case spawn_step::keepcaps:
+      return system_error(record.err, "cannot keep the capabilities of {} across the uid change", argv[0]);
+    case spawn_step::groups:
+      return system_error(record.err, "cannot set the {} supplementary groups of {}", plan.setup.groups, argv[0]);
+    case spawn_step::gid:
+      return system_error(record.err, "cannot set gid {} for {} (is it mapped in its user namespace?)", plan.setup.gid,
+                          argv[0]);
+    case spawn_step::uid:
+      return system_error(record.err, "cannot set uid {} for {} (is it mapped in its user namespace?)", plan.setup.uid,
+                          argv[0]);
+    case spawn_step::caps:
+      return system_error(record.err, "cannot set the capabilities of {}", argv[0]);
+    case spawn_step::ambient:
+      if (record.value < 0) return system_error(record.err, "cannot clear the ambient capabilities of {}", argv[0]);
+      return system_error(record.err, "cannot raise ambient capability {} of {}", record.value, argv[0]);
+    case spawn_step::no_new_privs:
+      return system_error(record.err, "cannot set no_new_privs for {}", argv[0]);
     case spawn_step::etc:
       if (record.value < 0)
         return system_error(record.err, "cannot make a mount namespace for /etc/netns of {}", argv[0]);
