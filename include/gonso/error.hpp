@@ -21,6 +21,7 @@ class ProcessError : public std::runtime_error {
     exception,  ///< the callable threw; exception_type() and message() say what
     signal,     ///< the process was killed by signal()
     exit,       ///< the process exited with exit_code() before reporting
+    timeout,    ///< ProcessOptions::timeout passed first: the process was killed
   };
 
   /// The callable threw an exception of type `type` (demangled) with what() `text`.
@@ -35,6 +36,12 @@ class ProcessError : public std::runtime_error {
   [[nodiscard]] static ProcessError exited(int code) {
     return ProcessError(Cause::exit, fmt::format("child process exited with status {} without a result", code), {}, {},
                         0, code);
+  }
+
+  [[nodiscard]] static ProcessError timed_out(long long milliseconds) {
+    return ProcessError(Cause::timeout,
+                        fmt::format("child process did not finish within {} ms and was killed", milliseconds), {}, {},
+                        0, 0);
   }
 
   [[nodiscard]] Cause cause() const noexcept { return cause_; }

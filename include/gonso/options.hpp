@@ -100,15 +100,6 @@ struct UnshareOptions {
   }
 };
 
-/// Options of Set::run_in_process.
-struct ProcessOptions {
-  /// The name of a network namespace (as under /run/netns) whose files in
-  /// /etc/netns/NAME are bound over those of /etc for the callable, in a
-  /// mount namespace of its own, as `ip netns exec NAME` does (resolv.conf,
-  /// hosts). A missing /etc/netns/NAME binds nothing. nullopt: none.
-  std::optional<std::string> etc_of_netns{};
-};
-
 /// Where one standard stream of a spawned program goes.
 enum class Stdio {
   inherit,    ///< the caller's fd 0, 1 or 2, as it is, unless SpawnOptions::fds maps another fd there
@@ -236,6 +227,28 @@ struct SpawnOptions {
   /// An fd of the program (0, 1, 2 or a FdMapping's `as`) on a terminal that
   /// becomes its controlling terminal (TIOCSCTTY); implies new_session.
   std::optional<int> controlling_terminal{};
+};
+
+/// Options of Set::run_in_process.
+struct ProcessOptions {
+  /// The name of a network namespace (as under /run/netns) whose files in
+  /// /etc/netns/NAME are bound over those of /etc for the callable, in a
+  /// mount namespace of its own, as `ip netns exec NAME` does (resolv.conf,
+  /// hosts). A missing /etc/netns/NAME binds nothing. nullopt: none.
+  std::optional<std::string> etc_of_netns{};
+  /// As SpawnOptions::root, cwd, cgroup and user, applied in the same order
+  /// after joining: the callable runs under that root, in that directory
+  /// and cgroup, as those ids (no capabilities are kept across a uid change
+  /// away from 0).
+  std::optional<Dir> root{};
+  std::optional<std::filesystem::path> cwd{};
+  std::optional<Dir> cgroup{};
+  std::optional<Credentials> user{};
+  /// The longest the callable may take: past it the child (and any process
+  /// it made in a joined pid namespace) is killed and reaped, and
+  /// run_in_process throws ProcessError with Cause::timeout. Must be
+  /// positive. nullopt: no limit.
+  std::optional<std::chrono::milliseconds> timeout{};
 };
 
 /// Options of an Executor.

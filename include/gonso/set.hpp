@@ -333,7 +333,10 @@ class Set {
   /// stderr are flushed before the fork and when `fn` returns.
   ///
   /// With options.etc_of_netns, /etc/netns/NAME's files are bound over /etc
-  /// in a mount namespace of the child's own, as `ip netns exec` does.
+  /// in a mount namespace of the child's own, as `ip netns exec` does; root,
+  /// cwd, cgroup and user place the child as spawn() places a program; past
+  /// options.timeout the child is killed and ProcessError(Cause::timeout)
+  /// thrown.
   ///
   /// Throws std::logic_error for an empty Set; std::system_error with the
   /// child's errno when joining fails ("cannot join net namespace net:[...]:

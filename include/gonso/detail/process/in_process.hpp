@@ -8,9 +8,12 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <optional>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -24,21 +27,47 @@
 #include <gonso/detail/process/etc_overlay.hpp>
 #include <gonso/detail/process/join.hpp>
 #include <gonso/detail/process/launch.hpp>
+#include <gonso/detail/process/program_setup.hpp>
 #include <gonso/detail/process/report.hpp>
 #include <gonso/detail/sys/error.hpp>
 #include <gonso/detail/sys/syscalls.hpp>
 #include <gonso/detail/sys/unique_fd.hpp>
+#include <gonso/error.hpp>
 #include <gonso/options.hpp>
 
 namespace gonso::detail {
+
+/// Root, working directory and ids of a run_in_process child, after
+/// joining. Returns what failed (errno says why), or nullptr.
+inline const char* enter_root_cwd_ids(const program_setup& setup, const char* cwd) noexcept {
+  if (setup.root >= 0 && (::syscall(SYS_fchdir, setup.root) != 0 || ::syscall(SYS_chroot, ".") != 0)) {
+    return "cannot change the root directory";
+  }
+  if (cwd != nullptr && ::syscall(SYS_chdir, cwd) != 0) return "cannot change the working directory";
+  if (!setup.set_ids) return nullptr;
+  if (setup.groups >= 0) {
+    if (::syscall(SYS_setgroups, setup.groups, setup.group_list) != 0) return "cannot set the supplementary groups";
+  } else {
+    (void)::syscall(SYS_setgroups, 0, nullptr);  // dropped where allowed, as spawn does
+  }
+  if (::syscall(SYS_setresgid, setup.gid, setup.gid, setup.gid) != 0) return "cannot set the gid";
+  if (::syscall(SYS_setresuid, setup.uid, setup.uid, setup.uid) != 0) return "cannot set the uid";
+  return nullptr;
+}
 
 /// The forked child of run_in_process: join, maybe fork into pid and time
 /// namespaces, run, report, and exit without running the parent's exit
 /// handlers. System calls through syscall(2): see bind_syscall.
 template <typename R, typename F>
 [[noreturn]] void run_child(const join_plan& plan, const ns_handles& ns, const std::vector<const char*>& etc,
-                            report_sink& report, pid_t parent, F& fn) noexcept {
+                            const program_setup& setup, const char* cwd, report_sink& report, pid_t parent,
+                            F& fn) noexcept {
   die_with_parent(parent);
+  // Before joining: the caller opened cgroup.procs, and "0" moves the writer.
+  if (setup.cgroup_procs >= 0 && ::syscall(SYS_write, setup.cgroup_procs, "0", 1) != 1) {
+    report_join_error(report, errno, "cannot enter the cgroup (writing cgroup.procs)");
+    child_exit(1);
+  }
   std::size_t failed = 0;
   if (const int err = join_in_child(plan, failed); err != 0) {
     report_join_error(report, err, join_failure(plan, ns, failed));
@@ -62,6 +91,10 @@ template <typename R, typename F>
                                          : fmt::format("cannot bind {} over {}", etc[failed], etc[failed + 1]));
     child_exit(1);
   }
+  if (const char* step = enter_root_cwd_ids(setup, cwd); step != nullptr) {
+    report_join_error(report, errno, step);
+    child_exit(1);
+  }
   run_and_report<R>(std::forward<F>(fn), report);
   std::fflush(nullptr);
   child_exit(0);
@@ -78,6 +111,23 @@ auto run_in_child(const ns_handles& ns, Kinds kinds, const ProcessOptions& optio
   const std::vector<std::string> etc =
       options.etc_of_netns ? etc_overlay(*options.etc_of_netns) : std::vector<std::string>{};
   const std::vector<const char*> etc_paths = c_strings(etc);
+  if (options.timeout && options.timeout->count() <= 0) {
+    throw std::invalid_argument(fmt::format("run_in_process: timeout {} ms is not positive", options.timeout->count()));
+  }
+  if (options.cwd && options.cwd->native().find('\0') != std::string::npos) {
+    throw std::invalid_argument("run_in_process: the cwd holds a NUL");
+  }
+  // The checks and plan spawn() makes of the same options.
+  SpawnOptions same;
+  same.root = options.root;
+  same.cgroup = options.cgroup;
+  same.user = options.user;
+  program_setup setup;
+  program_setup_storage storage;
+  bool joins_user = false;
+  for (std::size_t i = 0; i < plan.count; ++i) joins_user = joins_user || plan.steps[i].kind == Kind::user;
+  plan_program_setup(setup, storage, same, !joins_user, "the callable");
+  const std::string cwd = options.cwd ? options.cwd->native() : std::string();
   report_channel report = make_report_channel();
   // Unflushed output would be written twice, once by each process.
   std::fflush(stdout);
@@ -88,7 +138,7 @@ auto run_in_child(const ns_handles& ns, Kinds kinds, const ProcessOptions& optio
   if (pid == 0) {
     report.data.read.reset();
     report_sink sink(report.data.write.get(), report.bell.get());
-    run_child<R>(plan, ns, etc_paths, sink, parent, fn);
+    run_child<R>(plan, ns, etc_paths, setup, options.cwd ? cwd.c_str() : nullptr, sink, parent, fn);
   }
   child_guard child(pid);
   report.data.write.reset();
@@ -104,8 +154,14 @@ auto run_in_child(const ns_handles& ns, Kinds kinds, const ProcessOptions& optio
   } else {
     child.hold(std::move(pidfd));
   }
-  const std::string data = read_report(report.data.read.get(), report.bell.get(), child.pidfd().get());
-  return decode_report<R>(data, reaped_elsewhere ? -1 : child.reap_now());
+  std::optional<std::chrono::steady_clock::time_point> timeout_at;
+  if (options.timeout) timeout_at = std::chrono::steady_clock::now() + *options.timeout;
+  std::optional<std::string> data =
+      read_report(report.data.read.get(), report.bell.get(), child.pidfd().get(), timeout_at);
+  // The guard kills and reaps the child (its own child in a joined pid or
+  // time namespace dies with it: PR_SET_PDEATHSIG).
+  if (!data) throw ProcessError::timed_out(static_cast<long long>(options.timeout->count()));
+  return decode_report<R>(*data, reaped_elsewhere ? -1 : child.reap_now());
 }
 
 }  // namespace gonso::detail

@@ -11,13 +11,18 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
+#include <climits>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <initializer_list>
+#include <optional>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -185,7 +190,10 @@ class report_sink {
 /// process it forked and left running (holding the pipe) does not hold the
 /// caller up. A `pidfd` of -1 says the child has ended already. Throws
 /// std::system_error on a poll or read error.
-[[nodiscard]] inline std::string read_report(int data, int bell, int pidfd) {
+/// With a `timeout_at`, returns nullopt once it has passed and the child is
+/// still running.
+[[nodiscard]] inline std::optional<std::string> read_report(
+    int data, int bell, int pidfd, std::optional<std::chrono::steady_clock::time_point> timeout_at = std::nullopt) {
   std::string out;
   bool streaming = false;  // the bell rang: read the data pipe as it fills
   bool data_open = true;   // no end of file on it yet
@@ -195,10 +203,18 @@ class report_sink {
     if (!ended) {
       pollfd wait[2] = {{pidfd, POLLIN, 0}, {streaming ? data : bell, POLLIN, 0}};
       const nfds_t count = streaming && !data_open ? 1 : 2;
-      if (::poll(wait, count, -1) < 0) {
+      int wait_ms = -1;
+      if (timeout_at) {
+        const auto left = std::chrono::ceil<std::chrono::milliseconds>(*timeout_at - std::chrono::steady_clock::now());
+        if (left.count() <= 0) return std::nullopt;
+        wait_ms = static_cast<int>(std::min<std::chrono::milliseconds::rep>(left.count(), INT_MAX));
+      }
+      const int ready = ::poll(wait, count, wait_ms);
+      if (ready < 0) {
         if (errno == EINTR) continue;
         throw system_error(errno, "cannot wait for a gonso child process");
       }
+      if (ready == 0) continue;  // the deadline is checked above
       ended = (wait[0].revents & (POLLIN | POLLHUP)) != 0;
       if (!streaming && (wait[1].revents & POLLIN) != 0) streaming = true;
       if (!ended && !streaming) continue;
