@@ -1,7 +1,9 @@
 // gonso-sandbox: a rootless sandbox. An unprivileged user makes a user
 // namespace that maps it to root, with net, uts, ipc, mnt and pid namespaces
-// inside it; code run there can set a hostname and bring `lo` up, and a
-// program spawned there sees itself as root and as pid 2.
+// inside it; code run there can set a hostname and bring `lo` up, a
+// program spawned there sees itself as root and as pid 2, and one started
+// as pid 1 of a pid namespace of its own sees only its own processes in a
+// fresh /proc (as `unshare --pid --fork --mount-proc`).
 //
 // Run it as any user. Run as root, it first drops to uid/gid 65534 (nobody)
 // to show that no privilege is needed.
@@ -69,8 +71,17 @@ int main() try {
   gonso::Child child =
       gonso::spawn(box, {"sh", "-c", "echo \"program: uid $(id -u) pid $$ hostname $(hostname)\""}, options);
   fmt::print("{}", child.read_stdout());
-  const gonso::ExitStatus status = child.wait();
-  return status.success() ? 0 : 1;
+  if (!child.wait().success()) return 1;
+
+  // A new pid namespace is made below the maker's own, so this program
+  // joins every namespace of the box but its pid namespace.
+  gonso::SpawnOptions init = options;
+  init.new_pid_namespace = true;
+  init.mount_proc = true;
+  gonso::Child pid1 =
+      gonso::spawn(box.dup(box.kinds() - Kind::pid), {"sh", "-c", "echo \"init:    pid $$, /proc/1 is $(cat /proc/1/comm), ppid $PPID\""}, init);
+  fmt::print("{}", pid1.read_stdout());
+  return pid1.wait().success() ? 0 : 1;
 } catch (const std::exception& e) {
   fmt::print(stderr, "gonso-sandbox: {}\n", e.what());
   return 1;

@@ -551,3 +551,22 @@ TEST_CASE("spawn(): an id the program's user namespace does not map fails in the
   }
   base.check(test::Settle{.children = true});
 }
+
+TEST_CASE("spawn(): pid 1 of a new pid namespace cannot also join a Set's pid namespace", "[spawn][exec][privileged]") {
+  test::require_privilege();
+  const test::Baseline base(test::Watch::fds | test::Watch::children);
+  {
+    const Set pid = Set::current().unshare(Kind::pid);
+    const std::vector<pid_t> before = test::processes_in(pid.identity(Kind::pid));
+    SpawnOptions o;
+    o.new_pid_namespace = true;
+    const std::system_error e = test::spawn_error(pid, {"true"}, o);
+    CHECK(e.code() == std::errc::invalid_argument);
+    CHECK_THAT(e.what(), Catch::Contains("leave Kind::pid out of the Set"));
+    // Nothing started in the namespace.
+    CHECK(test::processes_in(pid.identity(Kind::pid)) == before);
+    // Without the pid kind the same Set works.
+    CHECK(output_of(pid.dup(pid.kinds() - Kind::pid), {"sh", "-c", "echo $$"}, o) == "1");
+  }
+  base.check();
+}

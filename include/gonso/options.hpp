@@ -200,7 +200,10 @@ struct SpawnOptions {
   /// stays closed to the program.
   std::vector<FdMapping> fds{};
   /// The program is pid 1 of a new pid namespace (`unshare --pid --fork`),
-  /// a child of the Set's pid namespace (or the caller's); the Child's
+  /// a child of the caller's, owned by the user namespace the program runs
+  /// in. Not with a Set whose pid namespace is to be joined (EINVAL before
+  /// starting): the kernel makes a pid namespace only below the maker's
+  /// active one, which setns(2) never changes. The Child's
   /// pidfd reaches it, and Set::from_pidfd(child.pidfd(), Kind::pid) holds
   /// that namespace, which ends with the program. Needs CAP_SYS_ADMIN in
   /// the user namespace the program runs in.

@@ -87,8 +87,20 @@ inline void plan_spawn(spawn_plan& plan, const ns_handles& ns, Kinds kinds, cons
   bool joins_user = false;
   for (std::size_t i = 0; i < plan.join.count; ++i) joins_user = joins_user || plan.join.steps[i].kind == Kind::user;
   plan_program_setup(plan.setup, plan.setup_storage, options, !joins_user, argv[0]);
-  // The program is then a child of a process that made the pid namespace.
-  if (plan.setup.new_pid) plan.join.fork_after = true;
+  if (plan.setup.new_pid) {
+    for (std::size_t i = 0; i < plan.join.count; ++i) {
+      // The kernel makes a pid namespace only below the maker's active one,
+      // and setns(pid) changes only where children go (unshare: EINVAL).
+      if (plan.join.steps[i].kind == Kind::pid) {
+        throw system_error(EINVAL,
+                           "cannot spawn {} as pid 1 of a new pid namespace while joining the pid namespace of {}: "
+                           "a new one is made below the caller's own (leave Kind::pid out of the Set)",
+                           argv[0], describe(ns, kinds));
+      }
+    }
+    // The program is then a child of the process that made the namespace.
+    plan.join.fork_after = true;
+  }
   if (plan.join.fork_after && !children_share_pid_ns()) {
     throw system_error(EINVAL,
                        "cannot spawn {} into the pid or time namespace of {} from a thread whose children go "
