@@ -273,8 +273,9 @@ struct cgroup2_mount_point {
     if (out.ends_with('/')) out.pop_back();
     out += rest;
   }
-  // ".." would climb out of the mount; the kernel writes none.
-  if (out.find("/../") != std::string::npos || out.ends_with("/..")) {
+  // ".." would climb out of the mount, and a NUL (raw, or escaped as \000
+  // in mountinfo) would cut the path open(2) sees; the kernel writes neither.
+  if (out.find("/../") != std::string::npos || out.ends_with("/..") || out.find('\0') != std::string::npos) {
     throw system_error(EPROTO, "malformed cgroup path {:?} of pid {}", *path, pid);
   }
   return out;
