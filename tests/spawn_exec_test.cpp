@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <linux/capability.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -490,6 +491,14 @@ TEST_CASE("spawn(): bad container options are refused before anything starts", "
     invalid(o, "not an fd number");
     o.fds = {{1, 1 << 30}};
     invalid(o, "beyond the fd limit");
+    {
+      // Just below the limit: no room for the child's own copies above it.
+      rlimit nofile{};
+      REQUIRE(::getrlimit(RLIMIT_NOFILE, &nofile) == 0);
+      REQUIRE(nofile.rlim_cur < (rlim_t{1} << 30));
+      o.fds = {{1, static_cast<int>(nofile.rlim_cur) - 2}};
+      invalid(o, "leaves no room above it");
+    }
     o.fds = {{2, 1}};
     o.out = Stdio::pipe;
     invalid(o, "clashes with a standard stream");

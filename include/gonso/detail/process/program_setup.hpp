@@ -164,6 +164,13 @@ inline void plan_program_setup(program_setup& setup, program_setup_storage& stor
     store.fd_to.push_back(m.as);
     setup.fd_floor = std::max(setup.fd_floor, m.as);
   }
+  // The child copies up to three streams, the extra fds and its report
+  // pipe above the highest number given out: there must be room for them.
+  const auto room = static_cast<rlim_t>(setup.fd_floor) + 5 + options.fds.size();
+  if (!options.fds.empty() && room > nofile.rlim_cur) {
+    throw bad(
+        fmt::format("fd number {} leaves no room above it below the fd limit {}", setup.fd_floor, nofile.rlim_cur));
+  }
   store.scratch.resize(store.fd_from.size());
   setup.fd_from = store.fd_from.data();
   setup.fd_to = store.fd_to.data();
