@@ -79,7 +79,8 @@ int main() try {
   init.new_pid_namespace = true;
   init.mount_proc = true;
   gonso::Child pid1 =
-      gonso::spawn(box.dup(box.kinds() - Kind::pid), {"sh", "-c", "echo \"init:    pid $$, /proc/1 is $(cat /proc/1/comm), ppid $PPID\""}, init);
+      gonso::spawn(box.dup(box.kinds() - Kind::pid),
+                   {"sh", "-c", "echo \"init:    pid $$, /proc/1 is $(cat /proc/1/comm), ppid $PPID\""}, init);
   fmt::print("{}", pid1.read_stdout());
   return pid1.wait().success() ? 0 : 1;
 } catch (const std::exception& e) {

@@ -130,7 +130,7 @@ TEST_CASE("run_in_process(): bad placement options are refused before anything s
   const test::Baseline base(test::Watch::fds | test::Watch::children);
   {
     const Set uts = Set::current(Kind::uts);
-    const auto refused = [&](ProcessOptions o, const std::string& part) {
+    const auto refused = [&](const ProcessOptions& o, const std::string& part) {
       INFO(part);
       try {
         uts.run_in_process([] { return 0; }, o);

@@ -39,7 +39,6 @@ using gonso::Capabilities;
 using gonso::Child;
 using gonso::Credentials;
 using gonso::Dir;
-using gonso::FdMapping;
 using gonso::Kind;
 using gonso::Set;
 using gonso::SpawnOptions;
@@ -461,7 +460,7 @@ TEST_CASE("spawn(): bad container options are refused before anything starts", "
   {
     const Set own = Set::current(Kind::uts);
     const std::vector<std::string> argv{"true"};
-    const auto invalid = [&](SpawnOptions o, const std::string& part) {
+    const auto invalid = [&](const SpawnOptions& o, const std::string& part) {
       INFO(part);
       try {
         (void)gonso::spawn(own, argv, o);

@@ -45,8 +45,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         if (nul == std::string_view::npos) return 0;
         const std::string path = d::cgroup2_path(text.substr(0, nul), text.substr(nul + 1), 1);
         // Never a climb out of the mount, never a NUL for open(2) to cut.
-        if (path.find('\0') != std::string::npos || path.find("/../") != std::string::npos ||
-            path.ends_with("/..")) {
+        if (path.find('\0') != std::string::npos || path.find("/../") != std::string::npos || path.ends_with("/..")) {
           std::abort();
         }
         break;

@@ -22,7 +22,6 @@
 #include <exception>
 #include <initializer_list>
 #include <optional>
-#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
