@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <linux/capability.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -15,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <string>
@@ -575,6 +577,75 @@ TEST_CASE("spawn(): pid 1 of a new pid namespace cannot also join a Set's pid na
     CHECK(test::processes_in(pid.identity(Kind::pid)) == before);
     // Without the pid kind the same Set works.
     CHECK(output_of(pid.dup(pid.kinds() - Kind::pid), {"sh", "-c", "echo $$"}, o) == "1");
+  }
+  base.check();
+}
+
+TEST_CASE("spawn(): root with mount_proc mounts the fresh /proc under the new root", "[spawn][exec][privileged]") {
+  test::require_privilege();
+  const test::Baseline base(test::Watch::fds);
+  {
+    const ChrootBox box;
+    SpawnOptions o;
+    o.root = box.root;
+    o.new_pid_namespace = true;
+    o.mount_proc = true;
+    CHECK(output_of(box.box, {"/bin/sh", "-c", "echo $$; cat /proc/1/comm; cat /work/marker"}, o) ==
+          "1\nsh\nin the box");
+  }
+  base.check();
+}
+
+TEST_CASE("spawn(): stderr merged into stdout follows stdout's mapped fd", "[spawn][exec]") {
+  const test::Baseline base(test::Watch::fds);
+  {
+    auto p = gonso::detail::make_pipe();
+    SpawnOptions o;
+    o.fds = {{p.write.get(), 1}};
+    o.err = Stdio::to_stdout;
+    Child c = gonso::spawn(Set::current(Kind::uts), {"sh", "-c", "echo out; echo err >&2"}, o);
+    p.write.reset();
+    CHECK(gonso::detail::read_to_end(p.read.get()) == "out\nerr\n");
+    CHECK(c.wait().success());
+  }
+  base.check();
+}
+
+TEST_CASE("spawn(): changing the program's ids leaves the caller dumpable", "[spawn][exec][privileged]") {
+  test::require_privilege();
+  const int before = ::prctl(PR_GET_DUMPABLE);
+  REQUIRE(before == 1);
+  SpawnOptions o;
+  o.user = Credentials{1000, 1000, std::vector<gid_t>{}};
+  CHECK(output_of(Set::current(Kind::uts), {"id", "-u"}, o) == "1000");
+  // The ids changed in a process of its own memory: ours stayed dumpable,
+  // so our /proc files are still ours and a debugger may still attach.
+  CHECK(::prctl(PR_GET_DUMPABLE) == before);
+  CHECK(test::status_field(::getpid(), "Uid") == "0\t0\t0\t0");
+}
+
+TEST_CASE("Target: groups its user namespace does not map are left out", "[spawn][exec][privileged]") {
+  test::require_privilege();
+  const test::Baseline base(test::Watch::fds);
+  {
+    // A process in a user namespace of its own that holds groups 0 and 5,
+    // mapped root alone by us (with CAP_SETGID: setgroups stays allowed).
+    Child target =
+        gonso::spawn(Set::current(Kind::uts), {"setpriv", "--groups", "0,5", "unshare", "--user", "sleep", "60"});
+    const std::string proc = fmt::format("/proc/{}/", target.pid());
+    REQUIRE(test::eventually([&] {
+      return test::file_text(proc + "comm") == "sleep\n" &&
+             test::identity_at(Kind::user, proc + "ns/user") != test::identity_at(Kind::user, "/proc/self/ns/user");
+    }));
+    std::ofstream(proc + "uid_map") << "0 0 1\n";
+    std::ofstream(proc + "gid_map") << "0 0 1\n";
+    REQUIRE(test::file_text(proc + "setgroups") == "allow\n");
+    REQUIRE(trimmed(test::status_field(target.pid(), "Groups")) == "0 5");  // as we, outside, see them
+    const Target t = Target::of_pid(target.pid());
+    const Credentials c = t.credentials();
+    CHECK(c.uid == 0);
+    CHECK(c.groups == std::vector<gid_t>{0});
+    CHECK(t.exec({"true"}).wait().success());
   }
   base.check();
 }

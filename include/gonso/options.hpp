@@ -247,10 +247,11 @@ struct ProcessOptions {
   std::optional<std::filesystem::path> cwd{};
   std::optional<Dir> cgroup{};
   std::optional<Credentials> user{};
-  /// The longest the callable may take: past it the child (and any process
-  /// it made in a joined pid namespace) is killed and reaped, and
+  /// The longest the callable may take: past it the child is killed and
+  /// reaped (the process running the callable in a joined pid or time
+  /// namespace dies with it; processes the callable started do not), and
   /// run_in_process throws ProcessError with Cause::timeout. Must be
-  /// positive. nullopt: no limit.
+  /// positive; more than a year counts as a year. nullopt: no limit.
   std::optional<std::chrono::milliseconds> timeout{};
 };
 

@@ -153,7 +153,8 @@ class Set {
     detail::checked(kinds, "Set::from_pidfd");
     const pid_t pid = detail::pid_of_pidfd(pidfd);
     Set set = from_pid(pid, kinds);
-    if (::syscall(SYS_pidfd_send_signal, pidfd, 0, nullptr, 0U) != 0) {
+    // EPERM: alive, only not ours to signal.
+    if (::syscall(SYS_pidfd_send_signal, pidfd, 0, nullptr, 0U) != 0 && errno != EPERM) {
       throw detail::system_error(errno, "cannot open namespaces of pidfd {} (pid {})", pidfd, pid);
     }
     // Kept to join several kinds with one setns(2) where that pays.

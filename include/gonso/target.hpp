@@ -58,7 +58,8 @@ class Target {
     t.cwd_ = t.open_dir("cwd");
     // Everything above was opened by pid; only now is it known to be this
     // process (a pidfd never names another, and a process never comes back).
-    if (::syscall(SYS_pidfd_send_signal, pidfd, 0, nullptr, 0U) != 0) {
+    // EPERM: alive, only not ours to signal.
+    if (::syscall(SYS_pidfd_send_signal, pidfd, 0, nullptr, 0U) != 0 && errno != EPERM) {
       throw detail::system_error(errno, "cannot take pid {} as a target", pid);
     }
     detail::unique_fd own(::fcntl(pidfd, F_DUPFD_CLOEXEC, 0));
@@ -88,8 +89,10 @@ class Target {
   [[nodiscard]] const Dir& cwd() const noexcept { return cwd_; }
 
   /// Its effective uid and gid and its supplementary groups, as ids of its
-  /// own user namespace (what setresuid(2) takes after joining it).
-  /// Throws std::system_error(ERANGE) for an id that namespace does not map.
+  /// own user namespace (what setresuid(2) takes after joining it). Groups
+  /// that namespace does not map are left out; where it denies setgroups(2)
+  /// `groups` is nullopt. Throws std::system_error(ERANGE) for a uid or gid
+  /// it does not map.
   [[nodiscard]] Credentials credentials() const {
     const detail::proc_status status = detail::parse_status(read("status"));
     const bool same_userns = detail::same_file("/proc/self/ns/user", proc_->get(), "ns/user");
@@ -108,8 +111,18 @@ class Target {
     Credentials c;
     c.uid = inside(uids, status.uid, "uid");
     c.gid = inside(gids, status.gid, "gid");
+    // Where setgroups(2) is denied the program keeps the groups it has (as
+    // the target did); elsewhere groups the namespace does not map are left
+    // out, as the kernel shows them to the target as the overflow gid.
+    if (!same_userns && read("setgroups").starts_with("deny")) return c;
     std::vector<gid_t> groups;
-    for (const std::uint32_t g : status.groups) groups.push_back(inside(gids, g, "group"));
+    for (const std::uint32_t g : status.groups) {
+      if (same_userns) {
+        groups.push_back(g);
+      } else if (const std::optional<std::uint32_t> in = detail::map_to_inside(gids, g)) {
+        groups.push_back(*in);
+      }
+    }
     c.groups = std::move(groups);
     return c;
   }

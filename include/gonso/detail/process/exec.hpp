@@ -174,15 +174,17 @@ GONSO_CHILD_CODE inline void enter_cgroup(const program_setup& setup, const spaw
 /// then show up in the caller's namespace too.
 GONSO_CHILD_CODE inline void enter_place(const spawn_plan& plan, const spawn_reporter& report) noexcept {
   const program_setup& setup = plan.setup;
+  // Into the root first: unshare(CLONE_NEWNS) moves the cwd (and root) to
+  // the new namespace's copy of its mount, while the root's fd stays on the
+  // old one, where no /proc could be mounted from the new namespace.
+  if (setup.root >= 0 && ::syscall(SYS_fchdir, setup.root) != 0) step_failed(report, spawn_step::root, 0, errno);
   if (setup.mount_proc) {
     if (::syscall(SYS_unshare, CLONE_NEWNS) != 0) step_failed(report, spawn_step::proc, 0, errno);
     if (::syscall(SYS_mount, nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
       step_failed(report, spawn_step::proc, 1, errno);
     }
   }
-  if (setup.root >= 0 && (::syscall(SYS_fchdir, setup.root) != 0 || ::syscall(SYS_chroot, ".") != 0)) {
-    step_failed(report, spawn_step::root, 0, errno);
-  }
+  if (setup.root >= 0 && ::syscall(SYS_chroot, ".") != 0) step_failed(report, spawn_step::root, 0, errno);
   if (setup.mount_proc &&
       ::syscall(SYS_mount, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0) {
     step_failed(report, spawn_step::proc, 2, errno);
@@ -212,12 +214,13 @@ GONSO_CHILD_CODE inline void place_fds(const spawn_plan& plan, const spawn_repor
     // dup3 leaves close-on-exec clear on `i`; from[i] > fd_floor >= 2.
     if (from[i] >= 0 && ::syscall(SYS_dup3, from[i], i, 0) < 0) step_failed(report, spawn_step::stdio, i, errno);
   }
-  if (setup.err_to_stdout && ::syscall(SYS_dup3, 1, 2, 0) < 0) step_failed(report, spawn_step::stdio, 2, errno);
   for (std::size_t k = 0; k < setup.fd_count; ++k) {
     if (::syscall(SYS_dup3, setup.scratch[k], setup.fd_to[k], 0) < 0) {
       step_failed(report, spawn_step::fds, static_cast<std::int32_t>(k), errno);
     }
   }
+  // Last: fd 1 is then whatever stdout became, a mapped fd included.
+  if (setup.err_to_stdout && ::syscall(SYS_dup3, 1, 2, 0) < 0) step_failed(report, spawn_step::stdio, 2, errno);
 }
 
 /// Session, limits and umask, then who the program is: the bounding set
@@ -325,6 +328,10 @@ GONSO_CHILD_CODE inline void become_user(const program_setup& setup, const spawn
   die_with_parent(parent);
   const spawn_reporter report{above(report_fd, plan.setup.fd_floor), nullptr};
   if (report.fd < 0) child_exit(127);  // no way to say why; the parent sees exit status 127
+  // Once its ids and capabilities are the container's, a process inside
+  // could ptrace this one (a copy of the caller's memory and fds) until the
+  // exec. Not dumpable, it cannot; execve makes the program dumpable again.
+  if (plan.setup.set_ids || plan.setup.set_caps) ::syscall(SYS_prctl, PR_SET_DUMPABLE, 0, 0, 0, 0);
   enter_cgroup(plan.setup, report);
   std::size_t failed = 0;
   if (const int err = join_in_child(plan.join, failed); err != 0) {
@@ -417,8 +424,8 @@ GONSO_CHILD_CODE inline int shared_spawn_child(void* arg) noexcept {
 /// the caller wakes once, when the program has been exec'd. Not when a time
 /// namespace is joined (clone refuses CLONE_VM while time_for_children is
 /// another namespace, and setns into one needs a process that shares its
-/// memory with none), and not under ThreadSanitizer, whose runtime cannot
-/// follow such a child.
+/// memory with none), not when the ids or capabilities change, and not
+/// under ThreadSanitizer, whose runtime cannot follow such a child.
 [[nodiscard]] inline bool may_share_memory(const spawn_plan& plan) noexcept {
   constexpr bool thread_sanitizer =
 #if defined(__SANITIZE_THREAD__)
@@ -433,6 +440,10 @@ GONSO_CHILD_CODE inline int shared_spawn_child(void* arg) noexcept {
       false;
 #endif
   if (thread_sanitizer) return false;
+  // Dumpability belongs to the memory: the child could not make itself
+  // undumpable (see spawn_child) without making the caller so, and changing
+  // ids does that to it anyway.
+  if (plan.setup.set_ids || plan.setup.set_caps) return false;
   for (std::size_t i = 0; i < plan.join.count; ++i) {
     if (plan.join.steps[i].kind == Kind::time) return false;
   }

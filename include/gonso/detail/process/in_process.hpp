@@ -37,6 +37,14 @@
 
 namespace gonso::detail {
 
+/// Whether `plan` joins a namespace of `kind`.
+[[nodiscard]] inline bool plan_joins(const join_plan& plan, Kind kind) noexcept {
+  for (std::size_t i = 0; i < plan.count; ++i) {
+    if (plan.steps[i].kind == kind) return true;
+  }
+  return false;
+}
+
 /// Root, working directory and ids of a run_in_process child, after
 /// joining. Returns what failed (errno says why), or nullptr.
 inline const char* enter_root_cwd_ids(const program_setup& setup, const char* cwd) noexcept {
@@ -74,6 +82,9 @@ template <typename R, typename F>
     child_exit(1);
   }
   if (plan.fork_after) {
+    // The inner process sees this one as its parent, or as 0 from inside a
+    // joined pid namespace.
+    const pid_t middle = plan_joins(plan, Kind::pid) ? 0 : static_cast<pid_t>(::syscall(SYS_getpid));
     const pid_t inner = fork_for_callable();
     if (inner < 0) {
       report_join_error(report, errno, "cannot fork into the joined pid or time namespace");
@@ -84,6 +95,9 @@ template <typename R, typename F>
       exit_like(reap(inner));
     }
     ::syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    // Killed (say by a timeout) before the death signal was armed: the
+    // callable must not run on unsupervised.
+    if (static_cast<pid_t>(::syscall(SYS_getppid)) != middle) child_exit(1);
   }
   if (const int err = bind_etc_overlay(etc.data(), etc.size(), failed); err != 0) {
     report_join_error(report, err,
@@ -124,9 +138,7 @@ auto run_in_child(const ns_handles& ns, Kinds kinds, const ProcessOptions& optio
   same.user = options.user;
   program_setup setup;
   program_setup_storage storage;
-  bool joins_user = false;
-  for (std::size_t i = 0; i < plan.count; ++i) joins_user = joins_user || plan.steps[i].kind == Kind::user;
-  plan_program_setup(setup, storage, same, !joins_user, "the callable");
+  plan_program_setup(setup, storage, same, !plan_joins(plan, Kind::user), "the callable");
   const std::string cwd = options.cwd ? options.cwd->native() : std::string();
   report_channel report = make_report_channel();
   // Unflushed output would be written twice, once by each process.
@@ -155,7 +167,11 @@ auto run_in_child(const ns_handles& ns, Kinds kinds, const ProcessOptions& optio
     child.hold(std::move(pidfd));
   }
   std::optional<std::chrono::steady_clock::time_point> timeout_at;
-  if (options.timeout) timeout_at = std::chrono::steady_clock::now() + *options.timeout;
+  // Saturated at a year: milliseconds::max() would overflow in nanoseconds.
+  if (options.timeout) {
+    timeout_at = std::chrono::steady_clock::now() +
+                 std::min<std::chrono::milliseconds>(*options.timeout, std::chrono::hours(24 * 365));
+  }
   std::optional<std::string> data =
       read_report(report.data.read.get(), report.bell.get(), child.pidfd().get(), timeout_at);
   // The guard kills and reaps the child (its own child in a joined pid or

@@ -360,7 +360,7 @@ struct spawn_call {
                         plan,
                         std::move(search),
                         {plan.join.count, plan.etc_files.size(), plan.join.fork_after, plan.setup.rlimit_count,
-                         plan.setup.fd_count, plan.setup.last_cap},
+                         plan.setup.fd_count, plan.setup.last_cap, plan.cwd != nullptr, plan.setup.cwd_dir >= 0},
                         bind_syscall()};
   if (may_share_memory(plan)) {
     if (std::optional<spawned> done = spawn_sharing_memory(call, stdio)) return std::move(*done);

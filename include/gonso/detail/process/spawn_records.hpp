@@ -45,6 +45,8 @@ struct spawn_limits {
   std::size_t rlimits = 0;
   std::size_t fds = 0;
   int last_cap = 0;
+  bool cwd = false;      // a cwd path is planned (chdir value 0)
+  bool cwd_dir = false;  // a cwd_dir is planned (chdir value 1)
 };
 
 /// What the records say, validated.
@@ -89,7 +91,7 @@ inline void check_spawn_failure(const spawn_record& record, const spawn_limits& 
       if (value < -1 || value > limits.last_cap) bad("a capability the kernel has not");
       return;
     case spawn_step::chdir:
-      if (value < 0 || value > 1) bad("a working directory the plan has not");
+      if (!(value == 0 && limits.cwd) && !(value == 1 && limits.cwd_dir)) bad("a working directory the plan has not");
       return;
     case spawn_step::proc:
       if (value < 0 || value > 2) bad("a /proc step the plan has not");
