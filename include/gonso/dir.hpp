@@ -18,22 +18,10 @@
 #include <fmt/core.h>
 
 #include <gonso/detail/sys/error.hpp>
+#include <gonso/detail/sys/io.hpp>
 #include <gonso/detail/sys/unique_fd.hpp>
 
 namespace gonso {
-namespace detail {
-
-/// Where an fd's file is now, as the kernel names it for the caller
-/// (`/proc/self/fd/N`'s link): for messages, never to be opened again.
-[[nodiscard]] inline std::string fd_target(int fd) {
-  std::string link = fmt::format("/proc/self/fd/{}", fd);
-  std::error_code ec;
-  std::filesystem::path target = std::filesystem::read_symlink(link, ec);
-  return ec ? link : target.native();
-}
-
-}  // namespace detail
-
 /// An O_PATH, close-on-exec descriptor of a directory. Held open, it keeps
 /// naming the directory it was opened on when paths are renamed, swapped
 /// for symlinks or unmounted meanwhile, and it reaches a directory of

@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <string>
 #include <string_view>
+#include <system_error>
 
 #include <gonso/detail/sys/error.hpp>
 #include <gonso/detail/sys/unique_fd.hpp>
@@ -34,6 +35,15 @@ inline bool write_all(int fd, const void* data, std::size_t size) noexcept {
     size -= static_cast<std::size_t>(n);
   }
   return true;
+}
+
+/// Where an fd's file is now, as the kernel names it for the caller
+/// (`/proc/self/fd/N`'s link): for messages, never to be opened again.
+[[nodiscard]] inline std::string fd_target(int fd) {
+  std::string link = fmt::format("/proc/self/fd/{}", fd);
+  char buf[PATH_MAX];
+  const ssize_t n = ::readlink(link.c_str(), buf, sizeof buf);
+  return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : link;
 }
 
 /// Reads until end of file. Throws std::system_error on a read error.
