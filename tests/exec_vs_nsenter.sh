@@ -37,8 +37,12 @@ unshare_pid=$!
 
 # The sleeping process is the unshare's child.
 for _ in $(seq 100); do
-  target=$(pgrep -P "$unshare_pid" -x sleep || true)
-  [ -n "$target" ] && break
+  # unshare's child, once it runs sleep (read from /proc: no procps needed).
+  child=$(cat "/proc/$unshare_pid/task/$unshare_pid/children" 2>/dev/null | tr -d ' ' || true)
+  if [ -n "$child" ] && [ "$(cat "/proc/$child/comm" 2>/dev/null)" = sleep ]; then
+    target=$child
+    break
+  fi
   sleep 0.1
 done
 [ -n "$target" ] || { echo "the target did not start"; exit 1; }
