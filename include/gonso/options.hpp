@@ -168,7 +168,7 @@ struct FdMapping {
 };
 
 /// Options of gonso::spawn(). Applied in the child after joining the Set, in
-/// this order: /etc/netns, mount_proc's mount namespace, root, /proc, cwd,
+/// this order: /etc/netns, root and mount_proc's mount namespace, /proc, cwd,
 /// rlimits, umask, the fds, the session, and last the ids and capabilities,
 /// so that every step before still has the caller's privilege.
 struct SpawnOptions {
