@@ -613,15 +613,18 @@ TEST_CASE("spawn(): stderr merged into stdout follows stdout's mapped fd", "[spa
 
 TEST_CASE("spawn(): changing the program's ids leaves the caller dumpable", "[spawn][exec][privileged]") {
   test::require_privilege();
-  const int before = ::prctl(PR_GET_DUMPABLE);
-  REQUIRE(before == 1);
+  // Whatever an earlier test left (a thread that changed its ids makes the
+  // whole process undumpable), start dumpable, and leave as found.
+  const int found = ::prctl(PR_GET_DUMPABLE);
+  REQUIRE(::prctl(PR_SET_DUMPABLE, 1) == 0);
   SpawnOptions o;
   o.user = Credentials{1000, 1000, std::vector<gid_t>{}};
   CHECK(output_of(Set::current(Kind::uts), {"id", "-u"}, o) == "1000");
   // The ids changed in a process of its own memory: ours stayed dumpable,
   // so our /proc files are still ours and a debugger may still attach.
-  CHECK(::prctl(PR_GET_DUMPABLE) == before);
+  CHECK(::prctl(PR_GET_DUMPABLE) == 1);
   CHECK(test::status_field(::getpid(), "Uid") == "0\t0\t0\t0");
+  ::prctl(PR_SET_DUMPABLE, found);
 }
 
 TEST_CASE("Target: groups its user namespace does not map are left out", "[spawn][exec][privileged]") {
