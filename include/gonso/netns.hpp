@@ -43,11 +43,21 @@ inline constexpr const char* directory = detail::directory;
 /// Names that would escape /run/netns are refused before anything is touched.
 inline void check_name(std::string_view name) { gonso::detail::check_netns_name(name); }
 
-/// The file of namespace `name`, /run/netns/NAME. Checks the name.
-[[nodiscard]] inline std::filesystem::path path(std::string_view name) {
+/// The file of namespace `name`, BASE/NAME (by default /run/netns/NAME).
+/// Checks the name, and a base other than /run/netns (check_base).
+[[nodiscard]] inline std::filesystem::path path(std::string_view name,
+                                                const std::filesystem::path& base = directory) {
   check_name(name);
-  return std::filesystem::path(directory) / std::string(name);
+  if (base != directory) detail::check_base(base);
+  return base / std::string(name);
 }
+
+/// Every function below takes, last, the folder its names live in: by
+/// default /run/netns, which iproute2 shares; a runtime may keep its own
+/// elsewhere (an absolute path; std::invalid_argument for a relative one or
+/// one with "." or ".." parts). Such a folder is made with its parents
+/// (0755) when missing, opened part by part with no symlink followed, and,
+/// unlike /run/netns, not made a shared mount of its own.
 
 /// Makes a new network namespace named `name`, as `ip netns add NAME` does,
 /// and returns a Set holding it. /run/netns is made (a shared mount of its
@@ -57,9 +67,9 @@ inline void check_name(std::string_view name) { gonso::detail::check_netns_name(
 /// name is taken, EPERM without CAP_SYS_ADMIN (before anything is touched),
 /// ENOTDIR when /run or /run/netns is a symlink. Nothing is left behind on
 /// error but /run/netns itself.
-[[nodiscard]] inline Set create(std::string_view name) {
-  const auto file = path(name);
-  const gonso::detail::unique_fd dir = detail::prepare_directory();
+[[nodiscard]] inline Set create(std::string_view name, const std::filesystem::path& base = directory) {
+  const auto file = path(name, base);
+  const gonso::detail::unique_fd dir = detail::prepare_base(base);
   Set fresh = Set::current(Kind::net).unshare(Kind::net);
   gonso::detail::persist_at(fresh, Kind::net, dir.get(), std::string(name), file);
   return fresh;
@@ -68,30 +78,34 @@ inline void check_name(std::string_view name) { gonso::detail::check_netns_name(
 /// Gives an existing network namespace (e.g. a container's) the name `name`.
 /// Throws std::invalid_argument for a bad name or a Set without a network
 /// namespace, before /run/netns is touched; std::system_error as create().
-inline void add(const Set& set, std::string_view name) {
-  const auto file = path(name);
+inline void add(const Set& set, std::string_view name, const std::filesystem::path& base = directory) {
+  const auto file = path(name, base);
   if (!set.contains(Kind::net)) {
     throw std::invalid_argument(
         fmt::format("cannot name {:?} a network namespace: the Set {} holds none", std::string(name), set.kinds()));
   }
-  const gonso::detail::unique_fd dir = detail::prepare_directory();
+  const gonso::detail::unique_fd dir = detail::prepare_base(base);
   gonso::detail::persist_at(set, Kind::net, dir.get(), std::string(name), file);
 }
 
 /// Opens the network namespace named `name`, whoever made it. Throws
 /// std::invalid_argument for a bad name, std::system_error(ENOENT) for an
 /// unknown one, (EINVAL) when the file is not a network namespace.
-[[nodiscard]] inline Set open(std::string_view name) { return Set::from_file(Kind::net, path(name)); }
+[[nodiscard]] inline Set open(std::string_view name, const std::filesystem::path& base = directory) {
+  return Set::from_file(Kind::net, path(name, base));
+}
 
-/// The names under /run/netns, sorted, as `ip netns list` shows them.
-[[nodiscard]] inline std::vector<std::string> list() {
+/// The names in the folder, sorted, as `ip netns list` shows them; none
+/// when the folder does not exist.
+[[nodiscard]] inline std::vector<std::string> list(const std::filesystem::path& base = directory) {
+  if (base != directory) detail::check_base(base);
   std::vector<std::string> names;
   std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(directory, ec)) {
+  for (const auto& entry : std::filesystem::directory_iterator(base, ec)) {
     names.push_back(entry.path().filename().string());
   }
   if (ec && ec != std::errc::no_such_file_or_directory) {
-    throw std::system_error(ec, fmt::format("cannot list {}", directory));
+    throw std::system_error(ec, fmt::format("cannot list {}", base.native()));
   }
   std::sort(names.begin(), names.end());
   return names;
@@ -99,15 +113,29 @@ inline void add(const Set& set, std::string_view name) {
 
 /// Removes the name `name`, as `ip netns delete NAME` does; the namespace
 /// itself lives on while anything else holds it. Only a network namespace
-/// bound on /run/netns/NAME itself is removed: no symlink (there, or as
-/// /run or /run/netns) is followed. Throws std::invalid_argument for a bad
+/// bound on /run/netns/NAME itself is removed: no symlink (there, or in
+/// the folder's path) is followed. Throws std::invalid_argument for a bad
 /// name, std::system_error: ENOENT for an unknown one (so deleting twice
-/// fails the second time), EINVAL for a name that is no persisted network
-/// namespace.
-inline void remove(std::string_view name) {
-  const auto file = path(name);
-  const gonso::detail::unique_fd dir = detail::open_directory();
+/// fails the second time: remove_if_exists does not), EINVAL for a name that
+/// is no persisted network namespace.
+inline void remove(std::string_view name, const std::filesystem::path& base = directory) {
+  const auto file = path(name, base);
+  const gonso::detail::unique_fd dir = detail::open_directory(base.c_str());
+  if (!dir) throw gonso::detail::system_error(errno, "cannot remove {}: cannot open its folder", file.native());
   gonso::detail::unpersist_at(dir.get(), std::string(name), file, CLONE_NEWNET);
+}
+
+/// remove(), where a name (or its folder) that does not exist is no error:
+/// what a CNI DEL needs, which must succeed when repeated. Returns whether
+/// a name was removed. Every other error is remove()'s.
+inline bool remove_if_exists(std::string_view name, const std::filesystem::path& base = directory) {
+  try {
+    remove(name, base);
+    return true;
+  } catch (const std::system_error& e) {
+    if (e.code() == std::errc::no_such_file_or_directory) return false;
+    throw;
+  }
 }
 
 }  // namespace gonso::netns

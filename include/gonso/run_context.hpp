@@ -2,9 +2,15 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
+#include <sys/types.h>
+
 #include <gonso/detail/fwd.hpp>
+#include <gonso/detail/ns/ns_file.hpp>
+#include <gonso/kind.hpp>
 
 namespace gonso {
+
+class Set;
 
 /// Passed to a callable that takes a `gonso::RunContext&` as its only
 /// parameter. Go gonso lets the function vote against reusing its thread by
@@ -31,12 +37,28 @@ class RunContext {
   /// The restore itself may still fail, which discards the thread.
   [[nodiscard]] bool will_restore() const noexcept { return restore_ && !discard_; }
 
+  /// The namespaces of `kinds` this thread came from, and goes back to
+  /// after the run: the process's own for a reused worker, the calling
+  /// thread's for a new one (as Set::run says of the kinds a Set does not
+  /// hold). This is CNI's `hostNS`: a callable configuring a container's
+  /// network can reach back for the host side, e.g. to move one end of a
+  /// veth pair there. The Set holds the namespaces by fd: it stays valid
+  /// after the run. Defined in set.hpp. Throws std::system_error when a
+  /// namespace cannot be opened.
+  [[nodiscard]] Set host(Kinds kinds = default_kinds) const;
+
  private:
   friend class detail::worker;
   explicit RunContext(bool restore) noexcept : restore_(restore) {}
 
   bool restore_;
   bool discard_ = false;
+  // Where the worker came from (see host()): its start's namespaces, when
+  // it opened them, else the thread that created it, found beside the
+  // worker's own /proc/thread-self/ns.
+  const detail::ns_handles* origin_ = nullptr;
+  int ns_dir_ = -1;
+  pid_t creator_tid_ = -1;
 };
 
 }  // namespace gonso

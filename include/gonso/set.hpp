@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 
@@ -32,10 +33,12 @@
 #include <gonso/detail/sys/unique_fd.hpp>
 #include <gonso/detail/thread/run.hpp>
 #include <gonso/error.hpp>
+#include <gonso/fd.hpp>
 #include <gonso/identity.hpp>
 #include <gonso/kind.hpp>
 #include <gonso/options.hpp>
 #include <gonso/run_context.hpp>
+#include <gonso/thread_proc.hpp>
 #include <gonso/workers.hpp>
 
 namespace gonso {
@@ -301,6 +304,13 @@ class Set {
   /// reused worker, the caller's for a new one. May be called from many
   /// threads at once.
   ///
+  /// Inside `fn`, `/proc/self` (and `/proc/net`, a link through it) names
+  /// the process, whose main thread stays where it was: `/proc/net/dev`
+  /// there lists the host's interfaces, not the Set's. Read
+  /// `/proc/thread-self/...` instead (gonso::thread_proc_path), which is
+  /// the worker's. In a run that joined a mount namespace, `/proc` is that
+  /// namespace's own mount, which may show another pid namespace.
+  ///
   /// Throws, before starting anything: std::logic_error for an empty Set;
   /// std::system_error(EINVAL) when the Set holds a user or time namespace
   /// other than the process's own, as no thread of a multithreaded process
@@ -324,7 +334,12 @@ class Set {
   /// it; with privilege last, since entering sheds it), and when it joined a
   /// pid or time namespace it forks once more, so that `fn` runs in a process
   /// that is inside them. `fn` returns void, std::string or a trivially
-  /// copyable value, which is copied back through a pipe.
+  /// copyable value, which is copied back through a pipe; or a gonso::Fd, a
+  /// std::vector<gonso::Fd>, or a std::pair or std::tuple of those and such
+  /// values (at most 253 fds in all), whose fds are sent over a Unix socket
+  /// (SCM_RIGHTS) and arrive as new close-on-exec fds of the caller. An
+  /// `int` fd number returned from the child means nothing in the caller:
+  /// return a gonso::Fd.
   ///
   /// `fn` runs in a copy of a possibly multithreaded process in which only
   /// its own thread exists: memory allocation works (glibc resets its locks
@@ -348,10 +363,62 @@ class Set {
   auto run_in_process(F&& fn, const ProcessOptions& options = {}) const -> std::invoke_result_t<F&&> {
     using R = std::invoke_result_t<F&&>;
     static_assert(detail::reportable<R>,
-                  "gonso::Set::run_in_process: the callable must return void, std::string or a trivially "
-                  "copyable value; its result is copied between processes");
+                  "gonso::Set::run_in_process: the callable must return void, std::string, a trivially "
+                  "copyable value, gonso::Fd, std::vector<gonso::Fd>, or a pair or tuple of those; its result "
+                  "crosses between processes (an object owning an fd or memory cannot)");
     require_not_empty("run a process in");
     return detail::run_in_child(ns_, kinds_, options, std::forward<F>(fn));
+  }
+
+  /// A socket(2) of `domain`, `type` and `protocol` made inside this Set's
+  /// network namespace, and usable from any thread: a socket keeps talking
+  /// to the namespace it was made in (a netlink socket configures that
+  /// namespace's links; an inet socket binds its addresses). Only the Set's
+  /// net and user namespaces are joined, by a worker thread where one can
+  /// join them (thread_joinable), else by a child process (a Set holding a
+  /// user namespace that is not the caller's: rootless), which sends the
+  /// socket back. Always close-on-exec. Throws std::invalid_argument when
+  /// the Set holds no net namespace, std::system_error with socket(2)'s
+  /// errno (EAFNOSUPPORT, EPERM for a raw socket without CAP_NET_RAW in the
+  /// namespace's owner, ...) or the join's.
+  [[nodiscard]] Fd socket(int domain, int type, int protocol = 0) const {
+    if (!contains(Kind::net)) throw std::invalid_argument(fmt::format("Set {} holds no net namespace to make a socket in", kinds_));
+    const Set inside = dup(kinds_ & (Kind::net | Kind::user));
+    const auto make = [domain, type, protocol] {
+      Fd fd(::socket(domain, type | SOCK_CLOEXEC, protocol));
+      const int err = fd ? 0 : errno;
+      return std::pair<Fd, int>(std::move(fd), err);
+    };
+    auto [fd, err] = inside.thread_joinable() ? inside.run(true, make) : inside.run_in_process(make);
+    if (!fd) {
+      throw detail::system_error(err, "cannot create a socket (domain {}, type {}, protocol {}) in net namespace {}",
+                                 domain, type, protocol, identity(Kind::net));
+    }
+    return std::move(fd);
+  }
+
+  /// open(2) of `path` as seen from inside this Set: resolved in its mount
+  /// namespace (a relative path from that namespace's root), with its other
+  /// namespaces joined too, so that `/proc/thread-self/net/...` is the
+  /// Set's. Kinds the Set does not hold are the caller's process's. A
+  /// worker thread opens where one can join the Set, else a child process
+  /// (rootless), which sends the fd back. O_CLOEXEC is always added. Throws
+  /// std::invalid_argument for a path holding a NUL or an empty Set,
+  /// std::system_error with open(2)'s errno or the join's.
+  [[nodiscard]] Fd open(const std::filesystem::path& path, int flags, mode_t mode = 0) const {
+    const std::string& name = path.native();
+    if (name.empty() || name.find('\0') != std::string::npos) {
+      throw std::invalid_argument("Set::open: the path is empty or holds a NUL");
+    }
+    require_not_empty("open a file in");
+    const auto opener = [&name, flags, mode] {
+      Fd fd(::open(name.c_str(), flags | O_CLOEXEC, mode));
+      const int err = fd ? 0 : errno;
+      return std::pair<Fd, int>(std::move(fd), err);
+    };
+    auto [fd, err] = thread_joinable() ? run(true, opener) : run_in_process(opener);
+    if (!fd) throw detail::system_error(err, "cannot open {} inside namespaces {}", name, kinds_);
+    return std::move(fd);
   }
 
   /// Same namespaces of the same kinds.
@@ -429,6 +496,35 @@ class Set {
   // what lets that Pool take it back once, and no other Set.
   std::shared_ptr<detail::pool_lease> lease_;
 };
+
+inline Set RunContext::host(Kinds kinds) const {
+  detail::checked(kinds, "RunContext::host");
+  if (origin_ != nullptr) {
+    // Opened when the worker started; user and time, which no thread of a
+    // multithreaded process can change, are read from its own links.
+    Set set;
+    Kinds rest;
+    for (Kind kind : kinds) {
+      const detail::ns_handle& ns = (*origin_)[detail::index_of(kind)];
+      if (ns.fd) {
+        detail::set_access::put(set, kind, detail::ns_handle(ns));
+      } else {
+        rest |= kind;
+      }
+    }
+    if (rest.empty()) return set;
+    detail::opened_ns own = detail::open_proc_ns(ns_dir_, "", rest, "this thread");
+    for (Kind kind : rest) detail::set_access::put(set, kind, std::move(own.ns[detail::index_of(kind)]));
+    return set;
+  }
+  // The creator is blocked in run() until the callable returns: its links
+  // are where this thread came from. Reached through the worker's procfs fd
+  // (…/task/TID/ns), which a joined mount namespace does not change.
+  const std::string dir = fmt::format("../../{}/ns", creator_tid_);
+  detail::unique_fd fd(::openat(ns_dir_, dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!fd) throw detail::system_error(errno, "cannot open the namespaces of thread {}, which started this worker", creator_tid_);
+  return detail::set_access::adopt<Set>(detail::open_proc_ns(fd.get(), "", kinds, "the thread that started this worker"));
+}
 
 }  // namespace gonso
 

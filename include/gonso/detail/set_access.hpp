@@ -39,6 +39,11 @@ struct set_access {
   static void put(S& set, Kind kind, ns_handle&& ns) noexcept {
     set.put(kind, std::move(ns));
   }
+  /// A Set holding what was opened.
+  template <typename S>
+  [[nodiscard]] static S adopt(opened_ns&& opened) noexcept {
+    return S(std::move(opened));
+  }
   template <typename S>
   [[nodiscard]] static std::shared_ptr<pool_lease>& lease(S& set) noexcept {
     return set.lease_;

@@ -92,10 +92,50 @@ inline constexpr const char* directory = "/run/netns";
   return dir;
 }
 
+/// A base folder of names other than /run/netns (containerd keeps its own):
+/// absolute, without "." or ".." parts, no NUL. Throws std::invalid_argument.
+inline void check_base(const std::filesystem::path& base) {
+  const std::string& text = base.native();
+  if (!base.is_absolute() || text.find('\0') != std::string::npos) {
+    throw std::invalid_argument(fmt::format("netns base folder {:?} is not an absolute path", text));
+  }
+  for (const auto& part : base.relative_path()) {
+    if (part == "." || part == "..") {
+      throw std::invalid_argument(fmt::format("netns base folder {:?} has a \".\" or \"..\" part", text));
+    }
+  }
+}
+
+// A base folder other than /run/netns, made (0755, with its parents) and
+// opened part by part from / with no symlink followed, as /run/netns is. It
+// is left as it is otherwise: not made a mount of its own, so that a caller's
+// folder gets no mount gonso would have to undo (bind it onto itself, shared,
+// for names to show up in mount namespaces made before they were).
+[[nodiscard]] inline gonso::detail::unique_fd prepare_base(const std::filesystem::path& base) {
+  using gonso::detail::unique_fd;
+  if (base == directory) return prepare_directory();
+  check_base(base);
+  constexpr unsigned cap_sys_admin = CAP_SYS_ADMIN;
+  if ((gonso::detail::capabilities()[0].effective & (1U << cap_sys_admin)) == 0) {
+    throw system_error(EPERM, "cannot name network namespaces in {}: binding them needs CAP_SYS_ADMIN", base.native());
+  }
+  unique_fd dir(::open("/", O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!dir) throw system_error(errno, "cannot open /");
+  for (const auto& part : base.relative_path()) {
+    if (part.empty()) continue;  // a trailing '/'
+    if (::mkdirat(dir.get(), part.c_str(), 0755) != 0 && errno != EEXIST) {
+      throw system_error(errno, "cannot create {} (making {})", part.native(), base.native());
+    }
+    dir.reset(::openat(dir.get(), part.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!dir) throw system_error(errno, "cannot open {} (a folder, never followed as a symlink)", base.native());
+  }
+  return dir;
+}
+
 // /run/netns as it is, for removing a name: opened without following a
 // symlink in any component, and made nothing of.
-[[nodiscard]] inline gonso::detail::unique_fd open_directory() noexcept {
-  return gonso::detail::unique_fd(gonso::detail::open_no_symlinks(AT_FDCWD, directory, O_PATH | O_DIRECTORY));
+[[nodiscard]] inline gonso::detail::unique_fd open_directory(const char* base = directory) noexcept {
+  return gonso::detail::unique_fd(gonso::detail::open_no_symlinks(AT_FDCWD, base, O_PATH | O_DIRECTORY));
 }
 
 }  // namespace gonso::netns::detail

@@ -141,6 +141,8 @@ auto run_in_child(const ns_handles& ns, Kinds kinds, const ProcessOptions& optio
   plan_program_setup(setup, storage, same, !plan_joins(plan, Kind::user), "the callable");
   const std::string cwd = options.cwd ? options.cwd->native() : std::string();
   report_channel report = make_report_channel();
+  fd_channel fds;
+  if constexpr (encoded_result<R>) fds = make_fd_channel();
   // Unflushed output would be written twice, once by each process.
   std::fflush(stdout);
   std::fflush(stderr);
@@ -149,11 +151,13 @@ auto run_in_child(const ns_handles& ns, Kinds kinds, const ProcessOptions& optio
   if (pid < 0) throw system_error(errno, "cannot fork a child process to run in {} namespaces", kinds);
   if (pid == 0) {
     report.data.read.reset();
-    report_sink sink(report.data.write.get(), report.bell.get());
+    fds.receive.reset();
+    report_sink sink(report.data.write.get(), report.bell.get(), fds.send.get());
     run_child<R>(plan, ns, etc_paths, setup, options.cwd ? cwd.c_str() : nullptr, sink, parent, fn);
   }
   child_guard child(pid);
   report.data.write.reset();
+  fds.send.reset();
   // Not yet reaped by us, so `pid` is still the child's; from here on the
   // pidfd names it. ESRCH: it has ended and was reaped elsewhere (the
   // application ignores SIGCHLD), so all it wrote is in the pipe, and its
@@ -177,7 +181,10 @@ auto run_in_child(const ns_handles& ns, Kinds kinds, const ProcessOptions& optio
   // The guard kills and reaps the child (its own child in a joined pid or
   // time namespace dies with it: PR_SET_PDEATHSIG).
   if (!data) throw ProcessError::timed_out(static_cast<long long>(options.timeout->count()));
-  return decode_report<R>(*data, reaped_elsewhere ? -1 : child.reap_now());
+  // Everything the child sent is queued by now: it has ended.
+  std::vector<unique_fd> received;
+  if constexpr (encoded_result<R>) received = receive_fds(fds.receive.get());
+  return decode_report<R>(*data, reaped_elsewhere ? -1 : child.reap_now(), std::move(received));
 }
 
 }  // namespace gonso::detail

@@ -27,8 +27,10 @@
 #include <string_view>
 #include <system_error>
 #include <type_traits>
+#include <vector>
 
 #include <gonso/detail/process/child_code.hpp>
+#include <gonso/detail/process/result_wire.hpp>
 #include <gonso/detail/sys/error.hpp>
 #include <gonso/detail/sys/io.hpp>
 #include <gonso/detail/sys/unique_fd.hpp>
@@ -36,10 +38,12 @@
 
 namespace gonso::detail {
 
-/// Results a child process can hand back: bytes, not objects.
+/// Results a child process can hand back: bytes, fds (sent as fds, see
+/// result_wire.hpp), and pairs or tuples of them; never objects that own
+/// anything else.
 template <typename R>
-inline constexpr bool reportable = std::is_void_v<R> || std::is_same_v<R, std::string> ||
-                                   (std::is_trivially_copyable_v<R> && !std::is_pointer_v<R>);
+inline constexpr bool reportable =
+    std::is_void_v<R> || std::is_same_v<R, std::string> || byte_value<R> || encoded_result<R>;
 
 // One message per run: a tag byte, the length of the body (u32, native
 // order), then the body. The length makes a cut-short report (a child killed
@@ -144,7 +148,10 @@ struct report_channel {
 /// blocking on a parent that is not reading yet.
 class report_sink {
  public:
-  report_sink(int data, int bell) noexcept : data_(data), bell_(bell) {}
+  /// `fds`: the socket a result's fds are sent on, -1 when R has none.
+  report_sink(int data, int bell, int fds = -1) noexcept : data_(data), bell_(bell), fds_(fds) {}
+
+  [[nodiscard]] int fd_socket() const noexcept { return fds_; }
 
   /// Writes everything; false on error (errno set).
   bool write(const void* bytes, std::size_t size) noexcept {
@@ -179,6 +186,7 @@ class report_sink {
  private:
   int data_;
   int bell_;
+  int fds_;
   bool streaming_ = false;
 };
 
@@ -304,6 +312,19 @@ GONSO_CATCHES_FORCED_UNWIND void run_and_report(F&& fn, report_sink& sink) noexc
         return;
       }
       (void)write_report(sink, tag_value, {std::string_view(value)});
+    } else if constexpr (encoded_result<R>) {
+      const R value = std::forward<F>(fn)();
+      std::string body;
+      std::vector<int> fds;
+      encode_result(value, body, fds);
+      // Before the report: the parent takes the fds once it has the report.
+      if (const int err = send_fds(sink.fd_socket(), fds); err != 0) {
+        report_exception(sink, "std::system_error",
+                         fmt::format("cannot send the callable's {} fds to the caller: {}", fds.size(),
+                                     std::generic_category().message(err)));
+        return;
+      }
+      (void)write_report(sink, tag_value, {std::string_view(body)});
     } else {
       const R value = std::forward<F>(fn)();
       (void)write_report(sink, tag_value, {std::string_view(reinterpret_cast<const char*>(&value), sizeof(R))});
@@ -331,8 +352,10 @@ GONSO_CATCHES_FORCED_UNWIND void run_and_report(F&& fn, report_sink& sink) noexc
 /// are untrusted (see parse_report): a value must have exactly the size of
 /// R (and a bool be 0 or 1), else std::system_error(EPROTO); a malformed
 /// report from a child that a signal killed is reported as that signal.
+/// `fds` are those the child sent for an encoded result (result_wire.hpp),
+/// closed unless the value takes them.
 template <typename R>
-R decode_report(std::span<const char> report, int status) {
+R decode_report(std::span<const char> report, int status, std::vector<Fd> fds = {}) {
   parsed_report parsed;
   try {
     parsed = parse_report(report);
@@ -347,6 +370,8 @@ R decode_report(std::span<const char> report, int status) {
         return;
       } else if constexpr (std::is_same_v<R, std::string>) {
         return std::string(parsed.body);
+      } else if constexpr (encoded_result<R>) {
+        return result_reader(parsed.body, fds).read_all<R>();
       } else {
         if (parsed.body.size() != sizeof(R)) malformed_report("a value of the wrong size");
         if constexpr (std::is_same_v<R, bool>) {
