@@ -39,6 +39,35 @@ struct IdRange {
   std::uint32_t count = 1;
 };
 
+/// Maps of a new user namespace made from the caller's subordinate ids: the
+/// ranges /etc/subuid and /etc/subgid grant its user (the lines whose first
+/// field is the name of the caller's real uid, or that uid in decimal), as
+/// rootless container runtimes map 65536 ids. The ids are those of the
+/// caller's user namespace, the new one's parent.
+///
+/// Without CAP_SETUID (CAP_SETGID) there, gonso has the setuid helper
+/// newuidmap (newgidmap; Debian package uidmap) write the map, from
+/// /usr/bin, /bin, /usr/sbin or /sbin only, with an empty environment. It
+/// takes only ranges that file grants, and the caller's own id alone; it
+/// requires the caller's real uid and gid to be its passwd entry's uid and
+/// primary gid, with the effective ones equal to them (it checks the owner
+/// of the new namespace's process). gonso leaves setgroups to newgidmap,
+/// which denies setgroups(2) inside only when no subordinate gid is mapped.
+/// With the capabilities gonso writes the same lines itself.
+struct SubordinateIds {
+  /// true: inside id 0 is the caller's effective uid (gid), and the
+  /// subordinate ids follow from 1 up, as rootless podman maps them. false:
+  /// the subordinate ids from 0 up, as `unshare --map-auto` does.
+  bool map_self_as_root = true;
+  /// Empty: every range the file grants, in file order, one after the other
+  /// inside. Else these lines (inside, outside, count) alone, each of whose
+  /// outside ids must lie within one granted range, else Set::unshare throws
+  /// std::invalid_argument naming it before starting anything; with
+  /// map_self_as_root they may not use inside id 0.
+  std::vector<IdRange> uid_ranges{};
+  std::vector<IdRange> gid_ranges{};  ///< as uid_ranges, from /etc/subgid
+};
+
 /// Options of Set::unshare.
 struct UnshareOptions {
   /// Applied to `/` of a new mount namespace. util-linux unshare(1) also
@@ -56,6 +85,13 @@ struct UnshareOptions {
   /// setgroups, as the kernel requires; a nested namespace keeps its
   /// parent's setgroups setting.
   std::vector<IdRange> gid_map{};
+  /// Both maps of a new user namespace from the caller's subordinate ids
+  /// (see SubordinateIds); not with uid_map or gid_map, nor for a user
+  /// namespace nested in a Set's foreign one. Set::unshare throws
+  /// std::system_error: ENOENT when the files grant the caller's user no
+  /// range or the helper is missing, EPERM (with the helper's exit status
+  /// and what it printed) when the helper fails.
+  std::optional<SubordinateIds> subordinate_ids{};
   /// CLOCK_MONOTONIC and CLOCK_BOOTTIME inside a new time namespace run ahead
   /// of the caller's by these offsets (written before any process enters).
   std::chrono::nanoseconds monotonic_offset{0};
@@ -64,10 +100,35 @@ struct UnshareOptions {
   /// Throws std::invalid_argument, as Set::unshare(kinds, *this) would before
   /// starting anything: id maps without a new user namespace (likewise time
   /// offsets), a map line that maps no ids or runs past the largest id, lines
-  /// that overlap, or more lines than the kernel takes (340).
+  /// that overlap, or more lines than the kernel takes (340); likewise
+  /// subordinate_ids without a new user namespace or with uid_map or
+  /// gid_map, and its explicit ranges.
   void check(Kinds kinds) const {
     if (!kinds.contains(Kind::user) && !(uid_map.empty() && gid_map.empty())) {
       throw std::invalid_argument("uid_map and gid_map apply to a new user namespace, and none is unshared");
+    }
+    if (subordinate_ids) {
+      if (!kinds.contains(Kind::user)) {
+        throw std::invalid_argument("subordinate_ids apply to a new user namespace, and none is unshared");
+      }
+      // Two sources for one map: neither could be honoured whole.
+      if (!uid_map.empty() || !gid_map.empty()) {
+        throw std::invalid_argument("subordinate_ids make the id maps; give no uid_map or gid_map with them");
+      }
+      check_map(subordinate_ids->uid_ranges, "subordinate_ids.uid_ranges");
+      check_map(subordinate_ids->gid_ranges, "subordinate_ids.gid_ranges");
+      if (subordinate_ids->map_self_as_root) {
+        const auto uses_root = [](const std::vector<IdRange>& map) {
+          for (const IdRange& r : map) {
+            if (r.inside == 0) return true;
+          }
+          return false;
+        };
+        if (uses_root(subordinate_ids->uid_ranges) || uses_root(subordinate_ids->gid_ranges)) {
+          throw std::invalid_argument(
+              "subordinate_ids: a range maps inside id 0, which map_self_as_root gives the caller's own id");
+        }
+      }
     }
     const bool offsets = monotonic_offset.count() != 0 || boottime_offset.count() != 0;
     if (!kinds.contains(Kind::time) && offsets) {

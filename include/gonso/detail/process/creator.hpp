@@ -18,8 +18,10 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <system_error>
+#include <utility>
 #include <vector>
 
 #include <fmt/format.h>
@@ -31,6 +33,7 @@
 #include <gonso/detail/process/creator_wire.hpp>
 #include <gonso/detail/process/launch.hpp>
 #include <gonso/detail/process/pid_init.hpp>
+#include <gonso/detail/process/subordinate_ids.hpp>
 #include <gonso/detail/sys/error.hpp>
 #include <gonso/detail/sys/io.hpp>
 #include <gonso/detail/sys/syscalls.hpp>
@@ -162,6 +165,12 @@ struct creation {
   // the caller may not write its maps, a helper in the Set's does.
   bool nested_user = false;
   bool deny_setgroups = false;
+  // Subordinate ids: the map lines, and which maps the setuid helpers
+  // write because the caller lacks the capability to write them itself.
+  std::vector<IdRange> uid_lines;
+  std::vector<IdRange> gid_lines;
+  bool uid_by_helper = false;
+  bool gid_by_helper = false;
   pipe_fds report = make_pipe();
   pipe_fds go = make_pipe();
   pipe_fds lifeline;
@@ -180,9 +189,29 @@ struct creation {
     if (kinds.contains(Kind::pid)) lifeline = make_pipe();
     // Maps in the ids of the new namespace's parent; for a nested one the
     // helper fills in its own id there when none are given.
-    if (!nested_user || !options.uid_map.empty()) uid_map = map_text(options.uid_map, ::geteuid());
-    if (!nested_user || !options.gid_map.empty()) gid_map = map_text(options.gid_map, ::getegid());
-    deny_setgroups = !nested_user && !has_capability(CAP_SETGID);
+    if (options.subordinate_ids) {
+      // The files and helpers speak of the caller's user namespace; one
+      // nested in a foreign Set's has another parent, whose ids they do not know.
+      if (nested_user) {
+        throw std::invalid_argument(
+            "subordinate_ids map a user namespace whose parent is the caller's; this Set holds another user "
+            "namespace");
+      }
+      subordinate_maps maps = resolve_subordinate_ids(*options.subordinate_ids);
+      uid_lines = std::move(maps.uid);
+      gid_lines = std::move(maps.gid);
+      uid_map = map_text(uid_lines, 0);
+      gid_map = map_text(gid_lines, 0);
+      uid_by_helper = !has_capability(CAP_SETUID);
+      gid_by_helper = !has_capability(CAP_SETGID);
+    } else {
+      if (!nested_user || !options.uid_map.empty()) uid_map = map_text(options.uid_map, ::geteuid());
+      if (!nested_user || !options.gid_map.empty()) gid_map = map_text(options.gid_map, ::getegid());
+    }
+    // newgidmap sets setgroups itself, to deny only when no subordinate gid
+    // is mapped; a "deny" written first would also take setgroups(2) from
+    // a namespace that maps whole ranges.
+    deny_setgroups = !nested_user && !options.subordinate_ids && !has_capability(CAP_SETGID);
     task.plan = plan;
     task.kinds = kinds;
     task.report = report.write.get();
@@ -237,8 +266,16 @@ struct grandchild {
       init = adopt_init(creator, m.value, std::move(c.lifeline.write));
     } else if (m.what == creator_says::user_created) {
       if (c.deny_setgroups) write_proc_file(creator, "setgroups", "deny");
-      write_proc_file(creator, "uid_map", c.uid_map);
-      write_proc_file(creator, "gid_map", c.gid_map);
+      if (c.uid_by_helper) {
+        run_id_map_helper("newuidmap", creator, c.uid_lines, "uid_map");
+      } else {
+        write_proc_file(creator, "uid_map", c.uid_map);
+      }
+      if (c.gid_by_helper) {
+        run_id_map_helper("newgidmap", creator, c.gid_lines, "gid_map");
+      } else {
+        write_proc_file(creator, "gid_map", c.gid_map);
+      }
       const char byte = 'g';
       if (!write_all(c.go.write.get(), &byte, 1))
         throw system_error(errno, "cannot wake the child creating {} namespaces", c.kinds);
