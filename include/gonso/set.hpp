@@ -416,7 +416,9 @@ class Set {
       const int err = fd ? 0 : errno;
       return std::pair<Fd, int>(std::move(fd), err);
     };
-    auto [fd, err] = thread_joinable() ? run(true, opener) : run_in_process(opener);
+    // A worker that joined a mount namespace is never reused: end it at once,
+    // so that its fds are gone when this returns.
+    auto [fd, err] = thread_joinable() ? run(!contains(Kind::mnt), opener) : run_in_process(opener);
     if (!fd) throw detail::system_error(err, "cannot open {} inside namespaces {}", name, kinds_);
     return std::move(fd);
   }
