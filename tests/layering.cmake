@@ -5,14 +5,14 @@
 #      sys/  <- ns/  <- fs/
 #      thread/ and process/ on top, never including each other;
 #  - of the public headers, a detail header includes only the leaves that
-#    name the vocabulary (kind, identity, options, error, run_context).
+#    name the vocabulary (kind, identity, options, error, run_context, fd).
 cmake_minimum_required(VERSION 3.25)
 set(allowed_sys "sys")
 set(allowed_ns "sys;ns")
 set(allowed_fs "sys;ns;fs")
 set(allowed_thread "sys;ns;thread")
 set(allowed_process "sys;ns;fs;process")
-set(leaves "kind.hpp;identity.hpp;options.hpp;error.hpp;run_context.hpp")
+set(leaves "kind.hpp;identity.hpp;options.hpp;error.hpp;run_context.hpp;fd.hpp")
 set(failures "")
 
 file(GLOB public RELATIVE "${GONSO_INCLUDE}/gonso" "${GONSO_INCLUDE}/gonso/*.hpp")

@@ -120,8 +120,7 @@ inline void add(const Set& set, std::string_view name, const std::filesystem::pa
 /// is no persisted network namespace.
 inline void remove(std::string_view name, const std::filesystem::path& base = directory) {
   const auto file = path(name, base);
-  const gonso::detail::unique_fd dir = detail::open_directory(base.c_str());
-  if (!dir) throw gonso::detail::system_error(errno, "cannot remove {}: cannot open its folder", file.native());
+  const gonso::detail::unique_fd dir = detail::open_directory(base.c_str());  // unpersist_at reports a failure
   gonso::detail::unpersist_at(dir.get(), std::string(name), file, CLONE_NEWNET);
 }
 
