@@ -1,8 +1,12 @@
 // libFuzzer target: run_in_process reports (detail::parse_report and
-// detail::decode_report) over arbitrary bytes. Every input must end in a
-// value or a std::system_error / gonso::ProcessError: no crash, no read
-// outside the input, no allocation beyond max_report_body.
+// detail::decode_report) over arbitrary bytes, results holding fds
+// (detail::result_reader) included, with a few fds "received" alongside.
+// Every input must end in a value or a std::system_error /
+// gonso::ProcessError: no crash, no read outside the input, no allocation
+// beyond max_report_body, and no fd left open.
+#include <fcntl.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <csignal>
 #include <cstddef>
@@ -11,18 +15,29 @@
 #include <span>
 #include <string>
 #include <system_error>
+#include <tuple>
+#include <utility>
+#include <vector>
 
 #include <gonso/detail/process/report.hpp>
 
 namespace {
 
+// `fds` as the child would have sent them: fresh ones each time, since a
+// decode that succeeds hands them to its value and one that fails closes them.
+std::vector<gonso::Fd> received(std::size_t fds) {
+  std::vector<gonso::Fd> out;
+  for (std::size_t i = 0; i < fds; ++i) out.emplace_back(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  return out;
+}
+
 template <typename R>
-void decode(std::span<const char> bytes, int status) {
+void decode(std::span<const char> bytes, int status, std::size_t fds = 0) {
   try {
     if constexpr (std::is_void_v<R>) {
-      gonso::detail::decode_report<R>(bytes, status);
+      gonso::detail::decode_report<R>(bytes, status, received(fds));
     } else {
-      (void)gonso::detail::decode_report<R>(bytes, status);
+      (void)gonso::detail::decode_report<R>(bytes, status, received(fds));
     }
   } catch (const gonso::ProcessError&) {
   } catch (const std::system_error&) {
@@ -51,5 +66,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     decode<bool>(bytes, status);
     decode<std::string>(bytes, status);
   }
+  const int open_before = ::fcntl(0, F_DUPFD_CLOEXEC, 0);  // the lowest free fd now
+  ::close(open_before);
+  for (std::size_t fds = 0; fds < 4; ++fds) {
+    decode<gonso::Fd>(bytes, 0, fds);
+    decode<std::vector<gonso::Fd>>(bytes, 0, fds);
+    decode<std::pair<int, std::string>>(bytes, 0, fds);
+    decode<std::tuple<gonso::Fd, bool, std::string, std::vector<gonso::Fd>, double>>(bytes, 0, fds);
+  }
+  const int open_after = ::fcntl(0, F_DUPFD_CLOEXEC, 0);
+  ::close(open_after);
+  if (open_after != open_before) std::abort();  // an fd was left open
   return 0;
 }
