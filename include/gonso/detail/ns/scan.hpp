@@ -164,7 +164,7 @@ class proc_scanner {
     if (!procfd) throw system_error(errno, "cannot open /proc");
     device_ = nsfs_device();
     // 64 KiB: about 2500 processes per getdents64 call.
-    constexpr std::size_t buffer_size = 64 * 1024;
+    constexpr std::size_t buffer_size = std::size_t{64} * 1024;
     const auto buffer = std::make_unique<char[]>(buffer_size);
     for (;;) {
       const long got = ::syscall(SYS_getdents64, procfd.get(), buffer.get(), buffer_size);
