@@ -11,8 +11,11 @@
 #include <sched.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -47,6 +50,7 @@
 #include <fmt/format.h>
 
 #include <gonso/executor.hpp>
+#include <gonso/namespaces.hpp>
 #include <gonso/persist.hpp>
 #include <gonso/pool.hpp>
 #include <gonso/set.hpp>
@@ -361,8 +365,95 @@ class BoundNamespace {
   fs::path file_;
 };
 
+/// `count` extra processes that only wait, for the figures that list the
+/// host's processes: children made with clone(CLONE_VM), so that 10,000 of
+/// them cost kernel memory but no copy of this process's page tables. Each
+/// closes the copy of the fd table it got (sharing this one would slow
+/// every fd this process opens, and keep its namespaces alive), then only
+/// waits in pause(), with raw system calls;
+/// PR_SET_PDEATHSIG kills it should this program die without the destructor,
+/// which kills and reaps them all.
+class Crowd {
+ public:
+  explicit Crowd(int count) {
+    check_room(count);
+    stacks_ = ::mmap(nullptr, stack_size * static_cast<std::size_t>(count), PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+    if (stacks_ == MAP_FAILED) throw_errno("cannot map the stacks of the waiting processes");
+    mapped_ = stack_size * static_cast<std::size_t>(count);
+    pids_.reserve(static_cast<std::size_t>(count));
+    parent_ = ::getpid();
+    for (int i = 0; i < count; ++i) {
+      char* top = static_cast<char*>(stacks_) + stack_size * static_cast<std::size_t>(i + 1);
+      const int pid = ::clone(wait_forever, top, CLONE_VM | SIGCHLD, &parent_);
+      if (pid < 0) {
+        const int err = errno;
+        stop();
+        throw std::system_error(err, std::generic_category(), fmt::format("cannot start waiting process {}", i + 1));
+      }
+      pids_.push_back(pid);
+      if (i % 1000 == 999) check_interrupted();  // the destructor kills what was started
+    }
+  }
+  Crowd(const Crowd&) = delete;
+  Crowd& operator=(const Crowd&) = delete;
+  ~Crowd() { stop(); }
+
+  [[nodiscard]] std::size_t size() const noexcept { return pids_.size(); }
+
+ private:
+  static constexpr std::size_t stack_size = 16 * 1024;
+
+  static int wait_forever(void* parent) {
+    ::syscall(SYS_close_range, 0U, ~0U, 0U);
+    ::syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    if (::syscall(SYS_getppid) != *static_cast<const pid_t*>(parent)) ::syscall(SYS_exit, 0);
+    for (;;) ::syscall(SYS_pause);
+  }
+
+  // pid_max, threads-max and, without root, RLIMIT_NPROC must leave room for
+  // them beside what runs already (with a margin for the rest of the host).
+  static void check_room(int count) {
+    const auto read_number = [](const char* path) { return std::stoll(read_text(path)); };
+    const long long pid_max = read_number("/proc/sys/kernel/pid_max");
+    const long long threads_max = read_number("/proc/sys/kernel/threads-max");
+    // /proc/loadavg: "0.00 0.01 0.05 RUNNING/TOTAL LAST", TOTAL counting threads.
+    const std::string load = read_text("/proc/loadavg");
+    const auto slash = load.find('/');
+    const long long running = slash == std::string::npos ? 0 : std::stoll(load.substr(slash + 1));
+    const long long wanted = running + count + 1000;
+    if (wanted > pid_max || wanted > threads_max) {
+      throw std::runtime_error(fmt::format("{} more processes do not fit: {} tasks run, pid_max is {}, threads-max {}",
+                                           count, running, pid_max, threads_max));
+    }
+    rlimit procs{};
+    if (::geteuid() != 0 && ::getrlimit(RLIMIT_NPROC, &procs) == 0 && procs.rlim_cur != RLIM_INFINITY &&
+        static_cast<long long>(procs.rlim_cur) < wanted) {
+      throw std::runtime_error(fmt::format("{} more processes exceed RLIMIT_NPROC ({})", count, procs.rlim_cur));
+    }
+  }
+
+  void stop() noexcept {
+    for (const pid_t pid : pids_) ::kill(pid, SIGKILL);
+    for (const pid_t pid : pids_) {
+      while (::waitpid(pid, nullptr, __WALL) < 0 && errno == EINTR) {
+      }
+    }
+    pids_.clear();
+    if (mapped_ != 0) ::munmap(stacks_, mapped_);
+    mapped_ = 0;
+  }
+
+  void* stacks_ = nullptr;
+  std::size_t mapped_ = 0;
+  pid_t parent_ = 0;
+  std::vector<pid_t> pids_;
+};
+
 struct Context {
   Plan plan = full_plan;
+  int crowd_size = 10'000;            // the extra processes of the listing figures (20 with --quick)
+  std::unique_ptr<Crowd> crowd;       // and those processes, while the figures run
   gonso::Set base;                    // this thread's namespaces
   gonso::Set net;                     // base with a fresh net namespace: what most figures run in
   std::vector<gonso::Set> net_sets;   // distinct net Sets for the round-robin figures
@@ -728,6 +819,63 @@ Result threads_at_1000_sets(Context& ctx) {
 
 // Idle workers must cost nothing. The first second lets any spinning after
 // the last run stop; the second must then show no CPU time at all.
+// The listing figures: the host's namespaces with 10,000 more processes
+// alive (20 with --quick), started once for both.
+Crowd& crowd(Context& ctx) {
+  if (!ctx.crowd) ctx.crowd = std::make_unique<Crowd>(ctx.crowd_size);
+  return *ctx.crowd;
+}
+
+Result scan_namespaces_10000_procs(Context& ctx) {
+  (void)crowd(ctx);
+  std::size_t found = 0;
+  const Value v = measure(ctx.plan, [&] { found += gonso::scan_namespaces().namespaces.size(); });
+  if (found == 0) throw std::logic_error("the scans found no namespace");
+  return v;
+}
+
+// util-linux lsns -J (every kind, its default columns as JSON), all its
+// output read through a pipe, then waited for. Each run lasts seconds, so
+// fewer samples are taken than for the other figures.
+Result lsns_json_10000_procs(Context& ctx) {
+  (void)crowd(ctx);
+  std::string path = "/usr/bin/lsns";
+  std::string json = "-J";
+  std::array<char*, 3> argv{path.data(), json.data(), nullptr};
+  std::vector<char> chunk(64 * 1024);
+  const auto run = [&] {
+    int out[2];
+    if (::pipe2(out, O_CLOEXEC) != 0) throw_errno("cannot make a pipe for lsns");
+    const Fd read_end(out[0]);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
+    pid_t pid = 0;
+    const int err = ::posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    ::close(out[1]);
+    if (err != 0) throw std::system_error(err, std::generic_category(), "cannot posix_spawn /usr/bin/lsns -J");
+    std::size_t total = 0;
+    for (ssize_t n; (n = ::read(read_end.get(), chunk.data(), chunk.size())) != 0;) {
+      if (n < 0 && errno != EINTR) throw_errno("cannot read the output of lsns -J");
+      if (n > 0) total += static_cast<std::size_t>(n);
+    }
+    expect_success(pid, "lsns -J");
+    if (total == 0) throw std::runtime_error("lsns -J printed nothing");
+  };
+  const int samples = std::min(ctx.plan.single_samples, 11);
+  run();  // warmup
+  std::vector<double> times;
+  for (int i = 0; i < samples; ++i) {
+    check_interrupted();
+    const auto start = Clock::now();
+    run();
+    times.push_back(nanoseconds(Clock::now() - start));
+  }
+  ctx.crowd.reset();  // the last figure that needs them
+  return Value{median(std::move(times)), fmt::format("{}×1", samples)};
+}
+
 Result idle_cpu_ticks([[maybe_unused]] Context& ctx) {
   std::this_thread::sleep_for(1s);
   const long long before = process_cpu_ticks();
@@ -811,6 +959,10 @@ constexpr std::array figures{
     Figure{"copy_set", Unit::ns, "copy of a Set of every kind, then its destruction", copy_set},
     Figure{"threads_at_1000_sets", Unit::threads, "threads, 1000 net Sets alive, after their runs",
            threads_at_1000_sets},
+    Figure{"scan_namespaces_10000_procs", Unit::ns, "gonso::scan_namespaces(), 10,000 more processes alive",
+           scan_namespaces_10000_procs},
+    Figure{"lsns_json_10000_procs", Unit::ns, "util-linux lsns -J, its output read, 10,000 more processes alive",
+           lsns_json_10000_procs},
     Figure{"idle_cpu_ticks", Unit::ticks, "CPU time of this process in 1 s, 1 s after the last run", idle_cpu_ticks},
 };
 
@@ -856,6 +1008,7 @@ constexpr std::array targets{
     ratio("run_restore_net_1000sets", "run_restore_net_1set", Target::Bound::at_most, 1.1),
     Target{figure_index("fds_at_1000_sets"), std::nullopt, Target::Bound::at_most, 1100},
     Target{figure_index("idle_cpu_ticks"), std::nullopt, Target::Bound::equal, 0},
+    ratio("lsns_json_10000_procs", "scan_namespaces_10000_procs", Target::Bound::at_least, 5),
 };
 
 // ---------------------------------------------------------------------------
@@ -1014,7 +1167,8 @@ std::vector<std::string> still_bound(const std::vector<fs::path>& files) {
 
 /// Ends what gonso keeps and checks that the run left no mount and no
 /// process behind. Returns false, having said why, when it did.
-bool clean_up(const Context& ctx) {
+bool clean_up(Context& ctx) {
+  ctx.crowd.reset();  // after an error or a signal during the listing figures
   gonso::retire_idle_workers();
   bool clean = true;
   for (const std::string& file : still_bound(ctx.bound_files)) {
@@ -1036,14 +1190,17 @@ struct Options {
   bool quick = false;
   bool json = false;
   bool help = false;
+  std::vector<std::string> only;  // --only: these figures alone; the targets of others show n/a
 };
 
 constexpr std::string_view usage =
-    "usage: gonso-bench [--quick] [--json] [--help]\n"
+    "usage: gonso-bench [--quick] [--json] [--only FIGURE,...] [--help]\n"
     "  Measures gonso against the system calls and tools it stands for. Run as root.\n"
     "  --quick  tiny counts: runs every figure once or so, measures nothing\n"
     "  --json   print only one JSON object: figure name -> median ns per op (or count),\n"
-    "           and \"targets\": each target's ratio, limit and whether it was met\n";
+    "           and \"targets\": each target's ratio, limit and whether it was met\n"
+    "  --only   measure only the figures named (comma-separated), e.g.\n"
+    "           --only scan_namespaces_10000_procs,lsns_json_10000_procs\n";
 
 std::optional<Options> parse(int argc, char** argv) {
   Options options;
@@ -1055,6 +1212,17 @@ std::optional<Options> parse(int argc, char** argv) {
       options.quick = true;
     } else if (arg == "--json") {
       options.json = true;
+    } else if (arg == "--only" && i + 1 < argc) {
+      std::string_view list = argv[++i];
+      while (!list.empty()) {
+        const std::size_t comma = std::min(list.find(','), list.size());
+        const std::string_view name = list.substr(0, comma);
+        if (std::none_of(figures.begin(), figures.end(), [&](const Figure& f) { return f.name == name; })) {
+          return std::nullopt;
+        }
+        options.only.emplace_back(name);
+        list.remove_prefix(std::min(comma + 1, list.size()));
+      }
     } else {
       return std::nullopt;
     }
@@ -1078,6 +1246,7 @@ int main(int argc, char** argv) {
 
   Context ctx;
   ctx.plan = options->quick ? quick_plan : full_plan;
+  if (options->quick) ctx.crowd_size = 20;
   std::vector<Result> results(figures.size());
   int status = 0;
   int busy_starts = 0;  // figures that began while the machine was busy with other work
@@ -1087,6 +1256,10 @@ int main(int argc, char** argv) {
     if (!options->json) print_header(ctx.plan, options->quick);
     for (std::size_t i = 0; i < figures.size(); ++i) {
       current = figures[i].name;
+      if (!options->only.empty() &&
+          std::find(options->only.begin(), options->only.end(), figures[i].name) == options->only.end()) {
+        continue;
+      }
       if (!options->quick && !settle()) ++busy_starts;
       results[i] = figures[i].measure(ctx);
       if (!options->json) print_row(figures[i], results[i]);

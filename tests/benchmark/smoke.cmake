@@ -21,7 +21,8 @@ set(keys
   run_restore_net run_norestore_net run_restore_net_uts_ipc copy_set
   process_run_net spawn_true_net nsenter_true_net unshare_net
   run_restore_net_1set run_restore_net_10sets run_restore_net_1000sets
-  fds_at_1000_sets threads_at_1000_sets idle_cpu_ticks executor_net executor_net_unverified pool_get_net)
+  fds_at_1000_sets threads_at_1000_sets idle_cpu_ticks executor_net executor_net_unverified pool_get_net
+  scan_namespaces_10000_procs lsns_json_10000_procs)
 
 foreach(key IN LISTS keys)
   string(JSON type ERROR_VARIABLE error TYPE "${out}" "${key}")
