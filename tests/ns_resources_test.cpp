@@ -417,9 +417,9 @@ TEST_CASE("Set::open opens the file of the Set's mount namespace", "[privileged]
 }
 
 TEST_CASE("Set::socket and Set::open refuse bad input before starting anything", "[fd]") {
+  const Set uts = Set::current(Kind::uts);
   const std::size_t fds = test::count_fds();
   const std::size_t threads = test::count_threads();
-  const Set uts = Set::current(Kind::uts);
   CHECK_THROWS_AS((void)uts.socket(AF_INET, SOCK_DGRAM), std::invalid_argument);
   CHECK_THROWS_AS((void)Set().open("/etc/hostname", O_RDONLY), std::logic_error);
   CHECK_THROWS_AS((void)uts.open(std::string("/etc\0x", 6), O_RDONLY), std::invalid_argument);
