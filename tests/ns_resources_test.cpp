@@ -231,6 +231,7 @@ TEST_CASE("run_in_process hands back fds the child opened, with other values", "
 
     const std::vector<Fd> many = here.run_in_process([] {
       std::vector<Fd> out;
+      out.reserve(6);
       for (int i = 0; i < 5; ++i) out.emplace_back(::open("/dev/null", O_RDONLY | O_CLOEXEC));
       out.emplace_back();
       return out;
@@ -249,6 +250,7 @@ TEST_CASE("run_in_process: a callable that throws after opening fds leaks none",
   // More fds than one message carries: refused in the child, with a message.
   CHECK_THROWS_WITH(Set::current().run_in_process([] {
     std::vector<Fd> out;
+    out.reserve(300);
     for (int i = 0; i < 300; ++i) out.emplace_back(::open("/dev/null", O_RDONLY | O_CLOEXEC));
     return out;
   }),
