@@ -138,8 +138,8 @@ class NamedNetns {
  public:
   NamedNetns() : name_(fmt::format("{}res{}", test::own_prefix(), counter_++)) {
     set_ = gonso::netns::create(name_);
-    const auto made = test::run_tool(fmt::format("ip -n {0} link add {1}0 type veth peer {1}1 2>&1 && ip -n {0} link set lo up 2>&1",
-                                                 name_, link_prefix));
+    const auto made = test::run_tool(fmt::format(
+        "ip -n {0} link add {1}0 type veth peer {1}1 2>&1 && ip -n {0} link set lo up 2>&1", name_, link_prefix));
     if (!made.ok()) {
       (void)gonso::netns::remove_if_exists(name_);
       throw std::runtime_error("ip link add: " + made.out);
@@ -386,7 +386,8 @@ TEST_CASE("Set::open opens the file of the Set's mount namespace", "[privileged]
   const Set box = Set::current().unshare(Kind::mnt);
   // A tmpfs mounted over the folder inside only (/ is rprivate there).
   const auto seen = box.run_in_process([d = dir.path().string()] {
-    if (::mount("tmpfs", d.c_str(), "tmpfs", 0, "size=64k") != 0) throw std::system_error(errno, std::generic_category(), "mount");
+    if (::mount("tmpfs", d.c_str(), "tmpfs", 0, "size=64k") != 0)
+      throw std::system_error(errno, std::generic_category(), "mount");
     const Fd f(::open((d + "/inside").c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0600));
     (void)!::write(f.get(), "inside", 6);
     struct stat st {};
@@ -465,9 +466,8 @@ TEST_CASE("RunContext::host is where the worker came from, usable after the run"
   const Set net = Set::current(Kind::net).unshare(Kind::net);
   for (const bool restore : {true, false}) {
     CAPTURE(restore);
-    const auto [host, inside] = net.run(restore, [](gonso::RunContext& ctx) {
-      return std::pair(ctx.host(), test::thread_ns(Kind::net));
-    });
+    const auto [host, inside] =
+        net.run(restore, [](gonso::RunContext& ctx) { return std::pair(ctx.host(), test::thread_ns(Kind::net)); });
     CHECK(inside == net.identity(Kind::net));
     CHECK(host.identity(Kind::net) == caller);
     CHECK(host.identity(Kind::uts) == test::thread_ns(Kind::uts));

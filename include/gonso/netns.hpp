@@ -45,8 +45,7 @@ inline void check_name(std::string_view name) { gonso::detail::check_netns_name(
 
 /// The file of namespace `name`, BASE/NAME (by default /run/netns/NAME).
 /// Checks the name, and a base other than /run/netns (check_base).
-[[nodiscard]] inline std::filesystem::path path(std::string_view name,
-                                                const std::filesystem::path& base = directory) {
+[[nodiscard]] inline std::filesystem::path path(std::string_view name, const std::filesystem::path& base = directory) {
   check_name(name);
   if (base != directory) detail::check_base(base);
   return base / std::string(name);

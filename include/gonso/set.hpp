@@ -382,7 +382,8 @@ class Set {
   /// errno (EAFNOSUPPORT, EPERM for a raw socket without CAP_NET_RAW in the
   /// namespace's owner, ...) or the join's.
   [[nodiscard]] Fd socket(int domain, int type, int protocol = 0) const {
-    if (!contains(Kind::net)) throw std::invalid_argument(fmt::format("Set {} holds no net namespace to make a socket in", kinds_));
+    if (!contains(Kind::net))
+      throw std::invalid_argument(fmt::format("Set {} holds no net namespace to make a socket in", kinds_));
     const Set inside = dup(kinds_ & (Kind::net | Kind::user));
     const auto make = [domain, type, protocol] {
       Fd fd(::socket(domain, type | SOCK_CLOEXEC, protocol));
@@ -524,8 +525,11 @@ inline Set RunContext::host(Kinds kinds) const {
   // (…/task/TID/ns), which a joined mount namespace does not change.
   const std::string dir = fmt::format("../../{}/ns", creator_tid_);
   detail::unique_fd fd(::openat(ns_dir_, dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
-  if (!fd) throw detail::system_error(errno, "cannot open the namespaces of thread {}, which started this worker", creator_tid_);
-  return detail::set_access::adopt<Set>(detail::open_proc_ns(fd.get(), "", kinds, "the thread that started this worker"));
+  if (!fd)
+    throw detail::system_error(errno, "cannot open the namespaces of thread {}, which started this worker",
+                               creator_tid_);
+  return detail::set_access::adopt<Set>(
+      detail::open_proc_ns(fd.get(), "", kinds, "the thread that started this worker"));
 }
 
 }  // namespace gonso

@@ -28,7 +28,8 @@ namespace gonso {
 /// absolute `relative` or one that climbs out with "..".
 [[nodiscard]] inline std::filesystem::path thread_proc_path(std::string_view relative = {}) {
   const std::filesystem::path rel(relative);
-  if (rel.is_absolute()) throw std::invalid_argument("thread_proc_path: the path must be relative to /proc/thread-self");
+  if (rel.is_absolute())
+    throw std::invalid_argument("thread_proc_path: the path must be relative to /proc/thread-self");
   for (const auto& part : rel) {
     if (part == "..") throw std::invalid_argument("thread_proc_path: the path may not climb out with \"..\"");
   }

@@ -42,15 +42,14 @@ struct is_pair_or_tuple<std::tuple<T...>> : std::true_type {};
 /// One part of an encoded result: an Fd, a vector of them, a string or a
 /// value copied as bytes.
 template <typename T>
-inline constexpr bool result_part = std::is_same_v<T, Fd> || std::is_same_v<T, std::vector<Fd>> ||
-                                    std::is_same_v<T, std::string> || byte_value<T>;
+inline constexpr bool result_part =
+    std::is_same_v<T, Fd> || std::is_same_v<T, std::vector<Fd>> || std::is_same_v<T, std::string> || byte_value<T>;
 
 template <typename R>
 constexpr bool tuple_of_parts() {
   if constexpr (is_pair_or_tuple<R>::value) {
-    return []<std::size_t... I>(std::index_sequence<I...>) {
-      return (result_part<std::tuple_element_t<I, R>> && ...);
-    }(std::make_index_sequence<std::tuple_size_v<R>>{});
+    return []<std::size_t... I>(std::index_sequence<I...>) { return (result_part<std::tuple_element_t<I, R>> && ...); }
+    (std::make_index_sequence<std::tuple_size_v<R>>{});
   } else {
     return false;
   }
@@ -59,8 +58,8 @@ constexpr bool tuple_of_parts() {
 /// Results that take the encoded path: an Fd, a vector of Fds, or a pair
 /// or tuple of parts. (A pair of ints is not trivially copyable either.)
 template <typename R>
-inline constexpr bool encoded_result =
-    std::is_same_v<R, Fd> || std::is_same_v<R, std::vector<Fd>> || tuple_of_parts<R>();
+inline constexpr bool encoded_result = std::is_same_v<R, Fd> || std::is_same_v<R, std::vector<Fd>> ||
+                                       tuple_of_parts<R>();
 
 // The body: the parts in order. An Fd is one byte, 1 when it held an fd
 // (the next one received) and 0 when empty; a vector is its u32 length,
@@ -125,7 +124,8 @@ class result_reader {
       return [&]<std::size_t... I>(std::index_sequence<I...>) {
         // Braced: the parts are read left to right.
         return R{read_part<std::tuple_element_t<I, R>>()...};
-      }(std::make_index_sequence<std::tuple_size_v<R>>{});
+      }
+      (std::make_index_sequence<std::tuple_size_v<R>>{});
     } else {
       return read_part<R>();
     }

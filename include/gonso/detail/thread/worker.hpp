@@ -68,7 +68,13 @@ class worker {
   /// thread's, read by the pool before it starts one it may keep (see
   /// worker_pool::acquire); a worker never pooled needs none.
   worker(worker_pool* pool, std::shared_ptr<const anchor> home, bool once = false, credentials creds = {})
-      : pool_(pool), owner_(::getpid()), creator_tid_(this_tid()), once_(once), creds_(std::move(creds)), home_(std::move(home)), thread_([this] {
+      : pool_(pool),
+        owner_(::getpid()),
+        creator_tid_(this_tid()),
+        once_(once),
+        creds_(std::move(creds)),
+        home_(std::move(home)),
+        thread_([this] {
           loop();
           // The last worker of a home ends its anchor too.
           home_.reset();
