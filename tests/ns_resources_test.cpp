@@ -19,24 +19,29 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <set>
 #include <string>
 #include <system_error>
+#include <thread>
 #include <tuple>
 #include <utility>
 #include <vector>
 
 #include "support/baseline.hpp"
 #include "support/cases.hpp"
+#include "support/fault.hpp"
 #include "support/fixtures.hpp"
 #include "support/kernel_view.hpp"
 #include "support/mounts.hpp"
 #include "support/privilege.hpp"
 #include "support/tools.hpp"
 
+#include <gonso/executor.hpp>
 #include <gonso/netns.hpp>
 #include <gonso/set.hpp>
 
@@ -527,5 +532,124 @@ TEST_CASE("netns base folders: bad ones are refused, symlinks never followed", "
     CHECK(std::filesystem::is_empty(target));
     // A name that the default folder lacks (whatever state /run/netns is in).
     CHECK_FALSE(gonso::netns::remove_if_exists(test::own_prefix() + "never-made"));
+  });
+}
+
+TEST_CASE("a run_in_process callable cannot read another run's channels", "[privileged][process][fd]") {
+  test::require_privilege();
+  const Set sandbox = Set::current(Kind::net).unshare(Kind::net);
+  const Set victim_set = Set::current(Kind::net).unshare(Kind::net);
+  std::atomic<bool> stop{false};
+  std::atomic<int> victim_ok{0};
+  std::atomic<int> victim_failed{0};
+  std::thread victim([&] {
+    while (!stop.load()) {
+      try {
+        const Fd fd = victim_set.run_in_process([] { return Fd(::open("/dev/null", O_RDONLY | O_CLOEXEC)); });
+        ++(fd ? victim_ok : victim_failed);
+      } catch (const std::exception&) {
+        ++victim_failed;
+      }
+    }
+  });
+  // Each callable looks for what it inherited of the caller: Unix sockets
+  // and pipes it did not make, and tries to take what is queued on them.
+  int taken = 0;
+  for (int round = 0; round < 20; ++round) {
+    taken += sandbox.run_in_process([] {
+      int got = 0;
+      const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(20);
+      while (std::chrono::steady_clock::now() < until) {
+        for (int fd = 3; fd < 512; ++fd) {
+          int type = 0;
+          socklen_t len = sizeof type;
+          if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_SEQPACKET) {
+            alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 8)];
+            char byte = 0;
+            iovec iov{&byte, 1};
+            msghdr m{};
+            m.msg_iov = &iov;
+            m.msg_iovlen = 1;
+            m.msg_control = control;
+            m.msg_controllen = sizeof control;
+            if (::recvmsg(fd, &m, MSG_DONTWAIT) > 0) ++got;
+          }
+        }
+      }
+      return got;
+    });
+  }
+  stop.store(true);
+  victim.join();
+  CHECK(taken == 0);
+  CHECK(victim_failed.load() == 0);
+  CHECK(victim_ok.load() > 0);
+}
+
+TEST_CASE("run_in_process: fds that do not fit the caller's fd table are EMFILE, none left",
+          "[privileged][process][fd]") {
+  test::require_privilege();
+  const Set here = Set::current();
+  const std::size_t fds = test::count_fds();
+  {
+    const test::FdLimit limit(12);  // room for the channels, not for 100 fds more
+    try {
+      (void)here.run_in_process([] {
+        std::vector<Fd> out;
+        out.reserve(100);
+        for (int i = 0; i < 100; ++i) out.emplace_back(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+        return out;
+      });
+      FAIL("100 fds fit a table with room for 12");
+    } catch (const std::system_error& e) {
+      CHECK(e.code().value() == EMFILE);
+    }
+  }
+  CHECK(test::count_fds() == fds);
+}
+
+TEST_CASE("RunContext::host is the calling thread's, on an Executor and in a nested run too", "[privileged][netns]") {
+  test::require_privilege();
+  const gonso::Identity caller = test::thread_ns(Kind::net);
+  const Set a = Set::current(Kind::net).unshare(Kind::net);
+  const Set b = Set::current(Kind::net).unshare(Kind::net);
+  const gonso::Executor in_a(a);
+  CHECK(in_a.run([](gonso::RunContext& ctx) { return ctx.host(Kind::net).identity(Kind::net); }) == caller);
+  // Called from inside a, the host of a run in b is a, whichever worker runs it.
+  for (int i = 0; i < 2; ++i) {
+    const gonso::Identity host = a.run(true, [&] {
+      return b.run(true, [](gonso::RunContext& ctx) { return ctx.host(Kind::net).identity(Kind::net); });
+    });
+    CHECK(host == a.identity(Kind::net));
+  }
+  CHECK(test::thread_ns(Kind::net) == caller);
+}
+
+TEST_CASE("netns in a base folder: open and list follow no symlink, and open no FIFO", "[privileged][netns]") {
+  test::require_privilege();
+  test::leaves_machine_as_found([] {
+    const test::TempDir tmp;
+    const std::filesystem::path base = tmp.path() / "netns";
+    const Set made = gonso::netns::create("ctr0", base);
+    std::filesystem::create_directory_symlink(base, tmp.path() / "link");
+    const auto errno_of = [](auto&& call) {
+      try {
+        call();
+      } catch (const std::system_error& e) {
+        return e.code().value();
+      }
+      return 0;
+    };
+    CHECK(errno_of([&] { (void)gonso::netns::open("ctr0", tmp.path() / "link"); }) == ENOTDIR);
+    CHECK(errno_of([&] { (void)gonso::netns::list(tmp.path() / "link"); }) == ENOTDIR);
+    // A name that is a symlink to another namespace file is not followed.
+    std::filesystem::create_symlink("/proc/self/ns/net", base / "alias");
+    CHECK(errno_of([&] { (void)gonso::netns::open("alias", base); }) == EINVAL);  // the link itself: no namespace
+    REQUIRE(::mkfifo((base / "fifo").c_str(), 0600) == 0);
+    CHECK(errno_of([&] { (void)gonso::netns::open("fifo", base); }) == EINVAL);  // and returns at once
+    CHECK(gonso::netns::open("ctr0", base) == made);
+    ::unlink((base / "alias").c_str());
+    ::unlink((base / "fifo").c_str());
+    CHECK(gonso::netns::remove_if_exists("ctr0", base));
   });
 }

@@ -45,6 +45,13 @@ struct NamespaceInfo {
   /// reused. Throws std::system_error: ESRCH when none of the pids is still
   /// in it (the namespace may be gone), EACCES or EPERM when the caller may
   /// not open those that were not seen to have left it.
+  ///
+  /// The match is on the namespace id where the scan read one (ns_id, which
+  /// the kernel never hands out twice). Without it (relations off, or a
+  /// kernel without NS_GET_ID) it is on device and inode alone, which nsfs
+  /// reuses once a namespace is gone: a process that took a listed pid may
+  /// then be in a newer namespace with the same inode, and open() would
+  /// return that one. Scan with relations where that matters.
   [[nodiscard]] Set open() const {
     int refused = 0;
     for (const pid_t pid : pids) {

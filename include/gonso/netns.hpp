@@ -89,18 +89,45 @@ inline void add(const Set& set, std::string_view name, const std::filesystem::pa
 
 /// Opens the network namespace named `name`, whoever made it. Throws
 /// std::invalid_argument for a bad name, std::system_error(ENOENT) for an
-/// unknown one, (EINVAL) when the file is not a network namespace.
+/// unknown one, (EINVAL) when the file is not a network namespace. In a base
+/// folder other than /run/netns nothing is followed: a symlink in the
+/// folder's path is ENOTDIR or ELOOP, and a name that is no namespace file
+/// itself (a symlink to one, a FIFO) is EINVAL, found before it is opened.
 [[nodiscard]] inline Set open(std::string_view name, const std::filesystem::path& base = directory) {
-  return Set::from_file(Kind::net, path(name, base));
+  const auto file = path(name, base);
+  if (base == directory) return Set::from_file(Kind::net, file);
+  using gonso::detail::system_error;
+  const gonso::detail::unique_fd dir = detail::open_directory(base.c_str());
+  if (!dir) throw system_error(errno, "cannot open net namespace {}: cannot open its folder", file.native());
+  const gonso::detail::unique_fd link(::openat(dir.get(), std::string(name).c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+  if (!link) throw system_error(errno, "cannot open net namespace {}", file.native());
+  if (!gonso::detail::on_nsfs(link.get())) {
+    throw system_error(EINVAL, "cannot open net namespace {}: it is no namespace file", file.native());
+  }
+  // Reopened through the fd: the same inode, now readable for the checks.
+  const gonso::detail::unique_fd readable(::open(gonso::detail::fd_path(link.get()).c_str(), O_RDONLY | O_CLOEXEC));
+  if (!readable) throw system_error(errno, "cannot open net namespace {}", file.native());
+  return Set::from_fd(Kind::net, readable.get());
 }
 
 /// The names in the folder, sorted, as `ip netns list` shows them; none
-/// when the folder does not exist.
+/// when the folder does not exist. A base folder other than /run/netns is
+/// opened with no symlink followed, and listed through that fd.
 [[nodiscard]] inline std::vector<std::string> list(const std::filesystem::path& base = directory) {
-  if (base != directory) detail::check_base(base);
+  std::filesystem::path where = base;
+  gonso::detail::unique_fd dir;
+  if (base != directory) {
+    detail::check_base(base);
+    dir = detail::open_directory(base.c_str());
+    if (!dir) {
+      if (errno == ENOENT) return {};
+      throw gonso::detail::system_error(errno, "cannot list {} (a folder, never followed as a symlink)", base.native());
+    }
+    where = gonso::detail::fd_path(dir.get());
+  }
   std::vector<std::string> names;
   std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(base, ec)) {
+  for (const auto& entry : std::filesystem::directory_iterator(where, ec)) {
     names.push_back(entry.path().filename().string());
   }
   if (ec && ec != std::errc::no_such_file_or_directory) {

@@ -5,7 +5,6 @@
 #include <sys/types.h>
 
 #include <gonso/detail/fwd.hpp>
-#include <gonso/detail/ns/ns_file.hpp>
 #include <gonso/kind.hpp>
 
 namespace gonso {
@@ -37,14 +36,15 @@ class RunContext {
   /// The restore itself may still fail, which discards the thread.
   [[nodiscard]] bool will_restore() const noexcept { return restore_ && !discard_; }
 
-  /// The namespaces of `kinds` this thread came from, and goes back to
-  /// after the run: the process's own for a reused worker, the calling
-  /// thread's for a new one (as Set::run says of the kinds a Set does not
-  /// hold). This is CNI's `hostNS`: a callable configuring a container's
-  /// network can reach back for the host side, e.g. to move one end of a
-  /// veth pair there. The Set holds the namespaces by fd: it stays valid
+  /// The namespaces of `kinds` of the thread that called run (or
+  /// Executor::run) and waits for this callable: CNI's `hostNS`, so that a
+  /// callable configuring a container's network can reach back for the
+  /// caller's side, e.g. to move one end of a veth pair there. Opened when
+  /// asked, through the worker's own procfs, so a mount namespace the worker
+  /// joined does not change the answer; held by fd, so the Set stays valid
   /// after the run. Defined in set.hpp. Throws std::system_error when a
-  /// namespace cannot be opened.
+  /// namespace cannot be opened (ENOENT when /proc shows another pid
+  /// namespace than the process's own, which numbers threads differently).
   [[nodiscard]] Set host(Kinds kinds = default_kinds) const;
 
  private:
@@ -53,12 +53,10 @@ class RunContext {
 
   bool restore_;
   bool discard_ = false;
-  // Where the worker came from (see host()): its start's namespaces, when
-  // it opened them, else the thread that created it, found beside the
-  // worker's own /proc/thread-self/ns.
-  const detail::ns_handles* origin_ = nullptr;
+  // For host(): the worker's /proc/thread-self/ns, opened before it joined
+  // anything, beside which the caller's task folder is found.
   int ns_dir_ = -1;
-  pid_t creator_tid_ = -1;
+  pid_t caller_tid_ = -1;
 };
 
 }  // namespace gonso

@@ -502,34 +502,13 @@ class Set {
 
 inline Set RunContext::host(Kinds kinds) const {
   detail::checked(kinds, "RunContext::host");
-  if (origin_ != nullptr) {
-    // Opened when the worker started; user and time, which no thread of a
-    // multithreaded process can change, are read from its own links.
-    Set set;
-    Kinds rest;
-    for (Kind kind : kinds) {
-      const detail::ns_handle& ns = (*origin_)[detail::index_of(kind)];
-      if (ns.fd) {
-        detail::set_access::put(set, kind, detail::ns_handle(ns));
-      } else {
-        rest |= kind;
-      }
-    }
-    if (rest.empty()) return set;
-    detail::opened_ns own = detail::open_proc_ns(ns_dir_, "", rest, "this thread");
-    for (Kind kind : rest) detail::set_access::put(set, kind, std::move(own.ns[detail::index_of(kind)]));
-    return set;
-  }
-  // The creator is blocked in run() until the callable returns: its links
-  // are where this thread came from. Reached through the worker's procfs fd
-  // (…/task/TID/ns), which a joined mount namespace does not change.
-  const std::string dir = fmt::format("../../{}/ns", creator_tid_);
+  // The caller is blocked in run() until the callable returns: its links
+  // are where it called from. Reached through the worker's procfs fd
+  // (.../task/TID/ns), which a joined mount namespace does not change.
+  const std::string dir = fmt::format("../../{}/ns", caller_tid_);
   detail::unique_fd fd(::openat(ns_dir_, dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
-  if (!fd)
-    throw detail::system_error(errno, "cannot open the namespaces of thread {}, which started this worker",
-                               creator_tid_);
-  return detail::set_access::adopt<Set>(
-      detail::open_proc_ns(fd.get(), "", kinds, "the thread that started this worker"));
+  if (!fd) throw detail::system_error(errno, "cannot open the namespaces of thread {}, which called run", caller_tid_);
+  return detail::set_access::adopt<Set>(detail::open_proc_ns(fd.get(), "", kinds, "the thread that called run"));
 }
 
 }  // namespace gonso

@@ -27,6 +27,7 @@
 #include <gonso/detail/process/etc_overlay.hpp>
 #include <gonso/detail/process/join.hpp>
 #include <gonso/detail/process/launch.hpp>
+#include <gonso/detail/process/private_fds.hpp>
 #include <gonso/detail/process/program_setup.hpp>
 #include <gonso/detail/process/report.hpp>
 #include <gonso/detail/sys/error.hpp>
@@ -140,24 +141,39 @@ auto run_in_child(const ns_handles& ns, Kinds kinds, const ProcessOptions& optio
   program_setup_storage storage;
   plan_program_setup(setup, storage, same, !plan_joins(plan, Kind::user), "the callable");
   const std::string cwd = options.cwd ? options.cwd->native() : std::string();
-  report_channel report = make_report_channel();
+  report_channel report;
   fd_channel fds;
-  if constexpr (encoded_result<R>) fds = make_fd_channel();
+  listed_fds listed{&report.data.read, &report.data.write, &report.bell, &fds.receive, &fds.send};
+  {
+    // Made and listed before any other run's child is forked (private_fds).
+    const private_fds::making making;
+    report = make_report_channel();
+    if constexpr (encoded_result<R>) fds = make_fd_channel();
+    listed.add_all();
+  }
   // Unflushed output would be written twice, once by each process.
   std::fflush(stdout);
   std::fflush(stderr);
   const pid_t parent = bind_syscall();
-  const pid_t pid = fork_for_callable();
-  if (pid < 0) throw system_error(errno, "cannot fork a child process to run in {} namespaces", kinds);
-  if (pid == 0) {
-    report.data.read.reset();
-    fds.receive.reset();
-    report_sink sink(report.data.write.get(), report.bell.get(), fds.send.get());
-    run_child<R>(plan, ns, etc_paths, setup, options.cwd ? cwd.c_str() : nullptr, sink, parent, fn);
+  pid_t pid = -1;
+  {
+    const private_fds::forking forking;
+    pid = fork_for_callable();
+    if (pid == 0) {
+      private_fds::instance().after_fork();
+      // Other runs' channels first, and our own read ends: only what this
+      // child writes to stays open.
+      private_fds::instance().close_others({report.data.write.get(), report.bell.get(), fds.send.get()});
+      (void)report.data.read.release();
+      (void)fds.receive.release();
+      report_sink sink(report.data.write.get(), report.bell.get(), fds.send.get());
+      run_child<R>(plan, ns, etc_paths, setup, options.cwd ? cwd.c_str() : nullptr, sink, parent, fn);
+    }
   }
+  if (pid < 0) throw system_error(errno, "cannot fork a child process to run in {} namespaces", kinds);
   child_guard child(pid);
-  report.data.write.reset();
-  fds.send.reset();
+  listed_fds::close(report.data.write);
+  listed_fds::close(fds.send);
   // Not yet reaped by us, so `pid` is still the child's; from here on the
   // pidfd names it. ESRCH: it has ended and was reaped elsewhere (the
   // application ignores SIGCHLD), so all it wrote is in the pipe, and its

@@ -8,6 +8,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
@@ -222,36 +223,55 @@ inline int send_fds(int socket, const std::vector<int>& fds) noexcept {
 /// is refused with std::system_error(EPROTO) after its fds are closed.
 [[nodiscard]] inline std::vector<Fd> receive_fds(int socket) {
   std::vector<Fd> out;
+  out.reserve(max_result_fds);  // no allocation between receiving an fd and owning it
   bool malformed = false;
-  for (int messages = 0;; ++messages) {
+  bool truncated = false;
+  // One message is a whole result. Past it, a child could queue thousands
+  // of fds: later messages are taken with no room for fds, so that the
+  // kernel closes theirs instead of installing them here; the count is bounded,
+  // so that a child (or a process it left running) cannot keep this busy.
+  for (int messages = 0; messages < 64; ++messages) {
     alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * max_result_fds)] = {};
     char byte = 0;
     iovec iov{&byte, 1};
     msghdr msg{};
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof control;
+    if (messages == 0) {
+      msg.msg_control = control;
+      msg.msg_controllen = sizeof control;
+    }
     const ssize_t n = ::recvmsg(socket, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN) break;
       throw system_error(errno, "cannot receive the callable's fds");
     }
-    if (n == 0 && msg.msg_controllen == 0) break;  // no message left (the peer is closed)
+    if (n == 0 && messages > 0) break;  // the peer is closed, nothing more queued
+    if (messages > 0) {
+      malformed = true;
+      continue;
+    }
     for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
       if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len < CMSG_LEN(0)) {
         malformed = true;
         continue;
       }
-      const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      const std::size_t count = std::min<std::size_t>((c->cmsg_len - CMSG_LEN(0)) / sizeof(int), max_result_fds);
       for (std::size_t i = 0; i < count; ++i) {
         int fd = -1;
         std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
         out.emplace_back(fd);
       }
     }
-    if (messages > 0 || (msg.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) != 0) malformed = true;
+    if ((msg.msg_flags & MSG_CTRUNC) != 0) truncated = true;
+    if ((msg.msg_flags & MSG_TRUNC) != 0) malformed = true;
+    if (n == 0) break;
+  }
+  // The kernel cuts the fds short when the caller has no room for them:
+  // the result was whole, the caller's fd table was not.
+  if (truncated) {
+    throw system_error(EMFILE, "cannot receive the callable's fds: the caller has run out of fds (RLIMIT_NOFILE)");
   }
   if (malformed) malformed_result("its fds came as more than one whole message");
   return out;

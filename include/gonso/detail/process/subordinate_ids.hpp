@@ -6,6 +6,7 @@
 #pragma once
 
 #include <fcntl.h>
+#include <poll.h>
 #include <pwd.h>
 #include <signal.h>
 #include <sys/syscall.h>
@@ -255,6 +256,44 @@ struct subordinate_maps {
   child_exit(127);
 }
 
+/// Reads the helper `child`'s output (`out`) and exec report (`err`) until
+/// it has ended, then what is left in them. Not until end of file: a child
+/// that another thread forked meanwhile (without exec) holds copies of the
+/// write ends, and would hold this up until it ends. At most 64 KiB of
+/// output is kept.
+inline void read_until_exit(pid_t child, int out, int err, std::string& out_text, std::string& err_text) {
+  const unique_fd pidfd(pidfd_open(child));
+  if (!pidfd && errno != ESRCH) throw system_error(errno, "cannot map subordinate ids: cannot watch the helper");
+  for (const int fd : {out, err}) {
+    if (::fcntl(fd, F_SETFL, O_NONBLOCK) != 0) throw system_error(errno, "cannot map subordinate ids: fcntl");
+  }
+  const auto drain = [](int fd, std::string& text) {
+    char buf[4096];
+    for (;;) {
+      const ssize_t n = ::read(fd, buf, sizeof buf);
+      if (n > 0) {
+        if (text.size() < 65536) text.append(buf, static_cast<std::size_t>(n));
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n == 0 || errno == EAGAIN) return n == 0;
+      throw system_error(errno, "cannot map subordinate ids: cannot read the helper's output");
+    }
+  };
+  bool out_open = true;
+  for (bool ended = !pidfd; !ended;) {
+    pollfd wait[2] = {{pidfd.get(), POLLIN, 0}, {out, POLLIN, 0}};
+    if (::poll(wait, out_open ? 2 : 1, -1) < 0) {
+      if (errno == EINTR) continue;
+      throw system_error(errno, "cannot map subordinate ids: cannot wait for the helper");
+    }
+    ended = (wait[0].revents & (POLLIN | POLLHUP)) != 0;
+    if (out_open && wait[1].revents != 0) out_open = !drain(out, out_text);
+  }
+  (void)drain(out, out_text);
+  (void)drain(err, err_text);
+}
+
 /// Has `helper` (newuidmap or newgidmap) write `map` for process `pid`, and
 /// waits for it. The helper is forked and reaped here whatever happens.
 /// `file` names the map ("uid_map"), read back when the application's
@@ -289,9 +328,10 @@ inline void run_id_map_helper(const char* helper, pid_t pid, const std::vector<I
   child_guard guard(child);
   said.write.reset();
   failed.write.reset();
-  std::string text = read_to_end(said.read.get());
+  std::string text;
+  std::string report;
+  read_until_exit(child, said.read.get(), failed.read.get(), text, report);
   int exec_err = 0;
-  const std::string report = read_to_end(failed.read.get());
   const int status = guard.reap_now();
   if (report.size() == sizeof exec_err) {
     std::memcpy(&exec_err, report.data(), sizeof exec_err);

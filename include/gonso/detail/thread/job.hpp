@@ -175,6 +175,10 @@ class job {
   const bool restore;
   /// A pidfd of a process in `target`'s namespaces (Set::from_pidfd), or -1.
   int pidfd = -1;
+  /// The thread that posted the job and waits for it (RunContext::host), or
+  /// -1: taken only for callables that take a RunContext, so that others do
+  /// not pay for the gettid(2).
+  pid_t caller_tid = -1;
   /// False only for an Executor whose caller vouches that callables leave
   /// the thread's namespaces alone: no setns back home, no checks.
   bool verify = true;

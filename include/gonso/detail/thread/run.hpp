@@ -14,6 +14,7 @@
 
 #include <gonso/detail/ns/ns_file.hpp>
 #include <gonso/detail/sys/error.hpp>
+#include <gonso/detail/sys/syscalls.hpp>
 #include <gonso/detail/thread/worker_pool.hpp>
 #include <gonso/kind.hpp>
 #include <gonso/run_context.hpp>
@@ -32,7 +33,9 @@ template <typename F, typename R>
 class run_job final : public job {
  public:
   run_job(const ns_handles* into, Kinds joining, bool restoring, F&& fn) noexcept
-      : job(into, joining, restoring), fn_(std::addressof(fn)) {}
+      : job(into, joining, restoring), fn_(std::addressof(fn)) {
+    if constexpr (takes_context<F>) caller_tid = this_tid();
+  }
 
   GONSO_CATCHES_FORCED_UNWIND void invoke(RunContext& ctx) override {
     try {

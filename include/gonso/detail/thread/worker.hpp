@@ -68,13 +68,7 @@ class worker {
   /// thread's, read by the pool before it starts one it may keep (see
   /// worker_pool::acquire); a worker never pooled needs none.
   worker(worker_pool* pool, std::shared_ptr<const anchor> home, bool once = false, credentials creds = {})
-      : pool_(pool),
-        owner_(::getpid()),
-        creator_tid_(this_tid()),
-        once_(once),
-        creds_(std::move(creds)),
-        home_(std::move(home)),
-        thread_([this] {
+      : pool_(pool), owner_(::getpid()), once_(once), creds_(std::move(creds)), home_(std::move(home)), thread_([this] {
           loop();
           // The last worker of a home ends its anchor too.
           home_.reset();
@@ -155,7 +149,6 @@ class worker {
 
   worker_pool* const pool_;  // null for an executor's worker, which is never pooled
   const pid_t owner_;        // the process the worker belongs to; a fork() child is another
-  const pid_t creator_tid_;  // the thread that created it, where it started (RunContext::host)
   const bool once_;          // runs one job without restore, then ends
   // The creator's, which the thread inherits: only a caller with the same
   // may take it from the pool, or a caller without CAP_SYS_ADMIN would have
@@ -192,9 +185,8 @@ class worker {
 
 GONSO_CATCHES_FORCED_UNWIND inline bool worker::perform(job& work) {
   RunContext ctx(work.restore);
-  ctx.origin_ = origin_[index_of(Kind::net)].fd ? &origin_ : nullptr;
   ctx.ns_dir_ = ns_dir_.get();
-  ctx.creator_tid_ = creator_tid_;
+  ctx.caller_tid_ = work.caller_tid;
   Kinds joined;
   try {
     if (start_error_) std::rethrow_exception(start_error_);
