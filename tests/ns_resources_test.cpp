@@ -132,6 +132,17 @@ std::string read_all(int fd) {
 
 bool cloexec(int fd) { return (::fcntl(fd, F_GETFD) & FD_CLOEXEC) != 0; }
 
+// The errno of the std::system_error `call` throws; 0 when it throws none.
+template <typename Call>
+int errno_of(Call&& call) {
+  try {
+    std::forward<Call>(call)();
+  } catch (const std::system_error& e) {
+    return e.code().value();
+  }
+  return 0;
+}
+
 // Names of the veth pair inside, short enough for IFNAMSIZ; each namespace
 // has its own. (veth, not dummy: a container may lack the dummy module.)
 constexpr const char* link_prefix = "gonso-v";
@@ -271,14 +282,6 @@ TEST_CASE("fds from a child are untrusted: a lying body or stray messages close 
     v.emplace_back(::open("/dev/null", O_RDONLY | O_CLOEXEC));
     v.emplace_back(::open("/dev/null", O_RDONLY | O_CLOEXEC));
     return v;
-  };
-  const auto errno_of = [](auto&& call) {
-    try {
-      call();
-    } catch (const std::system_error& e) {
-      return e.code().value();
-    }
-    return 0;
   };
   {
     auto v = two_fds();
@@ -632,14 +635,6 @@ TEST_CASE("netns in a base folder: open and list follow no symlink, and open no 
     const std::filesystem::path base = tmp.path() / "netns";
     const Set made = gonso::netns::create("ctr0", base);
     std::filesystem::create_directory_symlink(base, tmp.path() / "link");
-    const auto errno_of = [](auto&& call) {
-      try {
-        call();
-      } catch (const std::system_error& e) {
-        return e.code().value();
-      }
-      return 0;
-    };
     CHECK(errno_of([&] { (void)gonso::netns::open("ctr0", tmp.path() / "link"); }) == ENOTDIR);
     CHECK(errno_of([&] { (void)gonso::netns::list(tmp.path() / "link"); }) == ENOTDIR);
     // A name that is a symlink to another namespace file is not followed.
