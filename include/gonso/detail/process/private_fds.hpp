@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstddef>
 #include <initializer_list>
+#include <iterator>
 #include <thread>
 
 #include <gonso/detail/process/child_code.hpp>
@@ -132,7 +133,9 @@ class listed_fds {
  public:
   listed_fds(std::initializer_list<Fd*> fds) {
     std::size_t n = 0;
-    for (Fd* fd : fds) fds_[n++] = fd;
+    for (Fd* fd : fds) {
+      if (n < std::size(fds_)) fds_[n++] = fd;
+    }
     count_ = n;
   }
   listed_fds(const listed_fds&) = delete;
