@@ -248,19 +248,22 @@ TEST_CASE("subordinate ids: every granted range mapped by newuidmap and newgidma
           "[privileged][process][rootless][subids]") {
   test::require_privilege();
   const TestUser user;
-  gonso::SubordinateIds ids;
-  SECTION("the caller's own ids as root, then the ranges") { ids.map_self_as_root = true; }
-  SECTION("the ranges from 0 up") { ids.map_self_as_root = false; }
-  const Outcome o = attempt(as(user), ids);
-  INFO(o.error);
-  REQUIRE(o.error.empty());
-  CHECK(o.left.empty());
-  // One line naming the user and one its uid, in each file.
-  CHECK(granted("/etc/subuid", user_name, user.uid).size() == 2);
-  CHECK(map_lines(o.uid_map) == packed("/etc/subuid", user_name, user.uid, ids.map_self_as_root, user.uid));
-  CHECK(map_lines(o.gid_map) == packed("/etc/subgid", user_name, user.uid, ids.map_self_as_root, user.gid));
-  // Subordinate gids are mapped: newgidmap leaves setgroups(2) allowed.
-  CHECK(o.setgroups == "allow\n");
+  // Both layouts in one case (not SECTIONs, whose bodies would assert nothing).
+  for (const bool self_as_root : {true, false}) {
+    CAPTURE(self_as_root);  // true: own ids as root, then the ranges; false: the ranges from 0 up
+    gonso::SubordinateIds ids;
+    ids.map_self_as_root = self_as_root;
+    const Outcome o = attempt(as(user), ids);
+    INFO(o.error);
+    REQUIRE(o.error.empty());
+    CHECK(o.left.empty());
+    // One line naming the user and one its uid, in each file.
+    CHECK(granted("/etc/subuid", user_name, user.uid).size() == 2);
+    CHECK(map_lines(o.uid_map) == packed("/etc/subuid", user_name, user.uid, ids.map_self_as_root, user.uid));
+    CHECK(map_lines(o.gid_map) == packed("/etc/subgid", user_name, user.uid, ids.map_self_as_root, user.gid));
+    // Subordinate gids are mapped: newgidmap leaves setgroups(2) allowed.
+    CHECK(o.setgroups == "allow\n");
+  }
 }
 
 TEST_CASE("subordinate ids: explicit ranges within the granted ones", "[privileged][process][rootless][subids]") {
@@ -285,15 +288,17 @@ TEST_CASE("subordinate ids: a range outside the granted ones starts nothing",
           "[privileged][process][rootless][subids]") {
   test::require_privilege();
   const TestUser user;
-  gonso::SubordinateIds ids;
-  SECTION("uid") { ids.uid_ranges = {{1, 500000, 10}}; }
-  SECTION("running past a granted range") { ids.uid_ranges = {{1, uid_by_number + 40, 11}}; }
-  const Outcome o = attempt(as(user), ids);
-  CHECK_THAT(o.error, Catch::Contains("invalid_argument: subordinate uid range") &&
-                          Catch::Contains("lies outside the ranges /etc/subuid grants user gonso-subid-test"));
-  CHECK_THAT(o.error, Catch::Contains(fmt::format("{}-{}", ids.uid_ranges[0].outside,
-                                                  ids.uid_ranges[0].outside + ids.uid_ranges[0].count - 1)));
-  CHECK(o.left.empty());
+  // Wholly outside, and running past a granted range.
+  for (const IdRange& range : {IdRange{1, 500000, 10}, IdRange{1, uid_by_number + 40, 11}}) {
+    CAPTURE(range.outside, range.count);
+    gonso::SubordinateIds ids;
+    ids.uid_ranges = {range};
+    const Outcome o = attempt(as(user), ids);
+    CHECK_THAT(o.error, Catch::Contains("invalid_argument: subordinate uid range") &&
+                            Catch::Contains("lies outside the ranges /etc/subuid grants user gonso-subid-test"));
+    CHECK_THAT(o.error, Catch::Contains(fmt::format("{}-{}", range.outside, range.outside + range.count - 1)));
+    CHECK(o.left.empty());
+  }
 }
 
 TEST_CASE("subordinate ids: a user the files grant nothing", "[privileged][process][rootless][subids]") {
