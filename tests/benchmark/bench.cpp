@@ -402,7 +402,7 @@ class Crowd {
   [[nodiscard]] std::size_t size() const noexcept { return pids_.size(); }
 
  private:
-  static constexpr std::size_t stack_size = 16 * 1024;
+  static constexpr std::size_t stack_size = std::size_t{16} * 1024;
 
   // ThreadSanitizer keeps per-thread state where the child of a CLONE_VM
   // clone would share it with this still-running thread (and crash): under
@@ -857,7 +857,7 @@ Result lsns_json_10000_procs(Context& ctx) {
   std::string path = "/usr/bin/lsns";
   std::string json = "-J";
   std::array<char*, 3> argv{path.data(), json.data(), nullptr};
-  std::vector<char> chunk(64 * 1024);
+  std::vector<char> chunk(std::size_t{64} * 1024);
   const auto run = [&] {
     int out[2];
     if (::pipe2(out, O_CLOEXEC) != 0) throw_errno("cannot make a pipe for lsns");
