@@ -66,6 +66,10 @@ struct Sleeper {
   Child child;
   Sleeper(const Set& set, SpawnOptions options) : child(start(set, std::move(options))) {
     REQUIRE(first_line(child) == "ready");
+    // "ready" comes from sh just before it execs sleep: until the exec is
+    // done, /proc/PID (environ, status) may still be the shell's, or between
+    // the two. Every check below is of the sleep it became.
+    REQUIRE(test::eventually([&] { return test::file_text(proc("comm")) == "sleep\n"; }));
   }
   static Child start(const Set& set, SpawnOptions options) {
     options.out = Stdio::pipe;
