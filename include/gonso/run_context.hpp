@@ -53,9 +53,8 @@ class RunContext {
 
   bool restore_;
   bool discard_ = false;
-  // For host(): the worker's /proc/thread-self/ns, opened before it joined
-  // anything, beside which the caller's task folder is found.
-  int ns_dir_ = -1;
+  // For host(): the thread waiting in run(), found beside the worker's own
+  // /proc/thread-self/ns (detail::worker_ns_dir).
   pid_t caller_tid_ = -1;
 };
 

@@ -384,13 +384,9 @@ class Set {
   [[nodiscard]] Fd socket(int domain, int type, int protocol = 0) const {
     if (!contains(Kind::net))
       throw std::invalid_argument(fmt::format("Set {} holds no net namespace to make a socket in", kinds_));
-    const Set inside = dup(kinds_ & (Kind::net | Kind::user));
-    const auto make = [domain, type, protocol] {
-      Fd fd(::socket(domain, type | SOCK_CLOEXEC, protocol));
-      const int err = fd ? 0 : errno;
-      return std::pair<Fd, int>(std::move(fd), err);
-    };
-    auto [fd, err] = inside.thread_joinable() ? inside.run(true, make) : inside.run_in_process(make);
+    auto [fd, err] = dup(kinds_ & (Kind::net | Kind::user)).make_fd_inside(true, [domain, type, protocol] {
+      return Fd(::socket(domain, type | SOCK_CLOEXEC, protocol));
+    });
     if (!fd) {
       throw detail::system_error(err, "cannot create a socket (domain {}, type {}, protocol {}) in net namespace {}",
                                  domain, type, protocol, identity(Kind::net));
@@ -412,14 +408,10 @@ class Set {
       throw std::invalid_argument("Set::open: the path is empty or holds a NUL");
     }
     require_not_empty("open a file in");
-    const auto opener = [&name, flags, mode] {
-      Fd fd(::open(name.c_str(), flags | O_CLOEXEC, mode));
-      const int err = fd ? 0 : errno;
-      return std::pair<Fd, int>(std::move(fd), err);
-    };
     // A worker that joined a mount namespace is never reused: end it at once,
     // so that its fds are gone when this returns.
-    auto [fd, err] = thread_joinable() ? run(!contains(Kind::mnt), opener) : run_in_process(opener);
+    auto [fd, err] = make_fd_inside(!contains(Kind::mnt),
+                                    [&name, flags, mode] { return Fd(::open(name.c_str(), flags | O_CLOEXEC, mode)); });
     if (!fd) throw detail::system_error(err, "cannot open {} inside namespaces {}", name, kinds_);
     return std::move(fd);
   }
@@ -440,6 +432,19 @@ class Set {
       throw std::invalid_argument(fmt::format("Set {} holds no {} namespace", kinds_, kind));
     }
     return ns_[detail::index_of(kind)];
+  }
+
+  // Runs `make` (which returns an Fd, invalid with errno set on failure)
+  // inside this Set, on a worker where one can join it, else in a child
+  // process that sends the fd back; returns it with make's errno.
+  template <typename Make>
+  [[nodiscard]] std::pair<Fd, int> make_fd_inside(bool restore, Make make) const {
+    const auto inside = [&make] {
+      Fd fd = make();
+      const int err = fd ? 0 : errno;
+      return std::pair<Fd, int>(std::move(fd), err);
+    };
+    return thread_joinable() ? run(restore, inside) : run_in_process(inside);
   }
 
   [[nodiscard]] Set related(Kind kind, unsigned long request, Kind result_kind, const char* what) const {
@@ -506,7 +511,7 @@ inline Set RunContext::host(Kinds kinds) const {
   // are where it called from. Reached through the worker's procfs fd
   // (.../task/TID/ns), which a joined mount namespace does not change.
   const std::string dir = fmt::format("../../{}/ns", caller_tid_);
-  detail::unique_fd fd(::openat(ns_dir_, dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  detail::unique_fd fd(::openat(detail::worker_ns_dir, dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
   if (!fd) throw detail::system_error(errno, "cannot open the namespaces of thread {}, which called run", caller_tid_);
   return detail::set_access::adopt<Set>(detail::open_proc_ns(fd.get(), "", kinds, "the thread that called run"));
 }

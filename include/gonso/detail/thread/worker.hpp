@@ -185,7 +185,6 @@ class worker {
 
 GONSO_CATCHES_FORCED_UNWIND inline bool worker::perform(job& work) {
   RunContext ctx(work.restore);
-  ctx.ns_dir_ = ns_dir_.get();
   ctx.caller_tid_ = work.caller_tid;
   Kinds joined;
   try {
